@@ -1,0 +1,399 @@
+//! Typed configuration for `serve` and `ceremony`, documented field by field and validated at load.
+//!
+//! Relative paths are resolved against the directory of the config file, so a config and the files
+//! it names can move together. `deploy/ca-service.example.toml` and `deploy/ceremony.example.toml`
+//! show every field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::hsm::{HsmConfig, KeyAlgorithm, Pin};
+use crate::issuer::Profile;
+
+/// How to reach the token (shared by `serve` and `ceremony`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmSection {
+    /// Path of the PKCS#11 module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// SoftHSM only: the `softhsm2.conf` to use (sets `SOFTHSM2_CONF` before the module loads).
+    pub softhsm2_conf: Option<PathBuf>,
+    /// Label of the token holding the keys.
+    pub token_label: String,
+    /// File holding the user PIN (mode 0600 recommended). Exactly one of `pin_file` and `pin_env`.
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// Signing sessions kept open (default 4). Smartcards and YubiHSMs may need 1 or 2.
+    pub pool_size: Option<usize>,
+    /// How long a request waits for a free session before RESOURCE_EXHAUSTED, in ms (default 2000).
+    pub session_wait_ms: Option<u64>,
+}
+
+impl HsmSection {
+    fn resolve(&mut self, base: &Path) {
+        self.module = resolve(base, &self.module);
+        self.softhsm2_conf = self.softhsm2_conf.as_ref().map(|path| resolve(base, path));
+        self.pin_file = self.pin_file.as_ref().map(|path| resolve(base, path));
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.token_label.is_empty() || self.token_label.len() > 32 {
+            bail!("hsm.token_label must be 1 to 32 bytes");
+        }
+        match (&self.pin_file, &self.pin_env) {
+            (Some(_), Some(_)) => bail!("set only one of hsm.pin_file and hsm.pin_env"),
+            (None, None) => bail!("set hsm.pin_file or hsm.pin_env: the CA needs the token's user PIN"),
+            _ => {}
+        }
+        if self.pool_size == Some(0) {
+            bail!("hsm.pool_size must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Reads the PIN from its source and builds the signer config.
+    pub fn hsm_config(&self) -> anyhow::Result<HsmConfig> {
+        let pin = match (&self.pin_file, &self.pin_env) {
+            (Some(path), _) => {
+                let text = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read hsm.pin_file {}", path.display()))?,
+                );
+                Pin::new(&text)
+            }
+            (None, Some(variable)) => {
+                let text = zeroize::Zeroizing::new(
+                    std::env::var(variable)
+                        .with_context(|| format!("environment variable {variable} (hsm.pin_env) is not set"))?,
+                );
+                Pin::new(&text)
+            }
+            (None, None) => bail!("no PIN source configured"),
+        };
+        Ok(HsmConfig {
+            module: self.module.clone(),
+            token_label: self.token_label.clone(),
+            pin,
+            pool_size: self.pool_size.unwrap_or(4),
+            session_wait: Duration::from_millis(self.session_wait_ms.unwrap_or(2000)),
+        })
+    }
+}
+
+/// The CA key and certificate used for issuance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSection {
+    /// Label of the CA private key on the token.
+    pub key_label: String,
+    /// The CA key's algorithm: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096.
+    pub key_algorithm: KeyAlgorithm,
+    /// PEM file: the CA certificate first, then any parents up to the root.
+    pub certificate: PathBuf,
+}
+
+/// The end-entity certificate profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceSection {
+    /// Certificate lifetime in days (1 to 825).
+    pub validity_days: u32,
+    /// `notBefore` is set this many seconds in the past, for clients with slow clocks (default 300).
+    pub backdate_seconds: Option<u32>,
+    /// Certificates one user may receive in 24 hours, renewals included (default 20).
+    pub max_certificates_per_user_per_day: Option<u32>,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite:PATH` for the embedded store (relative paths against the config file).
+    pub url: String,
+}
+
+/// The store selected by `store.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded SQLite store at this path.
+    Sqlite(PathBuf),
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `ca-service serve --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on, e.g. `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// Must be `true` to serve without TLS on a non-loopback address. TLS termination in front of the
+    /// CA (a sidecar or load balancer) is the supported setup until built-in mTLS lands.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Largest gRPC message accepted, in bytes (default 131072; CSRs are limited to 64 KiB anyway).
+    pub max_message_bytes: Option<usize>,
+    /// Log format (default human).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// The token.
+    pub hsm: HsmSection,
+    /// The CA key and certificate.
+    pub ca: CaSection,
+    /// The certificate profile.
+    pub issuance: IssuanceSection,
+    /// The store.
+    pub store: StoreSection,
+}
+
+impl ServeConfig {
+    /// Reads, resolves and validates a serve config.
+    pub fn load(path: &Path) -> anyhow::Result<ServeConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config: ServeConfig =
+            toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.hsm.resolve(base);
+        config.ca.certificate = resolve(base, &config.ca.certificate);
+        if let Some(rest) = config.store.url.strip_prefix("sqlite:") {
+            config.store.url = format!(
+                "sqlite:{}",
+                resolve(base, Path::new(rest.trim_start_matches("//"))).display()
+            );
+        }
+        config
+            .validate()
+            .with_context(|| format!("inconsistent config file {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.hsm.validate()?;
+        if !self.listen.ip().is_loopback() && !self.allow_plaintext {
+            bail!(
+                "listen = {} is not a loopback address and the CA has no TLS yet: terminate TLS in front of it \
+                 and set allow_plaintext = true, or listen on 127.0.0.1",
+                self.listen
+            );
+        }
+        if self.ca.key_label.is_empty() {
+            bail!("ca.key_label must not be empty");
+        }
+        if !(1..=825).contains(&self.issuance.validity_days) {
+            bail!("issuance.validity_days must be between 1 and 825");
+        }
+        if self.issuance.max_certificates_per_user_per_day == Some(0) {
+            bail!("issuance.max_certificates_per_user_per_day must be at least 1");
+        }
+        if let Some(bytes) = self.max_message_bytes
+            && bytes < 80 * 1024
+        {
+            bail!("max_message_bytes must be at least 81920 so that a 64 KiB CSR fits");
+        }
+        self.store_location()?;
+        Ok(())
+    }
+
+    /// The store selected by `store.url`.
+    pub fn store_location(&self) -> anyhow::Result<StoreLocation> {
+        match self.store.url.strip_prefix("sqlite:") {
+            Some(path) if !path.is_empty() => Ok(StoreLocation::Sqlite(PathBuf::from(path))),
+            _ => bail!("store.url must be sqlite:PATH (got {:?})", self.store.url),
+        }
+    }
+
+    /// The certificate profile.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            validity: Duration::from_secs(u64::from(self.issuance.validity_days) * 86_400),
+            backdate: Duration::from_secs(u64::from(self.issuance.backdate_seconds.unwrap_or(300))),
+            max_certificates_per_day: u64::from(self.issuance.max_certificates_per_user_per_day.unwrap_or(20)),
+        }
+    }
+}
+
+/// What a ceremony produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CeremonyMode {
+    /// Generate the key and a self-signed root CA certificate.
+    Root,
+    /// Generate the key and a CSR for an external root to sign.
+    Csr,
+    /// Check a certificate signed by the external root against the key, and install it.
+    Import,
+}
+
+/// The subject of the CA certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectSection {
+    /// Common name, e.g. "Example Corp E2EE Identity CA".
+    pub common_name: String,
+    /// Organization, optional.
+    pub organization: Option<String>,
+    /// Country (two letters), optional.
+    pub country: Option<String>,
+}
+
+/// `ca-service ceremony --config FILE`: the file is the ceremony's only input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeremonyConfig {
+    /// root, csr or import.
+    pub mode: CeremonyMode,
+    /// The token.
+    pub hsm: HsmSection,
+    /// Label of the CA key to create (root, csr) or to match (import).
+    pub key_label: String,
+    /// Algorithm of the CA key.
+    pub key_algorithm: KeyAlgorithm,
+    /// Subject of the CA certificate or CSR (root, csr).
+    pub subject: Option<SubjectSection>,
+    /// Lifetime of a self-signed root, in days (root; default 3650).
+    pub validity_days: Option<u32>,
+    /// Output file: the CA certificate (root, import) or the CSR (csr). Never overwritten.
+    pub output: PathBuf,
+    /// Import only: the certificate the external root signed (PEM).
+    pub signed_certificate: Option<PathBuf>,
+    /// Import only: the external chain above it (PEM), nearest first.
+    pub chain: Option<PathBuf>,
+}
+
+impl CeremonyConfig {
+    /// Reads, resolves and validates a ceremony config.
+    pub fn load(path: &Path) -> anyhow::Result<CeremonyConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read ceremony file {}", path.display()))?;
+        let mut config: CeremonyConfig =
+            toml::from_str(&text).with_context(|| format!("invalid ceremony file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.hsm.resolve(base);
+        config.output = resolve(base, &config.output);
+        config.signed_certificate = config.signed_certificate.as_ref().map(|path| resolve(base, path));
+        config.chain = config.chain.as_ref().map(|path| resolve(base, path));
+        config
+            .validate()
+            .with_context(|| format!("inconsistent ceremony file {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.hsm.validate()?;
+        if self.key_label.is_empty() {
+            bail!("key_label must not be empty");
+        }
+        if self.output.exists() {
+            bail!(
+                "output {} already exists; the ceremony never overwrites a file",
+                self.output.display()
+            );
+        }
+        match self.mode {
+            CeremonyMode::Root | CeremonyMode::Csr => {
+                let subject = self
+                    .subject
+                    .as_ref()
+                    .context("[subject] is required for mode root and csr")?;
+                if subject.common_name.is_empty() {
+                    bail!("subject.common_name must not be empty");
+                }
+                if self.signed_certificate.is_some() || self.chain.is_some() {
+                    bail!("signed_certificate and chain belong to mode import only");
+                }
+            }
+            CeremonyMode::Import => {
+                if self.signed_certificate.is_none() {
+                    bail!("mode import needs signed_certificate");
+                }
+            }
+        }
+        if let Some(days) = self.validity_days
+            && !(1..=36_500).contains(&days)
+        {
+            bail!("validity_days must be between 1 and 36500");
+        }
+        Ok(())
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+listen = "127.0.0.1:50051"
+[hsm]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "ca"
+pin_env = "CA_PIN"
+[ca]
+key_label = "ca-key"
+key_algorithm = "ecdsa-p256"
+certificate = "ca.pem"
+[issuance]
+validity_days = 365
+[store]
+url = "sqlite:state/ca.sqlite3"
+"#;
+
+    fn load(text: &str) -> anyhow::Result<ServeConfig> {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("ca.toml");
+        std::fs::write(&path, text).expect("write");
+        ServeConfig::load(&path)
+    }
+
+    #[test]
+    fn valid_config_resolves_relative_paths() {
+        let config = load(VALID).expect("valid");
+        assert!(config.ca.certificate.is_absolute());
+        assert!(matches!(config.store_location(), Ok(StoreLocation::Sqlite(path)) if path.is_absolute()));
+        assert_eq!(config.profile().max_certificates_per_day, 20);
+    }
+
+    #[test]
+    fn inconsistent_configs_are_refused_with_the_reason() {
+        let cases = [
+            (VALID.replace("pin_env = \"CA_PIN\"", ""), "pin_file or hsm.pin_env"),
+            (
+                VALID.replace("127.0.0.1:50051", "0.0.0.0:50051"),
+                "not a loopback address",
+            ),
+            (
+                VALID.replace("validity_days = 365", "validity_days = 0"),
+                "validity_days",
+            ),
+            (VALID.replace("sqlite:state/ca.sqlite3", "mysql://x"), "store.url"),
+            (VALID.replace("ecdsa-p256", "dsa-1024"), "unknown variant"),
+            (format!("{VALID}\nsurprise = 1\n"), "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let error = format!("{:#}", load(&text).expect_err("must be refused"));
+            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Dev mode: provisions (first run) or reuses (later runs) a private SoftHSM token, the CA key and
+//! certificate (through the real ceremony) and the embedded store, all under one data directory.
+//!
+//! Layout of the data directory:
+//! `softhsm/` (token directory and `softhsm2.conf`), `hsm-user-pin` and `hsm-so-pin` (mode 0600),
+//! `ceremony-*.toml` (the ceremony input that made the CA), `ca.pem`, `ca-service.toml` (the serve
+//! config, written once the CA exists), `ca.sqlite3` (the store).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use hsm_sim::TokenDirectory;
+
+use crate::ceremony::{self, CeremonyReport};
+use crate::config::CeremonyConfig;
+use crate::hsm::{Hsm, KeyAlgorithm};
+
+/// Label of the dev token.
+pub const DEV_TOKEN_LABEL: &str = "e2ee-ca-dev";
+
+/// The files of a dev data directory.
+#[derive(Debug, Clone)]
+pub struct DevPaths {
+    /// The data directory (absolute).
+    pub root: PathBuf,
+    /// The private SoftHSM token directory.
+    pub token: TokenDirectory,
+    /// The user PIN file.
+    pub user_pin: PathBuf,
+    /// The serve config, present once the CA exists.
+    pub config: PathBuf,
+    /// The CA certificate.
+    pub ca_certificate: PathBuf,
+}
+
+/// Prepares the token directory (first run: init the token with random PINs). Runs before any
+/// thread starts, because the caller must set `SOFTHSM2_CONF` afterwards.
+pub fn prepare_token(data_dir: &Path) -> anyhow::Result<(DevPaths, bool)> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let root = data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+    let token = TokenDirectory::create(&root.join("softhsm"))?;
+    let paths = DevPaths {
+        user_pin: root.join("hsm-user-pin"),
+        config: root.join("ca-service.toml"),
+        ca_certificate: root.join("ca.pem"),
+        token,
+        root,
+    };
+    let token_created = !paths.token.has_token(DEV_TOKEN_LABEL)?;
+    if token_created {
+        let so_pin = read_or_create_pin(&paths.root.join("hsm-so-pin"))?;
+        let user_pin = read_or_create_pin(&paths.user_pin)?;
+        paths.token.init_token(DEV_TOKEN_LABEL, &so_pin, &user_pin)?;
+    }
+    Ok((paths, token_created))
+}
+
+/// Reads a PIN file, or creates it with 16 random hex digits.
+fn read_or_create_pin(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if path.exists() {
+        let pin = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(zeroize::Zeroizing::new(pin.trim().to_owned()));
+    }
+    let pin = zeroize::Zeroizing::new(hex::encode(rand::random::<[u8; 8]>()));
+    hsm_sim::write_secret_file(path, &pin)?;
+    Ok(pin)
+}
+
+/// The HSM section shared by the dev ceremony and serve configs.
+fn hsm_section(paths: &DevPaths) -> anyhow::Result<String> {
+    let module = hsm_sim::find_module()?;
+    Ok(format!(
+        "[hsm]\nmodule = {module:?}\nsofthsm2_conf = {conf:?}\ntoken_label = {DEV_TOKEN_LABEL:?}\npin_file = {pin:?}\n\
+         pool_size = 4\nsession_wait_ms = 2000\n",
+        module = module.display().to_string(),
+        conf = paths.token.conf_path().display().to_string(),
+        pin = paths.user_pin.display().to_string(),
+    ))
+}
+
+/// Runs the ceremony if the CA does not exist yet, then writes the serve config.
+pub async fn ensure_ca(paths: &DevPaths, hsm: &Hsm, algorithm: KeyAlgorithm) -> anyhow::Result<Option<CeremonyReport>> {
+    if paths.config.exists() {
+        return Ok(None);
+    }
+    // A fresh label per attempt: a ceremony interrupted after key generation never blocks the next one.
+    let key_label = format!("e2ee-ca-dev-{}", hex::encode(rand::random::<[u8; 4]>()));
+    if paths.ca_certificate.exists() {
+        anyhow::bail!(
+            "{} exists but {} does not: the data directory is incomplete; remove {} to start over",
+            paths.ca_certificate.display(),
+            paths.config.display(),
+            paths.root.display()
+        );
+    }
+    let ceremony_path = paths.root.join(format!("ceremony-{key_label}.toml"));
+    let ceremony_text = format!(
+        "# Dev-mode ceremony, written by `ca-service serve --dev`.\nmode = \"root\"\nkey_label = {key_label:?}\n\
+         key_algorithm = {algorithm:?}\nvalidity_days = 3650\noutput = {output:?}\n\n{hsm}\n\
+         [subject]\ncommon_name = \"e2ee-ca Dev CA\"\norganization = \"e2ee-ca dev mode\"\n",
+        algorithm = algorithm.name(),
+        output = paths.ca_certificate.display().to_string(),
+        hsm = hsm_section(paths)?,
+    );
+    ceremony::write_new_file(&ceremony_path, ceremony_text.as_bytes())?;
+    let ceremony_config = CeremonyConfig::load(&ceremony_path)?;
+    let report = ceremony::run(hsm, &ceremony_config).await?;
+    let serve_text = format!(
+        "# Dev-mode serve config, written by `ca-service serve --dev`.\nlisten = \"127.0.0.1:50051\"\n\n{hsm}\n\
+         [ca]\nkey_label = {key_label:?}\nkey_algorithm = {algorithm:?}\ncertificate = \"ca.pem\"\n\n\
+         [issuance]\nvalidity_days = 365\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+        hsm = hsm_section(paths)?,
+        algorithm = algorithm.name(),
+    );
+    ceremony::write_new_file(&paths.config, serve_text.as_bytes())?;
+    Ok(Some(report))
+}

@@ -1,0 +1,471 @@
+//! Issuance and key pinning: the CA's policy, as numbered steps.
+//!
+//! `IssueCertificate` (api.md):
+//! 1. validate the user id and the CSR size;
+//! 2. parse and check the CSR (encoding, key policy, self-signature, CN = user id);
+//! 3. read the pin state: a different key pinned to the user, or this key pinned to someone else,
+//!    is refused (and the refusal is logged); a renewal is rate-limited;
+//! 4. build the certificate from the profile and sign it on the HSM;
+//! 5. verify the signature with the CA public key;
+//! 6. commit pin, certificate and audit entry in one transaction; the store's constraints decide
+//!    races (one key per user, one user per key, unique serials), so step 3 is only a fast path;
+//! 7. only then release the certificate.
+
+pub mod csr;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use x509_parser::prelude::FromDer;
+
+use crate::audit::{AuditEvent, AuditKind};
+use crate::hsm::{Hsm, HsmError, HsmKey, SessionLease};
+use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId, UserIdError};
+use crate::store::StoreError;
+pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES};
+
+/// Where an audit entry landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntryRef {
+    /// The entry's index in the audit log (0-based).
+    pub index: u64,
+    /// SHA-256 of the stored entry bytes.
+    pub entry_hash: [u8; 32],
+}
+
+/// The pin state of a (user, key) pair, read before signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinState {
+    /// The key pinned to the user, if any.
+    pub user_pin: Option<KeyFingerprint>,
+    /// True when the key is pinned to a different user.
+    pub key_pinned_elsewhere: bool,
+}
+
+/// A signed certificate ready to be committed.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    /// Whose it is.
+    pub user_id: UserId,
+    /// The certified key's fingerprint.
+    pub key_fingerprint: KeyFingerprint,
+    /// The certified key's DER SubjectPublicKeyInfo (stored with the pin).
+    pub spki_der: Vec<u8>,
+    /// The serial.
+    pub serial: SerialNumber,
+    /// The certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// Validity bounds, for lookups.
+    pub not_before: OffsetDateTime,
+    /// Validity bounds, for lookups.
+    pub not_after: OffsetDateTime,
+}
+
+/// The outcome of committing an issuance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Pin (if new), certificate and audit entry are durable.
+    Committed {
+        /// True when the key was already pinned to the user.
+        renewal: bool,
+        /// The audit entry.
+        entry: LogEntryRef,
+    },
+    /// Another key is pinned to the user (a concurrent request won); nothing was written.
+    PinnedToOtherKey(KeyFingerprint),
+    /// The key is pinned to another user; nothing was written.
+    KeyPinnedElsewhere,
+}
+
+/// What the issuer needs from a store. Implementations: `store::sqlite` (and PostgreSQL later).
+///
+/// Contract: `commit_issuance` is one transaction that writes the pin (if the user has none), the
+/// certificate and the audit entry, or nothing. Uniqueness of a user's pin, of a key's owner and of
+/// serials is enforced by the database, so that concurrent callers (threads or replicas) cannot
+/// both win. `StoreError::Unavailable` means nothing was written and the caller may retry later.
+pub trait IdentityStore: Send + Sync + 'static {
+    /// Reads the pin state of `user` and `key`.
+    fn pin_state(
+        &self,
+        user: &UserId,
+        key: &KeyFingerprint,
+    ) -> impl Future<Output = Result<PinState, StoreError>> + Send;
+
+    /// Counts the certificates issued to `user` at or after `since`.
+    fn certificates_since(
+        &self,
+        user: &UserId,
+        since: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Commits a signed certificate with its audit event (see the trait contract).
+    fn commit_issuance(
+        &self,
+        certificate: NewCertificate,
+        event: AuditEvent,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// Appends an audit event on its own (refusals, ceremonies).
+    fn append_event(&self, event: AuditEvent) -> impl Future<Output = Result<LogEntryRef, StoreError>> + Send;
+
+    /// The newest certificate of each user that has one.
+    fn latest_certificates(
+        &self,
+        users: Vec<UserId>,
+    ) -> impl Future<Output = Result<Vec<StoredCertificate>, StoreError>> + Send;
+
+    /// Checks that the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The certificate profile, from config.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// How long certificates are valid.
+    pub validity: Duration,
+    /// How far `notBefore` is set back, for clients with slow clocks.
+    pub backdate: Duration,
+    /// How many certificates one user may get in 24 hours (first issuance included).
+    pub max_certificates_per_day: u64,
+}
+
+/// The CA's signing identity: the key on the token and its certificate chain.
+#[derive(Debug, Clone)]
+pub struct CaIdentity {
+    /// The CA key on the HSM.
+    pub key: HsmKey,
+    /// The CA certificate, DER; its public key is `key`'s.
+    pub certificate_der: Vec<u8>,
+    /// The chain above the CA certificate (an external root), DER, nearest first; empty for a root CA.
+    pub parents_der: Vec<Vec<u8>>,
+}
+
+impl CaIdentity {
+    /// The chain as PEM: CA certificate first, then its parents.
+    pub fn chain_pem(&self) -> String {
+        std::iter::once(&self.certificate_der)
+            .chain(&self.parents_der)
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())))
+            .collect()
+    }
+}
+
+/// A request to certify a key.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    /// Who asks (the authenticated principal; `dev` in dev mode).
+    pub actor: String,
+    /// The user id as sent (validated here).
+    pub user_id: String,
+    /// The CSR as sent (validated here).
+    pub csr_pem: String,
+}
+
+/// A released certificate.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate, DER.
+    pub certificate_der: Vec<u8>,
+    /// The serial.
+    pub serial: SerialNumber,
+    /// The pinned key.
+    pub key_fingerprint: KeyFingerprint,
+    /// True for a renewal.
+    pub renewal: bool,
+    /// The audit entry recording it.
+    pub entry: LogEntryRef,
+}
+
+/// Why an issuance did not happen. `api` maps these to gRPC codes in one place.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// The user id is invalid.
+    #[error(transparent)]
+    UserId(#[from] UserIdError),
+    /// The CSR is larger than 64 KiB.
+    #[error("csr_pem is {0} bytes; the limit is {MAX_CSR_BYTES} bytes")]
+    CsrTooLarge(usize),
+    /// The CSR was refused.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// Another key is pinned to the user.
+    #[error("user already has a pinned key (SHA-256 {0}); an identity reset approved by two admins is required")]
+    PinnedToOtherKey(KeyFingerprint),
+    /// The key is pinned to another user.
+    #[error("this key is already pinned to another user; generate a new key pair")]
+    KeyPinnedElsewhere,
+    /// Too many certificates for this user today.
+    #[error("user has received {0} certificates in the last 24 hours; try again later")]
+    RateLimited(u64),
+    /// The HSM failed or is busy.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The certificate could not be built (internal).
+    #[error("certificate construction failed: {0}")]
+    Build(String),
+    /// The signed certificate did not verify with the CA key; nothing was released.
+    #[error("the signed certificate failed verification with the CA public key")]
+    SignatureCheck,
+}
+
+/// The issuer: policy, profile, HSM and store.
+pub struct Issuer<S> {
+    hsm: Hsm,
+    ca: Arc<CaIdentity>,
+    profile: Profile,
+    store: Arc<S>,
+}
+
+impl<S: IdentityStore> Issuer<S> {
+    /// Builds an issuer; the CA certificate must carry the HSM key's public key.
+    pub fn new(hsm: Hsm, ca: CaIdentity, profile: Profile, store: Arc<S>) -> Result<Issuer<S>, String> {
+        let (_, certificate) = x509_parser::parse_x509_certificate(&ca.certificate_der)
+            .map_err(|error| format!("cannot parse the CA certificate: {error}"))?;
+        if certificate.public_key().raw != ca.key.spki_der() {
+            return Err(format!(
+                "the CA certificate's public key is not the public key of HSM key {:?}",
+                ca.key.label()
+            ));
+        }
+        Ok(Issuer {
+            hsm,
+            ca: Arc::new(ca),
+            profile,
+            store,
+        })
+    }
+
+    /// The CA identity.
+    pub fn ca(&self) -> &CaIdentity {
+        &self.ca
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The HSM.
+    pub fn hsm(&self) -> &Hsm {
+        &self.hsm
+    }
+
+    /// Runs `IssueCertificate` (steps in the module docs).
+    pub async fn issue(&self, request: IssueRequest) -> Result<Issued, IssueError> {
+        // 1. Validate the user id and the CSR size.
+        let user_id = UserId::parse(&request.user_id)?;
+        if request.csr_pem.len() > MAX_CSR_BYTES {
+            return Err(IssueError::CsrTooLarge(request.csr_pem.len()));
+        }
+        // 2. Parse and check the CSR.
+        let checked = csr::check(&user_id, &request.csr_pem)?;
+        // 3. Pin state and rate limit (a fast path: step 6 decides races).
+        let pin_state = self.store.pin_state(&user_id, &checked.fingerprint).await?;
+        if let Some(pinned) = pin_state.user_pin.filter(|pinned| *pinned != checked.fingerprint) {
+            return Err(self
+                .refuse(&request.actor, &user_id, &checked, IssueError::PinnedToOtherKey(pinned))
+                .await);
+        }
+        if pin_state.user_pin.is_none() && pin_state.key_pinned_elsewhere {
+            return Err(self
+                .refuse(&request.actor, &user_id, &checked, IssueError::KeyPinnedElsewhere)
+                .await);
+        }
+        if pin_state.user_pin.is_some() {
+            let since = OffsetDateTime::now_utc() - time::Duration::days(1);
+            let recent = self.store.certificates_since(&user_id, since).await?;
+            if recent >= self.profile.max_certificates_per_day {
+                return Err(self
+                    .refuse(&request.actor, &user_id, &checked, IssueError::RateLimited(recent))
+                    .await);
+            }
+        }
+        // 4. Build and sign; 5. verify.
+        let certificate = self.sign_certificate(&user_id, &checked).await?;
+        // 6. Commit pin, certificate and audit entry in one transaction.
+        let renewal_hint = pin_state.user_pin.is_some();
+        let event = AuditEvent {
+            kind: if renewal_hint {
+                AuditKind::Renewal
+            } else {
+                AuditKind::Issuance
+            },
+            actor: request.actor.clone(),
+            subject: user_id.to_string(),
+            details: vec![
+                ("key-sha256", checked.fingerprint.to_hex()),
+                ("key-type", checked.key_type.to_string()),
+                ("serial", certificate.serial.to_hex()),
+                (
+                    "certificate-sha256",
+                    hex::encode(sha2_digest(&certificate.certificate_der)),
+                ),
+            ],
+        };
+        let serial = certificate.serial.clone();
+        let certificate_der = certificate.certificate_der.clone();
+        match self.store.commit_issuance(certificate, event).await? {
+            // 7. Release.
+            CommitOutcome::Committed { renewal, entry } => {
+                tracing::info!(user = %user_id, serial = %serial.to_hex(), renewal, index = entry.index, "certificate issued");
+                Ok(Issued {
+                    certificate_der,
+                    serial,
+                    key_fingerprint: checked.fingerprint,
+                    renewal,
+                    entry,
+                })
+            }
+            CommitOutcome::PinnedToOtherKey(pinned) => Err(self
+                .refuse(&request.actor, &user_id, &checked, IssueError::PinnedToOtherKey(pinned))
+                .await),
+            CommitOutcome::KeyPinnedElsewhere => Err(self
+                .refuse(&request.actor, &user_id, &checked, IssueError::KeyPinnedElsewhere)
+                .await),
+        }
+    }
+
+    /// Logs a policy refusal and returns the error to answer with. If the refusal cannot be logged,
+    /// the caller gets the store error instead (fail closed: no answer without its audit entry).
+    async fn refuse(&self, actor: &str, user_id: &UserId, checked: &CheckedCsr, error: IssueError) -> IssueError {
+        let reason = match &error {
+            IssueError::PinnedToOtherKey(pinned) => format!("user has another pinned key {pinned}"),
+            IssueError::KeyPinnedElsewhere => "key pinned to another user".to_owned(),
+            IssueError::RateLimited(count) => format!("rate limited after {count} certificates in 24h"),
+            other => other.to_string(),
+        };
+        let event = AuditEvent {
+            kind: AuditKind::IssuanceRefused,
+            actor: actor.to_owned(),
+            subject: user_id.to_string(),
+            details: vec![("key-sha256", checked.fingerprint.to_hex()), ("reason", reason)],
+        };
+        match self.store.append_event(event).await {
+            Ok(_) => {
+                tracing::info!(user = %user_id, key = %checked.fingerprint, %error, "issuance refused");
+                error
+            }
+            Err(store_error) => IssueError::Store(store_error),
+        }
+    }
+
+    async fn sign_certificate(&self, user_id: &UserId, checked: &CheckedCsr) -> Result<NewCertificate, IssueError> {
+        let now = OffsetDateTime::now_utc();
+        let not_before = now - self.profile.backdate;
+        let not_after = now + self.profile.validity;
+        let serial = SerialNumber::random();
+        let mut params = rcgen::CertificateParams::default();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, user_id.as_str());
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        // rcgen without a software crypto backend cannot hash: give it the subject key identifier.
+        params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(checked.fingerprint.key_identifier());
+        let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&checked.spki_der)
+            .map_err(|error| IssueError::Build(error.to_string()))?;
+
+        let lease = self.hsm.lease().await?;
+        let ca = Arc::clone(&self.ca);
+        let certificate_der = tokio::task::spawn_blocking(move || {
+            let signer = LeaseSigner::new(lease, &ca.key);
+            let issuer = rcgen::Issuer::from_ca_cert_der(&ca.certificate_der.as_slice().into(), &signer)
+                .map_err(|error| IssueError::Build(error.to_string()))?;
+            let certificate = params
+                .signed_by(&subject_key, &issuer)
+                .map_err(|error| match signer.take_error() {
+                    Some(hsm_error) => IssueError::Hsm(hsm_error),
+                    None => IssueError::Build(error.to_string()),
+                })?;
+            let certificate_der = certificate.der().to_vec();
+            verify_issued(&certificate_der, &ca.certificate_der)?;
+            Ok::<_, IssueError>(certificate_der)
+        })
+        .await
+        .map_err(|_| IssueError::Build("signing task panicked".to_owned()))??;
+
+        Ok(NewCertificate {
+            user_id: user_id.clone(),
+            key_fingerprint: checked.fingerprint,
+            spki_der: checked.spki_der.clone(),
+            serial,
+            certificate_der,
+            not_before,
+            not_after,
+        })
+    }
+}
+
+/// Checks the issued certificate's signature with the CA certificate's public key (step 5).
+fn verify_issued(certificate_der: &[u8], ca_certificate_der: &[u8]) -> Result<(), IssueError> {
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(certificate_der).map_err(|_| IssueError::SignatureCheck)?;
+    let (_, ca_certificate) = x509_parser::certificate::X509Certificate::from_der(ca_certificate_der)
+        .map_err(|_| IssueError::SignatureCheck)?;
+    certificate
+        .verify_signature(Some(ca_certificate.public_key()))
+        .map_err(|_| IssueError::SignatureCheck)
+}
+
+fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// rcgen's signer over a leased HSM session. rcgen's error type cannot carry our error, so the
+/// HSM error is kept here and recovered after signing fails.
+pub struct LeaseSigner<'a> {
+    lease: RefCell<SessionLease>,
+    key: &'a HsmKey,
+    error: RefCell<Option<HsmError>>,
+}
+
+impl<'a> LeaseSigner<'a> {
+    /// Wraps a lease for signing with `key`.
+    pub fn new(lease: SessionLease, key: &'a HsmKey) -> LeaseSigner<'a> {
+        LeaseSigner {
+            lease: RefCell::new(lease),
+            key,
+            error: RefCell::new(None),
+        }
+    }
+
+    /// The HSM error behind the last failed signature, if any.
+    pub fn take_error(&self) -> Option<HsmError> {
+        self.error.borrow_mut().take()
+    }
+}
+
+impl rcgen::PublicKeyData for LeaseSigner<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.key.public_key_bytes()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.key.algorithm().signature_algorithm()
+    }
+}
+
+impl rcgen::SigningKey for LeaseSigner<'_> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.lease.borrow_mut().sign(self.key, message).map_err(|error| {
+            *self.error.borrow_mut() = Some(error);
+            rcgen::Error::RemoteKeyError
+        })
+    }
+}

@@ -1,0 +1,263 @@
+//! `ca-service`: parse the command line and config, build the dependencies, run.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ca_service::config::{CeremonyConfig, LogFormat, ServeConfig, StoreLocation};
+use ca_service::hsm::{Hsm, HsmConfig, KeyAlgorithm};
+use ca_service::store::sqlite::SqliteStore;
+use ca_service::{ceremony, dev, server};
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+
+/// The e2ee-ca certificate authority.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format: human or json (overrides the config file).
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API: `--config FILE` in production, `--dev` for a self-provisioned local CA.
+    Serve {
+        /// The serve config (TOML; see deploy/ca-service.example.toml).
+        #[arg(long, conflicts_with = "dev", required_unless_present = "dev")]
+        config: Option<PathBuf>,
+        /// Dev mode: SoftHSM token, CA and embedded store provisioned under --data-dir; no TLS; loopback only.
+        #[arg(long)]
+        dev: bool,
+        /// Dev mode: where the token, CA and store live.
+        #[arg(long, default_value = "./data", requires = "dev")]
+        data_dir: PathBuf,
+        /// Address to listen on (dev mode: loopback only; default 127.0.0.1:50051). Port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Dev mode, first run only: the CA key algorithm.
+        #[arg(long, default_value = "ecdsa-p256", value_parser = parse_algorithm, requires = "dev")]
+        ca_key_algorithm: KeyAlgorithm,
+    },
+    /// Generate the CA key on the token and write the CA certificate or CSR (or import a signed one).
+    Ceremony {
+        /// The ceremony config (TOML; see deploy/ceremony.example.toml): the ceremony's only input.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn parse_algorithm(name: &str) -> Result<KeyAlgorithm, String> {
+    KeyAlgorithm::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = KeyAlgorithm::ALL.iter().map(|algorithm| algorithm.name()).collect();
+        format!("unknown algorithm {name:?}; one of {}", names.join(", "))
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ca-service: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            config: Some(path),
+            listen,
+            ..
+        } => {
+            let mut config = ServeConfig::load(&path)?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            init_logging(cli.log_format.as_deref(), config.log_format)?;
+            set_softhsm2_conf(config.hsm.softhsm2_conf.as_deref())?;
+            runtime()?.block_on(async {
+                let hsm = connect(config.hsm.hsm_config()?).await?;
+                serve(config, hsm, None).await
+            })
+        }
+        Command::Serve {
+            config: None,
+            data_dir,
+            listen,
+            ca_key_algorithm,
+            ..
+        } => {
+            if let Some(listen) = listen
+                && !listen.ip().is_loopback()
+            {
+                anyhow::bail!("dev mode listens on loopback only (got {listen}); use serve --config for anything else");
+            }
+            init_logging(cli.log_format.as_deref(), LogFormat::Human)?;
+            let (paths, token_created) = dev::prepare_token(&data_dir)?;
+            set_softhsm2_conf(Some(&paths.token.conf_path()))?;
+            runtime()?.block_on(async {
+                let hsm_config = HsmConfig {
+                    module: hsm_sim::find_module()?,
+                    token_label: dev::DEV_TOKEN_LABEL.to_owned(),
+                    pin: ca_service::hsm::Pin::new(&zeroize::Zeroizing::new(
+                        std::fs::read_to_string(&paths.user_pin)
+                            .with_context(|| format!("cannot read {}", paths.user_pin.display()))?,
+                    )),
+                    pool_size: 4,
+                    session_wait: std::time::Duration::from_secs(2),
+                };
+                let hsm = connect(hsm_config).await?;
+                let ceremony = dev::ensure_ca(&paths, &hsm, ca_key_algorithm).await?;
+                let mut config = ServeConfig::load(&paths.config)?;
+                config.listen = listen.unwrap_or(config.listen);
+                let mut banner = vec![
+                    "e2ee-ca DEV MODE: not for production. Plaintext gRPC (no TLS), loopback only.".to_owned(),
+                    format!("  data directory: {}", paths.root.display()),
+                    format!(
+                        "  SoftHSM token {:?}: {}",
+                        dev::DEV_TOKEN_LABEL,
+                        if token_created { "created" } else { "reused" }
+                    ),
+                ];
+                match &ceremony {
+                    Some(report) => banner.push(format!(
+                        "  CA key {:?} ({}) generated on the token by the ceremony; certificate written to {}",
+                        report.key_label, config.ca.key_algorithm, report.output
+                    )),
+                    None => banner.push(format!(
+                        "  CA key {:?} ({}) and certificate {} reused",
+                        config.ca.key_label,
+                        config.ca.key_algorithm,
+                        config.ca.certificate.display()
+                    )),
+                }
+                if ceremony.is_none() && config.ca.key_algorithm != ca_key_algorithm {
+                    banner.push(format!(
+                        "  note: --ca-key-algorithm {ca_key_algorithm} applies to a new data directory only"
+                    ));
+                }
+                banner.push(format!("  store: {}", config.store.url));
+                serve(config, hsm, Some(banner)).await
+            })
+        }
+        Command::Ceremony { config } => {
+            init_logging(cli.log_format.as_deref(), LogFormat::Human)?;
+            let config = CeremonyConfig::load(&config)?;
+            set_softhsm2_conf(config.hsm.softhsm2_conf.as_deref())?;
+            runtime()?.block_on(async {
+                let hsm = connect(config.hsm.hsm_config()?).await?;
+                let report = ceremony::run(&hsm, &config).await?;
+                println!("ceremony complete");
+                println!("  key label: {}", report.key_label);
+                println!("  key SHA-256 (SPKI): {}", report.key_fingerprint);
+                println!("  written: {}", report.output);
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Opens the store, builds the issuer, binds and serves until Ctrl-C or SIGTERM.
+async fn serve(config: ServeConfig, hsm: Hsm, dev_banner: Option<Vec<String>>) -> anyhow::Result<()> {
+    let store = match config.store_location()? {
+        StoreLocation::Sqlite(path) => {
+            let open =
+                move || SqliteStore::open(&path).with_context(|| format!("cannot open store {}", path.display()));
+            tokio::task::spawn_blocking(open).await.context("store task failed")??
+        }
+    };
+    let issuer = server::build_issuer(&config, hsm, store).await?;
+    let ca_fingerprint = hex::encode(Sha256::digest(&issuer.ca().certificate_der));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr().context("cannot read the listening address")?;
+    if let Some(banner) = dev_banner {
+        for line in banner {
+            println!("{line}");
+        }
+    }
+    println!("  CA certificate SHA-256: {ca_fingerprint}");
+    println!("listening on {address}");
+    println!("Try: grpcurl -plaintext {address} e2ee.ca.v1.Identity/GetCaInfo");
+    println!("     cargo run -p e2ee-client -- --ca http://{address} enroll --user alice --dir ./alice");
+    tracing::info!(%address, ca_fingerprint, "serving");
+    server::run(
+        listener,
+        std::sync::Arc::new(issuer),
+        config.max_message_bytes,
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn connect(config: HsmConfig) -> anyhow::Result<Hsm> {
+    let module = config.module.clone();
+    tokio::task::spawn_blocking(move || Hsm::connect(config))
+        .await
+        .context("HSM connect task failed")?
+        .with_context(|| format!("cannot open the HSM through {}", module.display()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn set_softhsm2_conf(path: Option<&Path>) -> anyhow::Result<()> {
+    match path {
+        Some(path) => hsm_sim::set_softhsm2_conf(path).context("cannot set SOFTHSM2_CONF"),
+        None => Ok(()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(flag: Option<&str>, configured: LogFormat) -> anyhow::Result<()> {
+    let format = match flag {
+        Some("json") => LogFormat::Json,
+        Some("human") => LogFormat::Human,
+        Some(other) => anyhow::bail!("--log-format must be human or json (got {other:?})"),
+        None => configured,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+    Ok(())
+}

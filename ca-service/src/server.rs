@@ -1,0 +1,101 @@
+//! Wiring: builds the issuer from config and serves the gRPC services until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use e2ee_ca_proto::v1::identity_server::IdentityServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::api::IdentityService;
+use crate::ceremony::read_pem_certificates;
+use crate::config::ServeConfig;
+use crate::hsm::Hsm;
+use crate::issuer::{CaIdentity, IdentityStore, Issuer};
+
+/// How often the health probe signs and verifies a message and pings the store.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Default largest gRPC message, in bytes.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
+/// Loads the CA key and certificate named by `config` and builds the issuer over `store`.
+pub async fn build_issuer<S: IdentityStore>(config: &ServeConfig, hsm: Hsm, store: S) -> anyhow::Result<Issuer<S>> {
+    let certificates = read_pem_certificates(&config.ca.certificate)?;
+    let (certificate_der, parents_der) = certificates
+        .split_first()
+        .context("the CA certificate file holds no certificate")?;
+    let key = {
+        let hsm = hsm.clone();
+        let label = config.ca.key_label.clone();
+        let algorithm = config.ca.key_algorithm;
+        tokio::task::spawn_blocking(move || hsm.load_key(&label, algorithm))
+            .await
+            .context("key lookup task failed")?
+            .with_context(|| format!("cannot load CA key {:?}", config.ca.key_label))?
+    };
+    let ca = CaIdentity {
+        key,
+        certificate_der: certificate_der.clone(),
+        parents_der: parents_der.to_vec(),
+    };
+    Issuer::new(hsm, ca, config.profile(), Arc::new(store)).map_err(anyhow::Error::msg)
+}
+
+/// Serves Identity, health and reflection on `listener` until `shutdown` completes.
+pub async fn run<S: IdentityStore>(
+    listener: TcpListener,
+    issuer: Arc<Issuer<S>>,
+    max_message_bytes: Option<usize>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let probe = tokio::spawn(probe_health(Arc::clone(&issuer), health_reporter));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(e2ee_ca_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let max_message_bytes = max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let identity = IdentityServer::new(IdentityService::new(issuer)).max_decoding_message_size(max_message_bytes);
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(identity)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("gRPC server failed");
+    probe.abort();
+    result
+}
+
+/// Feeds `grpc.health.v1`: SERVING only while an HSM sign-and-verify and a store ping both succeed.
+async fn probe_health<S: IdentityStore>(issuer: Arc<Issuer<S>>, reporter: tonic_health::server::HealthReporter) {
+    let mut last = None;
+    loop {
+        let hsm = issuer.hsm().probe(&issuer.ca().key).await;
+        let store = issuer.store().ping().await;
+        let healthy = hsm.is_ok() && store.is_ok();
+        if last != Some(healthy) {
+            if let Err(error) = &hsm {
+                tracing::warn!(%error, "health probe: HSM failing");
+            }
+            if let Err(error) = &store {
+                tracing::warn!(%error, "health probe: store failing");
+            }
+            tracing::info!(healthy, "health status changed");
+            let status = if healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status("e2ee.ca.v1.Identity", status).await;
+            last = Some(healthy);
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}

@@ -1,0 +1,22 @@
+//! Stores: the embedded SQLite store (and PostgreSQL later) behind the narrow traits that their
+//! users define (`issuer::IdentityStore`).
+
+pub mod sqlite;
+
+/// A store failure. Messages are for logs; `api` never sends them to callers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database cannot be reached or is busy; nothing was written, retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused a write that should not conflict (for example a serial collision).
+    #[error("store integrity error: {0}")]
+    Integrity(String),
+    /// The schema is newer than this binary, or a migration failed.
+    #[error("store schema error: {0}")]
+    Schema(String),
+    /// Stored data could not be decoded.
+    #[error("store data error: {0}")]
+    Corrupt(String),
+}

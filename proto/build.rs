@@ -1,0 +1,17 @@
+//! Compiles proto/e2ee/ca/v1 with protox (pure Rust, no system protoc) and generates tonic code.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["e2ee/ca/v1/common.proto", "e2ee/ca/v1/identity.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptor_set = protox::compile(files, ["."])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // The encoded descriptor set also feeds server reflection.
+    std::fs::write(
+        out_dir.join("e2ee_ca_v1_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptor_set),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptor_set)?;
+    Ok(())
+}
