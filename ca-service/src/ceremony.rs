@@ -120,7 +120,9 @@ async fn self_signed(hsm: &Hsm, key: &HsmKey, subject: &SubjectSection, days: u3
 }
 
 async fn signing_request(hsm: &Hsm, key: &HsmKey, subject: &SubjectSection) -> anyhow::Result<String> {
-    let params = ca_params(subject, key);
+    // A CSR carries the subject only: the external root decides the CA extensions it signs.
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = ca_params(subject, key).distinguished_name;
     let lease = hsm.lease().await?;
     let key = key.clone();
     tokio::task::spawn_blocking(move || {

@@ -41,10 +41,13 @@ pub enum KeyAlgorithm {
     /// ECDSA on NIST P-384, signatures over SHA-384.
     EcdsaP384,
     /// RSA 2048-bit, PKCS#1 v1.5 signatures over SHA-256.
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
     /// RSA 3072-bit, PKCS#1 v1.5 signatures over SHA-256.
+    #[serde(rename = "rsa-3072")]
     Rsa3072,
     /// RSA 4096-bit, PKCS#1 v1.5 signatures over SHA-256.
+    #[serde(rename = "rsa-4096")]
     Rsa4096,
 }
 

@@ -1,0 +1,207 @@
+//! Shared harness for the end-to-end tests: the real `ca-service` binary in dev mode on an ephemeral
+//! port, each with its own data directory and SoftHSM token, reached through the real gRPC client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2ee_ca_proto::v1::identity_client::IdentityClient;
+use e2ee_ca_proto::v1::{GetCaInfoRequest, GetCaInfoResponse, IssueCertificateRequest, IssueCertificateResponse};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+/// The binary under test.
+pub const CA_SERVICE: &str = env!("CARGO_BIN_EXE_ca-service");
+
+/// A running dev-mode CA. Killed when dropped.
+pub struct DevServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Everything the server printed on stdout before it started listening.
+    pub banner: String,
+    data_dir: PathBuf,
+}
+
+impl DevServer {
+    /// Starts `ca-service serve --dev` on a fresh data directory under `parent`.
+    pub fn start(parent: &Path, algorithm: &str) -> DevServer {
+        let data_dir = parent.join("data");
+        DevServer::start_in(&data_dir, algorithm)
+    }
+
+    /// Starts (or restarts) the dev server on `data_dir`.
+    pub fn start_in(data_dir: &Path, algorithm: &str) -> DevServer {
+        let mut child = Command::new(CA_SERVICE)
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--ca-key-algorithm",
+                algorithm,
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ca-service");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        // Read the banner on a thread so that a server that never prints cannot hang the test.
+        std::thread::spawn(move || {
+            let mut banner = String::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                banner.push_str(&line);
+                banner.push('\n');
+                if let Some(address) = line.strip_prefix("listening on ") {
+                    let _ = sender.send((address.to_owned(), banner.clone()));
+                }
+            }
+        });
+        // RSA-4096 key generation on SoftHSM can take a while on a busy 2-core machine.
+        let (address, banner) = receiver.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("ca-service did not start listening within 120 s");
+        });
+        DevServer {
+            child,
+            endpoint: format!("http://{address}"),
+            banner,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// A gRPC client for the Identity service.
+    pub async fn client(&self) -> IdentityClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match IdentityClient::connect(self.endpoint.clone()).await {
+                Ok(client) => return client,
+                Err(error) if Instant::now() > deadline => panic!("cannot connect to {}: {error}", self.endpoint),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Stops the server (SIGKILL: nothing may depend on a clean shutdown).
+    pub fn stop(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.data_dir.clone()
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User key types the CA accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKey {
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+    EcP256,
+    EcP384,
+}
+
+impl UserKey {
+    pub const ALL: [UserKey; 5] = [
+        UserKey::Rsa2048,
+        UserKey::Rsa3072,
+        UserKey::Rsa4096,
+        UserKey::EcP256,
+        UserKey::EcP384,
+    ];
+}
+
+/// A user key pair and CSRs made with it.
+pub struct UserKeyPair {
+    pub key_pair: rcgen::KeyPair,
+}
+
+impl UserKeyPair {
+    pub fn generate(kind: UserKey) -> UserKeyPair {
+        let key_pair = match kind {
+            UserKey::Rsa2048 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+            UserKey::Rsa3072 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072),
+            UserKey::Rsa4096 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096),
+            UserKey::EcP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            UserKey::EcP384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        }
+        .expect("key generation");
+        UserKeyPair { key_pair }
+    }
+
+    /// A CSR with subject CN = `common_name`.
+    pub fn csr(&self, common_name: &str) -> String {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params
+            .serialize_request(&self.key_pair)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+    }
+
+    pub fn spki_der(&self) -> Vec<u8> {
+        rcgen::PublicKeyData::subject_public_key_info(&self.key_pair)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(self.spki_der()))
+    }
+}
+
+pub async fn issue(
+    client: &mut IdentityClient<Channel>,
+    user_id: &str,
+    csr_pem: &str,
+) -> Result<IssueCertificateResponse, tonic::Status> {
+    client
+        .issue_certificate(IssueCertificateRequest {
+            user_id: user_id.to_owned(),
+            csr_pem: csr_pem.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn ca_info(client: &mut IdentityClient<Channel>) -> GetCaInfoResponse {
+    client
+        .get_ca_info(GetCaInfoRequest {})
+        .await
+        .expect("GetCaInfo")
+        .into_inner()
+}
+
+/// DER of the first PEM block.
+pub fn pem_der(text: &str) -> Vec<u8> {
+    pem::parse(text).expect("PEM").into_contents()
+}
+
+/// Asserts a refusal's code and that its message mentions `fragment`.
+pub fn assert_refused(result: Result<IssueCertificateResponse, tonic::Status>, code: tonic::Code, fragment: &str) {
+    match result {
+        Ok(_) => panic!("expected {code:?} mentioning {fragment:?}, got a certificate"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "status message: {}", status.message());
+            assert!(
+                status.message().contains(fragment),
+                "message {:?} should mention {fragment:?}",
+                status.message()
+            );
+        }
+    }
+}
