@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Quick start, command 1: run the CA in dev mode and show it working.
+#
+# Installs SoftHSM2 if missing, builds the CA and the reference client, starts
+# `ca-service serve --dev` (a private SoftHSM token, the CA key made by the real ceremony,
+# and the embedded store, all under ./data), enrolls a demo user over gRPC, renews, and
+# shows a second key for the same user being refused. Then keeps serving until Ctrl-C.
+#
+# Environment: DATA_DIR (default ./data), PORT (default 50051), DEMO_ONLY=1 to stop after the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA_DIR=${DATA_DIR:-./data}
+PORT=${PORT:-50051}
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v softhsm2-util >/dev/null || missing+=(softhsm2)
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} (apt-get)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "dev.sh: cargo not found: install Rust with rustup (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
+
+say "building ca-service and e2ee-client"
+cargo build --quiet -p ca-service -p e2ee-client
+BIN=./target/debug
+
+say "starting the CA in dev mode on 127.0.0.1:$PORT (data in $DATA_DIR)"
+mkdir -p "$DATA_DIR"
+LOG="$DATA_DIR/ca-service.log"
+"$BIN/ca-service" serve --dev --data-dir "$DATA_DIR" --listen "127.0.0.1:$PORT" >"$DATA_DIR/ca-service.out" 2>"$LOG" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  grep -q '^listening on' "$DATA_DIR/ca-service.out" 2>/dev/null && break
+  if ! kill -0 $SERVER 2>/dev/null; then
+    echo "dev.sh: the CA exited during startup:" >&2
+    cat "$DATA_DIR/ca-service.out" "$LOG" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+cat "$DATA_DIR/ca-service.out"
+
+CA="http://127.0.0.1:$PORT"
+CLIENT=("$BIN/e2ee-client" --ca "$CA")
+DEMO="$DATA_DIR/demo"
+
+say "GetCaInfo: the CA's certificate fingerprint and public key"
+"${CLIENT[@]}" ca-info
+
+say "alice enrolls her laptop: a new RSA-2048 key, certified and pinned"
+"${CLIENT[@]}" enroll --user alice --dir "$DEMO/alice-laptop" | sed -n '1,5p'
+if command -v openssl >/dev/null; then
+  openssl x509 -in "$DEMO/alice-laptop/certificate.pem" -noout -subject -issuer -serial -dates -ext keyUsage,basicConstraints
+fi
+
+say "the laptop renews with the same key: allowed"
+"${CLIENT[@]}" enroll --user alice --dir "$DEMO/alice-laptop" | sed -n '3,4p'
+
+say "a second key for alice (say, an attacker's): refused, the pinned key is named"
+rm -rf "$DEMO/alice-other-key"
+if "${CLIENT[@]}" enroll --user alice --dir "$DEMO/alice-other-key" >/dev/null 2>"$DEMO/refusal.txt"; then
+  echo "dev.sh: the CA certified a second key for alice: this must never happen" >&2
+  exit 1
+fi
+cat "$DEMO/refusal.txt"
+
+say "the CA is running at $CA (logs: $LOG)"
+if [ "${DEMO_ONLY:-0}" = 1 ]; then
+  exit 0
+fi
+echo "Press Ctrl-C to stop. Other things to try:"
+echo "  $BIN/e2ee-client --ca $CA lookup --user alice"
+echo "  $BIN/e2ee-client --ca $CA enroll --user bob --dir $DEMO/bob"
+wait $SERVER
