@@ -34,12 +34,12 @@ if ! pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; then
 fi
 
 # A role with a password works whether 127.0.0.1 uses trust (CI) or scram (a fresh install).
-if [ -z "${E2EE_CA_TEST_PG_URL:-}" ]; then
+if [ -z "${E2EE_CA_TEST_POSTGRES_URL:-}" ]; then
   as_postgres "psql -q -v ON_ERROR_STOP=1 -c \"DO \\\$\\\$ BEGIN
       IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'e2ee_ca_test') THEN
         CREATE ROLE e2ee_ca_test LOGIN CREATEDB PASSWORD 'e2ee_ca_test';
       END IF; END \\\$\\\$;\"" >/dev/null
-  export E2EE_CA_TEST_PG_URL="postgres://e2ee_ca_test:e2ee_ca_test@$PG_HOST:$PG_PORT/postgres"
+  export E2EE_CA_TEST_POSTGRES_URL="postgres://e2ee_ca_test:e2ee_ca_test@$PG_HOST:$PG_PORT/postgres"
 fi
 
 step "cargo fmt --check"

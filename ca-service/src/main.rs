@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use ca_service::config::{CeremonyConfig, LogFormat, ServeConfig, StoreLocation};
 use ca_service::hsm::{Hsm, HsmConfig, KeyAlgorithm};
-use ca_service::store::sqlite::SqliteStore;
+use ca_service::issuer::IdentityStore;
+use ca_service::store::postgres::{self, PostgresStore};
+use ca_service::store::sqlite::{self, SqliteStore};
 use ca_service::{ceremony, dev, server};
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
@@ -43,6 +45,12 @@ enum Command {
         /// Dev mode, first run only: the CA key algorithm.
         #[arg(long, default_value = "ecdsa-p256", value_parser = parse_algorithm, requires = "dev")]
         ca_key_algorithm: KeyAlgorithm,
+    },
+    /// Apply pending store migrations (serve also applies them at startup) and exit.
+    Migrate {
+        /// The serve config whose [store] to migrate.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Generate the CA key on the token and write the CA certificate or CSR (or import a signed one).
     Ceremony {
@@ -148,6 +156,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 serve(config, hsm, Some(banner)).await
             })
         }
+        Command::Migrate { config } => {
+            let config = ServeConfig::load(&config)?;
+            init_logging(cli.log_format.as_deref(), config.log_format)?;
+            runtime()?.block_on(async {
+                match config.store_location()? {
+                    StoreLocation::Sqlite(path) => {
+                        open_sqlite(path).await?;
+                        println!("embedded store is at schema version {}", sqlite::SCHEMA_VERSION);
+                    }
+                    StoreLocation::Postgres(location) => {
+                        let store = PostgresStore::connect(&location).await.with_context(|| {
+                            format!("cannot migrate the PostgreSQL store at {}", location.describe())
+                        })?;
+                        drop(store);
+                        println!(
+                            "PostgreSQL store at {} is at schema version {}",
+                            location.describe(),
+                            postgres::SCHEMA_VERSION
+                        );
+                    }
+                }
+                Ok(())
+            })
+        }
         Command::Ceremony { config } => {
             init_logging(cli.log_format.as_deref(), LogFormat::Human)?;
             let config = CeremonyConfig::load(&config)?;
@@ -165,15 +197,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Opens the store, builds the issuer, binds and serves until Ctrl-C or SIGTERM.
+/// Opens (and migrates) the embedded store.
+async fn open_sqlite(path: PathBuf) -> anyhow::Result<SqliteStore> {
+    let open = move || SqliteStore::open(&path).with_context(|| format!("cannot open store {}", path.display()));
+    tokio::task::spawn_blocking(open).await.context("store task failed")?
+}
+
+/// Opens the store selected by `store.url` and serves with it.
 async fn serve(config: ServeConfig, hsm: Hsm, dev_banner: Option<Vec<String>>) -> anyhow::Result<()> {
-    let store = match config.store_location()? {
+    match config.store_location()? {
         StoreLocation::Sqlite(path) => {
-            let open =
-                move || SqliteStore::open(&path).with_context(|| format!("cannot open store {}", path.display()));
-            tokio::task::spawn_blocking(open).await.context("store task failed")??
+            let store = open_sqlite(path).await?;
+            serve_with(config, hsm, dev_banner, store).await
         }
-    };
+        StoreLocation::Postgres(location) => {
+            // Fails within store.timeout_ms when the database is unreachable. The URL is never
+            // printed: it may hold a password.
+            let store = PostgresStore::connect(&location)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store at {}", location.describe()))?;
+            tracing::info!(store = %location.describe(), pool_size = location.pool_size, "PostgreSQL store ready");
+            serve_with(config, hsm, dev_banner, store).await
+        }
+    }
+}
+
+/// Builds the issuer over `store`, binds and serves until Ctrl-C or SIGTERM.
+async fn serve_with<S: IdentityStore>(
+    config: ServeConfig,
+    hsm: Hsm,
+    dev_banner: Option<Vec<String>>,
+    store: S,
+) -> anyhow::Result<()> {
     let issuer = server::build_issuer(&config, hsm, store).await?;
     let ca_fingerprint = hex::encode(Sha256::digest(&issuer.ca().certificate_der));
     let listener = tokio::net::TcpListener::bind(config.listen)

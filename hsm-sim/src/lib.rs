@@ -12,6 +12,8 @@ use std::process::Command;
 
 use thiserror::Error;
 
+pub mod faults;
+
 /// Where Debian, Ubuntu and Fedora install the SoftHSM2 PKCS#11 module.
 const MODULE_CANDIDATES: &[&str] = &[
     "/usr/lib/softhsm/libsofthsm2.so",

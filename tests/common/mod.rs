@@ -35,7 +35,8 @@ impl DevServer {
 
     /// Starts (or restarts) the dev server on `data_dir`.
     pub fn start_in(data_dir: &Path, algorithm: &str) -> DevServer {
-        let mut child = Command::new(CA_SERVICE)
+        let mut command = Command::new(CA_SERVICE);
+        command
             .args([
                 "serve",
                 "--dev",
@@ -45,36 +46,30 @@ impl DevServer {
                 algorithm,
                 "--data-dir",
             ])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ca-service");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        // Read the banner on a thread so that a server that never prints cannot hang the test.
-        std::thread::spawn(move || {
-            let mut banner = String::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                banner.push_str(&line);
-                banner.push('\n');
-                if let Some(address) = line.strip_prefix("listening on ") {
-                    let _ = sender.send((address.to_owned(), banner.clone()));
-                }
-            }
-        });
-        // RSA-4096 key generation on SoftHSM can take a while on a busy 2-core machine.
-        let (address, banner) = receiver.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("ca-service did not start listening within 120 s");
-        });
+            .arg(data_dir);
+        let (child, endpoint, banner) = spawn_listening(command);
         DevServer {
             child,
-            endpoint: format!("http://{address}"),
+            endpoint,
             banner,
             data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// Starts `ca-service serve --config CONFIG --listen 127.0.0.1:0` (a production-style server).
+    pub fn start_with_config(config: &Path) -> DevServer {
+        let mut command = Command::new(CA_SERVICE);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"]);
+        let (child, endpoint, banner) = spawn_listening(command);
+        DevServer {
+            child,
+            endpoint,
+            banner,
+            data_dir: config.parent().expect("config in a directory").to_path_buf(),
         }
     }
 
@@ -103,6 +98,37 @@ impl Drop for DevServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `command` and waits until it prints `listening on ADDRESS`; returns the child, the
+/// endpoint and the banner printed until then.
+fn spawn_listening(mut command: Command) -> (Child, String, String) {
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ca-service");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    // Read the banner on a thread so that a server that never prints cannot hang the test.
+    std::thread::spawn(move || {
+        let mut banner = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(address) = line.strip_prefix("listening on ") {
+                let _ = sender.send((address.to_owned(), banner.clone()));
+            }
+        }
+    });
+    // RSA-4096 key generation on SoftHSM can take a while on a busy 2-core machine.
+    let (address, banner) = receiver.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("ca-service did not start listening within 120 s");
+    });
+    (child, format!("http://{address}"), banner)
 }
 
 /// User key types the CA accepts.

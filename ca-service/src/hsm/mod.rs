@@ -184,6 +184,21 @@ pub enum HsmError {
     /// Every session was busy for longer than the configured wait.
     #[error("all HSM sessions are busy")]
     PoolExhausted,
+    /// The token refused to open the sessions the pool needs (`CKR_SESSION_COUNT`): a configuration error.
+    #[error(
+        "the token allows only {open} open session(s) but hsm.pool_size = {pool_size} needs {needed} \
+         (one login session plus one per pooled signer); set hsm.pool_size = {suggested}"
+    )]
+    SessionLimit {
+        /// Sessions open when the token refused another one.
+        open: usize,
+        /// The configured pool size.
+        pool_size: usize,
+        /// Sessions the pool needs.
+        needed: usize,
+        /// The largest pool the token allows (1 signs on the login session).
+        suggested: usize,
+    },
     /// Any other PKCS#11 failure; the detail is for logs only, never for callers.
     #[error("PKCS#11 {function} failed: {detail}")]
     Failed {
@@ -501,4 +516,45 @@ pub fn verify_signature(key: &HsmKey, message: &[u8], signature: &[u8]) -> bool 
     signature::UnparsedPublicKey::new(algorithm, &key.public_key)
         .verify(message, signature)
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Named {
+        algorithm: KeyAlgorithm,
+    }
+
+    #[test]
+    fn config_names_and_display_names_agree() {
+        for algorithm in KeyAlgorithm::ALL {
+            let parsed: Named = toml::from_str(&format!("algorithm = {:?}", algorithm.name())).expect("config name");
+            assert_eq!(parsed.algorithm, algorithm);
+            assert_eq!(KeyAlgorithm::from_name(algorithm.name()), Some(algorithm));
+            assert_eq!(algorithm.to_string(), algorithm.name());
+        }
+        assert_eq!(KeyAlgorithm::from_name("rsa-1024"), None);
+    }
+
+    #[test]
+    fn error_classes_follow_hsm_md() {
+        let class = |rv| classify(&CryptokiError::Pkcs11(rv, cryptoki::context::Function::Sign));
+        assert_eq!(class(RvError::SessionHandleInvalid), ErrorClass::Retry);
+        assert_eq!(class(RvError::SessionClosed), ErrorClass::Retry);
+        assert_eq!(class(RvError::UserNotLoggedIn), ErrorClass::Relogin);
+        assert_eq!(class(RvError::KeyHandleInvalid), ErrorClass::StaleHandle);
+        assert_eq!(class(RvError::DeviceRemoved), ErrorClass::Device);
+        assert_eq!(class(RvError::TokenNotPresent), ErrorClass::Device);
+        assert_eq!(class(RvError::CryptokiNotInitialized), ErrorClass::Device);
+        assert_eq!(class(RvError::PinLocked), ErrorClass::Pin);
+        assert_eq!(class(RvError::DataLenRange), ErrorClass::Other);
+    }
+
+    #[test]
+    fn pins_are_redacted_in_debug_output() {
+        let pin = Pin::new(" 123456\n");
+        assert_eq!(format!("{pin:?}"), "Pin(<redacted>)");
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cryptoki::context::Pkcs11;
-use cryptoki::error::Error as CryptokiError;
+use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
@@ -47,7 +47,10 @@ struct Backend {
     slot: Slot,
     generation: u64,
     /// Opened first and never closed: closing pool sessions can never log the application out.
-    login_session: Mutex<Session>,
+    login_session: Mutex<PooledSession>,
+    /// The token allows a single session (a smartcard) and `pool_size` is 1: sign on the login
+    /// session, under its mutex, instead of on pooled sessions.
+    signs_on_login_session: bool,
     idle: Mutex<Vec<PooledSession>>,
 }
 
@@ -91,29 +94,55 @@ impl Backend {
         let login_session = pkcs11.open_rw_session(slot).map_err(failed)?;
         login(&login_session, &config.pin)?;
         let mut idle = Vec::with_capacity(config.pool_size);
+        let mut signs_on_login_session = false;
         for _ in 0..config.pool_size {
-            let session = pkcs11.open_ro_session(slot).map_err(failed)?;
-            idle.push(PooledSession {
-                session,
-                handles: HashMap::new(),
-            });
+            match pkcs11.open_ro_session(slot) {
+                Ok(session) => idle.push(PooledSession {
+                    session,
+                    handles: HashMap::new(),
+                }),
+                // A one-session token (smartcard) with a pool of one: the login session signs too.
+                Err(CryptokiError::Pkcs11(RvError::SessionCount, _)) if config.pool_size == 1 => {
+                    tracing::warn!("the token allows a single session: signing on the login session");
+                    signs_on_login_session = true;
+                }
+                // Refuse at startup rather than fail one request in N later: the pool is sized by
+                // the semaphore, which assumes every pooled session can be open at once.
+                Err(CryptokiError::Pkcs11(RvError::SessionCount, _)) => {
+                    let open = idle.len() + 1;
+                    return Err(HsmError::SessionLimit {
+                        open,
+                        pool_size: config.pool_size,
+                        needed: config.pool_size + 1,
+                        suggested: (open - 1).max(1),
+                    });
+                }
+                Err(error) => return Err(failed(error)),
+            }
         }
         Ok(Backend {
             pkcs11,
             slot,
             generation,
-            login_session: Mutex::new(login_session),
+            login_session: Mutex::new(PooledSession {
+                session: login_session,
+                handles: HashMap::new(),
+            }),
+            signs_on_login_session,
             idle: Mutex::new(idle),
         })
     }
 
     fn relogin(&self, config: &HsmConfig) -> Result<(), HsmError> {
         let mut login_session = lock(&self.login_session);
-        match login(&login_session, &config.pin) {
+        match login(&login_session.session, &config.pin) {
             Err(HsmError::Failed { .. }) => {
                 // The login session itself is gone: replace it (the old one is dropped and closed).
-                *login_session = self.pkcs11.open_rw_session(self.slot).map_err(failed)?;
-                login(&login_session, &config.pin)
+                *login_session = PooledSession {
+                    session: self.pkcs11.open_rw_session(self.slot).map_err(failed)?,
+                    handles: HashMap::new(),
+                };
+                login(&login_session.session, &config.pin)
             }
             other => other,
         }
@@ -166,21 +195,24 @@ impl Hsm {
     pub fn load_key(&self, label: &str, algorithm: KeyAlgorithm) -> Result<HsmKey, HsmError> {
         let backend = self.current_backend()?;
         let session = lock(&backend.login_session);
-        read_public_key(&session, label, algorithm).inspect_err(|error| self.note_failure(&backend, error))
+        read_public_key(&session.session, label, algorithm).inspect_err(|error| self.note_failure(&backend, error))
     }
 
     /// Generates a new key pair labelled `label` (the ceremony); refuses an existing label.
     pub fn generate_key(&self, label: &str, algorithm: KeyAlgorithm) -> Result<HsmKey, HsmError> {
         let backend = self.current_backend()?;
         let session = lock(&backend.login_session);
-        generate_key_pair(&session, label, algorithm)?;
-        read_public_key(&session, label, algorithm)
+        generate_key_pair(&session.session, label, algorithm)?;
+        read_public_key(&session.session, label, algorithm)
     }
 
     /// Takes a signing session from the pool, waiting at most the configured time.
     pub async fn lease(&self) -> Result<SessionLease, HsmError> {
+        self.lease_within(self.shared.config.session_wait).await
+    }
+
+    async fn lease_within(&self, wait: Duration) -> Result<SessionLease, HsmError> {
         let backend = self.current_backend()?;
-        let wait = self.shared.config.session_wait;
         let permit = tokio::time::timeout(wait, self.shared.permits.clone().acquire_owned())
             .await
             .map_err(|_| HsmError::PoolExhausted)?
@@ -197,7 +229,11 @@ impl Hsm {
 
     /// Signs `message` with `key` on a blocking thread (one lease, released at the end).
     pub async fn sign(&self, key: &HsmKey, message: Vec<u8>) -> Result<Vec<u8>, HsmError> {
-        let mut lease = self.lease().await?;
+        self.sign_within(key, message, self.shared.config.session_wait).await
+    }
+
+    async fn sign_within(&self, key: &HsmKey, message: Vec<u8>, wait: Duration) -> Result<Vec<u8>, HsmError> {
+        let mut lease = self.lease_within(wait).await?;
         let key = key.clone();
         tokio::task::spawn_blocking(move || lease.sign(&key, &message))
             .await
@@ -205,9 +241,15 @@ impl Hsm {
     }
 
     /// Signs and verifies a fixed message: the health probe.
+    ///
+    /// It waits for a session up to `PROBE_SESSION_WAIT` (or the request wait, if longer): a pool
+    /// that is merely busy is healthy, and reporting NOT_SERVING under load would make a load
+    /// balancer drain a working replica. Only sessions held this long mean the token hangs.
     pub async fn probe(&self, key: &HsmKey) -> Result<(), HsmError> {
         const PROBE: &[u8] = b"e2ee-ca health probe";
-        let signature = self.sign(key, PROBE.to_vec()).await?;
+        const PROBE_SESSION_WAIT: Duration = Duration::from_secs(5);
+        let wait = self.shared.config.session_wait.max(PROBE_SESSION_WAIT);
+        let signature = self.sign_within(key, PROBE.to_vec(), wait).await?;
         if super::verify_signature(key, PROBE, &signature) {
             Ok(())
         } else {
@@ -323,12 +365,7 @@ impl SessionLease {
             };
             let class = match classify(&error) {
                 // A second CKR_FUNCTION_FAILED in a row counts as a device error (hsm.md).
-                ErrorClass::Other
-                    if matches!(
-                        error,
-                        CryptokiError::Pkcs11(cryptoki::error::RvError::FunctionFailed, _)
-                    ) =>
-                {
+                ErrorClass::Other if matches!(error, CryptokiError::Pkcs11(RvError::FunctionFailed, _)) => {
                     if retried {
                         ErrorClass::Device
                     } else {
@@ -341,7 +378,9 @@ impl SessionLease {
             match class {
                 ErrorClass::Retry if !retried => self.session = None,
                 ErrorClass::StaleHandle if !retried => {
-                    if let Some(pooled) = self.session.as_mut() {
+                    if self.backend.signs_on_login_session {
+                        lock(&self.backend.login_session).handles.remove(key.label());
+                    } else if let Some(pooled) = self.session.as_mut() {
                         pooled.handles.remove(key.label());
                     }
                 }
@@ -368,6 +407,10 @@ impl SessionLease {
     }
 
     fn attempt(&mut self, key: &HsmKey, message: &[u8]) -> Result<Vec<u8>, Attempt> {
+        if self.backend.signs_on_login_session {
+            // The semaphore has one permit, so this lock is only ever contended by load_key/relogin.
+            return sign_on(&mut lock(&self.backend.login_session), key, message);
+        }
         if self.session.is_none() {
             let session = self
                 .backend
@@ -382,18 +425,23 @@ impl SessionLease {
         let Some(pooled) = self.session.as_mut() else {
             unreachable!("a session was opened just above");
         };
-        let handle = match pooled.handles.get(key.label()) {
-            Some(handle) => *handle,
-            None => {
-                let handle = find_one(&pooled.session, ObjectClass::PRIVATE_KEY, key.label())
-                    .map_err(Attempt::Pkcs11)?
-                    .ok_or_else(|| Attempt::Hsm(HsmError::KeyNotFound(key.label().to_owned())))?;
-                pooled.handles.insert(key.label().to_owned(), handle);
-                handle
-            }
-        };
-        sign_with(&pooled.session, handle, key.algorithm(), message).map_err(Attempt::Pkcs11)
+        sign_on(pooled, key, message)
     }
+}
+
+/// Signs on `pooled`, looking the key handle up once per session.
+fn sign_on(pooled: &mut PooledSession, key: &HsmKey, message: &[u8]) -> Result<Vec<u8>, Attempt> {
+    let handle = match pooled.handles.get(key.label()) {
+        Some(handle) => *handle,
+        None => {
+            let handle = find_one(&pooled.session, ObjectClass::PRIVATE_KEY, key.label())
+                .map_err(Attempt::Pkcs11)?
+                .ok_or_else(|| Attempt::Hsm(HsmError::KeyNotFound(key.label().to_owned())))?;
+            pooled.handles.insert(key.label().to_owned(), handle);
+            handle
+        }
+    };
+    sign_with(&pooled.session, handle, key.algorithm(), message).map_err(Attempt::Pkcs11)
 }
 
 impl Drop for SessionLease {

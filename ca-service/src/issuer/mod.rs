@@ -80,7 +80,8 @@ pub enum CommitOutcome {
     KeyPinnedElsewhere,
 }
 
-/// What the issuer needs from a store. Implementations: `store::sqlite` (and PostgreSQL later).
+/// What the issuer needs from a store. Implementations: `store::sqlite` and `store::postgres`,
+/// held to this contract by the shared suite in `store::conformance`.
 ///
 /// Contract: `commit_issuance` is one transaction that writes the pin (if the user has none), the
 /// certificate and the audit entry, or nothing. Uniqueness of a user's pin, of a key's owner and of

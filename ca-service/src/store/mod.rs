@@ -1,6 +1,9 @@
-//! Stores: the embedded SQLite store (and PostgreSQL later) behind the narrow traits that their
-//! users define (`issuer::IdentityStore`).
+//! Stores: the embedded SQLite store and PostgreSQL behind the narrow traits that their users
+//! define (`issuer::IdentityStore`). `conformance` runs one behaviour suite against both.
 
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// A store failure. Messages are for logs; `api` never sends them to callers.

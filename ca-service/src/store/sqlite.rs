@@ -18,6 +18,9 @@ use crate::issuer::{CommitOutcome, IdentityStore, LogEntryRef, NewCertificate, P
 /// Versioned migrations, applied in order; a version is never edited once released.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_identities.sql"))];
 
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -101,7 +104,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             row.get(0)
         })
         .map_err(store_error)?;
-    let latest = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    let latest = SCHEMA_VERSION;
     if current > latest {
         return Err(StoreError::Schema(format!(
             "the database is at schema version {current}, newer than this binary knows ({latest}); upgrade the CA"
@@ -299,98 +302,5 @@ impl IdentityStore for SqliteStore {
                 .map_err(store_error)
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open_temp() -> (tempfile::TempDir, SqliteStore) {
-        let directory = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&directory.path().join("ca.sqlite3")).expect("open");
-        (directory, store)
-    }
-
-    fn certificate(user: &str, key: u8, serial: u8) -> NewCertificate {
-        NewCertificate {
-            user_id: UserId::parse(user).expect("user"),
-            key_fingerprint: KeyFingerprint::from_bytes(&[key; 32]).expect("32 bytes"),
-            spki_der: vec![key; 8],
-            serial: SerialNumber::from_bytes(vec![serial; 16]),
-            certificate_der: vec![1, 2, 3],
-            not_before: OffsetDateTime::now_utc(),
-            not_after: OffsetDateTime::now_utc(),
-        }
-    }
-
-    fn event(user: &str) -> AuditEvent {
-        AuditEvent {
-            kind: AuditKind::Issuance,
-            actor: "test".to_owned(),
-            subject: user.to_owned(),
-            details: vec![],
-        }
-    }
-
-    #[tokio::test]
-    async fn pins_are_unique_both_ways_and_renewals_are_detected() {
-        let (_directory, store) = open_temp();
-        let first = store
-            .commit_issuance(certificate("alice", 1, 1), event("alice"))
-            .await
-            .expect("commit");
-        assert!(matches!(
-            first,
-            CommitOutcome::Committed {
-                renewal: false,
-                entry: LogEntryRef { index: 0, .. }
-            }
-        ));
-        let renewal = store
-            .commit_issuance(certificate("alice", 1, 2), event("alice"))
-            .await
-            .expect("commit");
-        assert!(matches!(renewal, CommitOutcome::Committed { renewal: true, .. }));
-        let other_key = store
-            .commit_issuance(certificate("alice", 2, 3), event("alice"))
-            .await
-            .expect("commit");
-        assert_eq!(
-            other_key,
-            CommitOutcome::PinnedToOtherKey(KeyFingerprint::from_bytes(&[1; 32]).expect("32 bytes"))
-        );
-        let stolen_key = store
-            .commit_issuance(certificate("bob", 1, 4), event("bob"))
-            .await
-            .expect("commit");
-        assert_eq!(stolen_key, CommitOutcome::KeyPinnedElsewhere);
-        let duplicate_serial = store.commit_issuance(certificate("alice", 1, 2), event("alice")).await;
-        assert!(matches!(duplicate_serial, Err(StoreError::Integrity(_))));
-        let user = UserId::parse("alice").expect("user");
-        let latest = store
-            .latest_certificates(vec![user.clone(), UserId::parse("bob").expect("user")])
-            .await;
-        let latest = latest.expect("latest");
-        assert_eq!(latest.len(), 1);
-        assert_eq!(latest[0].serial.as_bytes(), &[2; 16]);
-        let count = store
-            .certificates_since(&user, OffsetDateTime::now_utc() - time::Duration::hours(1))
-            .await;
-        assert_eq!(count.expect("count"), 2);
-    }
-
-    #[tokio::test]
-    async fn migrations_are_idempotent_and_refuse_newer_schemas() {
-        let directory = tempfile::tempdir().expect("tempdir");
-        let path = directory.path().join("ca.sqlite3");
-        drop(SqliteStore::open(&path).expect("first open"));
-        drop(SqliteStore::open(&path).expect("second open"));
-        let connection = Connection::open(&path).expect("open raw");
-        connection
-            .execute("INSERT INTO schema_migrations VALUES (99, 0)", [])
-            .expect("bump version");
-        drop(connection);
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Schema(_))));
     }
 }

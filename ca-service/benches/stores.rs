@@ -1,0 +1,166 @@
+//! Issuance throughput on the embedded store next to PostgreSQL, in one run, through the real binary.
+//!
+//! `cargo bench -p ca-service --bench stores` (optionally `-- SECONDS CLIENTS`). Provisions one dev
+//! CA (ECDSA P-256, SoftHSM), then serves it with `serve --config` on SQLite and afterwards on a
+//! fresh PostgreSQL database (`E2EE_CA_TEST_POSTGRES_URL`, default the local `postgres` database),
+//! and drives `IssueCertificate` from N concurrent gRPC clients, each request a new user with a
+//! pre-generated P-256 CSR (so every request pins a key, writes a certificate and an audit entry).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{DevServer, UserKey, UserKeyPair};
+use e2ee_ca_proto::v1::IssueCertificateRequest;
+
+/// CSRs prepared per client: more than a client can use in the measured window on this machine.
+const CSRS_PER_CLIENT: usize = 1500;
+
+struct Measurement {
+    ok: usize,
+    errors: usize,
+    elapsed: f64,
+    latencies: Vec<Duration>,
+    exhausted: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let arguments: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|argument| !argument.starts_with('-'))
+        .collect();
+    let seconds: u64 = arguments.first().and_then(|value| value.parse().ok()).unwrap_or(10);
+    let clients: usize = arguments.get(1).and_then(|value| value.parse().ok()).unwrap_or(16);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let workspace = tempfile::tempdir()?;
+        let data_dir = DevServer::start(workspace.path(), "ecdsa-p256").stop();
+        let sqlite_config = data_dir.join("ca-service.toml");
+        let database = format!("e2ee_ca_bench_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let maintenance_url = std::env::var("E2EE_CA_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let (maintenance, connection) = tokio_postgres::connect(&maintenance_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        maintenance
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await?;
+        let postgres_url = match maintenance_url.rsplit_once('/') {
+            Some((prefix, _)) => format!("{prefix}/{database}"),
+            None => anyhow::bail!("E2EE_CA_TEST_POSTGRES_URL must end in /DATABASE"),
+        };
+        // The same token and CA, served one store at a time (SoftHSM: one process per token directory).
+        let postgres_config = data_dir.join("ca-service-postgres.toml");
+        let text = std::fs::read_to_string(&sqlite_config)?.replace(
+            "url = \"sqlite:ca.sqlite3\"",
+            &format!("url = {postgres_url:?}\npool_size = 16\ntimeout_ms = 5000"),
+        );
+        std::fs::write(&postgres_config, text)?;
+
+        println!(
+            "machine: {} cores",
+            std::thread::available_parallelism().map_or(0, usize::from)
+        );
+        println!(
+            "settings: CA key ecdsa-p256 (SoftHSM, 4 signing sessions), user keys P-256, {clients} clients, {seconds} s"
+        );
+        for (name, config) in [
+            ("embedded SQLite", &sqlite_config),
+            ("PostgreSQL 15 (local)", &postgres_config),
+        ] {
+            let server = DevServer::start_with_config(config);
+            let measurement = drive(&server, clients, Duration::from_secs(seconds)).await;
+            drop(server);
+            let mut latencies = measurement.latencies;
+            latencies.sort();
+            let percentile = |fraction: f64| {
+                latencies
+                    .get(((latencies.len() as f64 * fraction) as usize).min(latencies.len().saturating_sub(1)))
+                    .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
+            };
+            println!(
+                "{name}: {:.0} certificates/s ({} ok, {} errors in {:.1} s; latency p50 {:.1} ms, p99 {:.1} ms){}",
+                measurement.ok as f64 / measurement.elapsed,
+                measurement.ok,
+                measurement.errors,
+                measurement.elapsed,
+                percentile(0.5),
+                percentile(0.99),
+                if measurement.exhausted {
+                    "; CSRs ran out early"
+                } else {
+                    ""
+                },
+            );
+        }
+        maintenance
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .await?;
+        Ok(())
+    })
+}
+
+/// Runs `clients` concurrent enrollers against `server` for `window`.
+async fn drive(server: &DevServer, clients: usize, window: Duration) -> Measurement {
+    let client = server.client().await;
+    let run = format!("{:08x}", rand::random::<u32>());
+    let mut prepared = Vec::new();
+    for worker in 0..clients {
+        let requests: Vec<IssueCertificateRequest> = (0..CSRS_PER_CLIENT)
+            .map(|sequence| {
+                let user_id = format!("bench-{run}-{worker}-{sequence}");
+                let csr_pem = UserKeyPair::generate(UserKey::EcP256).csr(&user_id);
+                IssueCertificateRequest { user_id, csr_pem }
+            })
+            .collect();
+        prepared.push(requests);
+    }
+    let started = Instant::now();
+    let deadline = started + window;
+    let tasks: Vec<_> = prepared
+        .into_iter()
+        .map(|requests| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut measurement = Measurement {
+                    ok: 0,
+                    errors: 0,
+                    elapsed: 0.0,
+                    latencies: Vec::new(),
+                    exhausted: true,
+                };
+                for request in requests {
+                    if Instant::now() >= deadline {
+                        measurement.exhausted = false;
+                        break;
+                    }
+                    let sent = Instant::now();
+                    match client.issue_certificate(request).await {
+                        Ok(_) => {
+                            measurement.ok += 1;
+                            measurement.latencies.push(sent.elapsed());
+                        }
+                        Err(_) => measurement.errors += 1,
+                    }
+                }
+                measurement
+            })
+        })
+        .collect();
+    let mut total = Measurement {
+        ok: 0,
+        errors: 0,
+        elapsed: 0.0,
+        latencies: Vec::new(),
+        exhausted: false,
+    };
+    for task in tasks {
+        let Ok(measurement) = task.await else { continue };
+        total.ok += measurement.ok;
+        total.errors += measurement.errors;
+        total.latencies.extend(measurement.latencies);
+        total.exhausted |= measurement.exhausted;
+    }
+    total.elapsed = started.elapsed().as_secs_f64();
+    total
+}

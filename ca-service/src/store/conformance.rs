@@ -1,0 +1,503 @@
+//! The store conformance suite: every `IdentityStore` behaviour, run against SQLite and PostgreSQL.
+//!
+//! Each behaviour is a generic function over a `Harness`, and `conformance_suite!` instantiates
+//! all of them once per store, so no behaviour can exist in only one store. Every test gets a
+//! fresh database: a temporary SQLite file, or a uniquely named PostgreSQL database created through
+//! the maintenance database named by `E2EE_CA_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped when the test ends, pass or fail.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::StoreError;
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
+use crate::audit::{AuditEvent, AuditKind};
+use crate::config::PostgresLocation;
+use crate::identity::{KeyFingerprint, SerialNumber, UserId};
+use crate::issuer::{CommitOutcome, IdentityStore, LogEntryRef, NewCertificate, PinState};
+
+/// A fresh, empty database for one store implementation.
+pub(crate) trait Harness: Sized {
+    /// The store under test.
+    type Store: IdentityStore + Clone + std::fmt::Debug;
+
+    /// Creates an empty database (nothing migrated yet).
+    async fn create() -> Self;
+
+    /// Opens the store on the database, applying migrations.
+    async fn open(&self) -> Result<Self::Store, StoreError>;
+
+    /// Records a schema version newer than any this binary knows, behind the store's back.
+    async fn record_schema_version(&self, version: i64);
+}
+
+/// The embedded store on a temporary file.
+pub(crate) struct SqliteHarness {
+    directory: tempfile::TempDir,
+}
+
+impl Harness for SqliteHarness {
+    type Store = SqliteStore;
+
+    async fn create() -> SqliteHarness {
+        SqliteHarness {
+            directory: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    async fn open(&self) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(&self.directory.path().join("ca.sqlite3"))
+    }
+
+    async fn record_schema_version(&self, version: i64) {
+        let connection = rusqlite::Connection::open(self.directory.path().join("ca.sqlite3")).expect("open raw");
+        connection
+            .execute("INSERT INTO schema_migrations VALUES (?1, 0)", [version])
+            .expect("record version");
+    }
+}
+
+/// The maintenance database that test databases are created through.
+pub(crate) fn maintenance_url() -> String {
+    std::env::var("E2EE_CA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A uniquely named PostgreSQL database, dropped (with FORCE) when the harness is dropped.
+pub(crate) struct PostgresHarness {
+    name: String,
+    location: PostgresLocation,
+}
+
+impl PostgresHarness {
+    /// The connection parameters of the test database.
+    pub(crate) fn location(&self) -> &PostgresLocation {
+        &self.location
+    }
+
+    /// A plain connection to the test database, for inspecting or breaking it behind the store.
+    pub(crate) async fn raw_client(&self) -> tokio_postgres::Client {
+        let (client, connection) = self
+            .location
+            .connection
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// The test database's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+async fn maintenance_client() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&maintenance_url(), tokio_postgres::NoTls)
+        .await
+        .expect(
+            "connect to the PostgreSQL maintenance database (is PostgreSQL running? see E2EE_CA_TEST_POSTGRES_URL)",
+        );
+    tokio::spawn(connection);
+    client
+}
+
+impl Harness for PostgresHarness {
+    type Store = PostgresStore;
+
+    async fn create() -> PostgresHarness {
+        let name = format!("e2ee_ca_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+        maintenance_client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let mut connection: tokio_postgres::Config = maintenance_url().parse().expect("maintenance URL");
+        connection.dbname(&name);
+        PostgresHarness {
+            name,
+            location: PostgresLocation {
+                connection,
+                pool_size: 8,
+                timeout: Duration::from_secs(10),
+            },
+        }
+    }
+
+    async fn open(&self) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect(&self.location).await
+    }
+
+    async fn record_schema_version(&self, version: i64) {
+        self.raw_client()
+            .await
+            .execute("INSERT INTO schema_migrations VALUES ($1, now())", &[&version])
+            .await
+            .expect("record version");
+    }
+}
+
+impl Drop for PostgresHarness {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of its own.
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                maintenance_client()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+pub(crate) fn user(name: &str) -> UserId {
+    UserId::parse(name).expect("user id")
+}
+
+pub(crate) fn key(byte: u8) -> KeyFingerprint {
+    KeyFingerprint::from_bytes(&[byte; 32]).expect("32 bytes")
+}
+
+/// A certificate for `user` with key `[key; 32]` and serial `[serial; 16]`.
+pub(crate) fn certificate(user_name: &str, key_byte: u8, serial: u8) -> NewCertificate {
+    certificate_with_key(user_name, key(key_byte), SerialNumber::from_bytes(vec![serial; 16]))
+}
+
+fn certificate_with_key(user_name: &str, key_fingerprint: KeyFingerprint, serial: SerialNumber) -> NewCertificate {
+    NewCertificate {
+        user_id: user(user_name),
+        key_fingerprint,
+        spki_der: key_fingerprint.as_bytes().to_vec(),
+        certificate_der: serial.as_bytes().to_vec(),
+        serial,
+        not_before: OffsetDateTime::now_utc(),
+        not_after: OffsetDateTime::now_utc() + time::Duration::days(365),
+    }
+}
+
+pub(crate) fn event(user_name: &str) -> AuditEvent {
+    AuditEvent {
+        kind: AuditKind::Issuance,
+        actor: "test".to_owned(),
+        subject: user_name.to_owned(),
+        details: vec![],
+    }
+}
+
+/// Commits and expects a `Committed` outcome; returns (renewal, entry).
+async fn committed(store: &impl IdentityStore, certificate: NewCertificate) -> (bool, LogEntryRef) {
+    let user_name = certificate.user_id.to_string();
+    match store.commit_issuance(certificate, event(&user_name)).await {
+        Ok(CommitOutcome::Committed { renewal, entry }) => (renewal, entry),
+        other => panic!("expected Committed, got {other:?}"),
+    }
+}
+
+/// The next audit index: appends an event and returns where it landed.
+async fn next_index(store: &impl IdentityStore) -> u64 {
+    store.append_event(event("probe")).await.expect("append").index
+}
+
+async fn pins_are_unique_both_ways<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let (renewal, entry) = committed(&store, certificate("alice", 1, 1)).await;
+    assert!(!renewal, "the first certificate pins the key");
+    assert_eq!(entry.index, 0);
+
+    let other_key = store.commit_issuance(certificate("alice", 2, 2), event("alice")).await;
+    assert_eq!(other_key.expect("commit"), CommitOutcome::PinnedToOtherKey(key(1)));
+    let stolen_key = store.commit_issuance(certificate("bob", 1, 3), event("bob")).await;
+    assert_eq!(stolen_key.expect("commit"), CommitOutcome::KeyPinnedElsewhere);
+
+    // Refusals write nothing: no pin, no certificate, no audit entry.
+    let bob = store.pin_state(&user("bob"), &key(2)).await.expect("pin state");
+    assert_eq!(
+        bob,
+        PinState {
+            user_pin: None,
+            key_pinned_elsewhere: false
+        },
+        "key 2 was not pinned to anyone"
+    );
+    let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    assert_eq!(store.certificates_since(&user("alice"), since).await.expect("count"), 1);
+    assert_eq!(store.certificates_since(&user("bob"), since).await.expect("count"), 0);
+    assert_eq!(next_index(&store).await, 1, "refusals appended no entry");
+}
+
+async fn pin_state_reports_both_directions<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let unknown = store.pin_state(&user("alice"), &key(1)).await.expect("pin state");
+    assert_eq!(
+        unknown,
+        PinState {
+            user_pin: None,
+            key_pinned_elsewhere: false
+        }
+    );
+    committed(&store, certificate("alice", 1, 1)).await;
+    let own = store.pin_state(&user("alice"), &key(1)).await.expect("pin state");
+    assert_eq!(
+        own,
+        PinState {
+            user_pin: Some(key(1)),
+            key_pinned_elsewhere: false
+        }
+    );
+    let other = store.pin_state(&user("bob"), &key(1)).await.expect("pin state");
+    assert_eq!(
+        other,
+        PinState {
+            user_pin: None,
+            key_pinned_elsewhere: true
+        }
+    );
+}
+
+async fn renewals_are_detected<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    assert!(!committed(&store, certificate("alice", 1, 1)).await.0);
+    assert!(
+        committed(&store, certificate("alice", 1, 2)).await.0,
+        "same key again is a renewal"
+    );
+    assert!(committed(&store, certificate("alice", 1, 3)).await.0);
+    let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    assert_eq!(store.certificates_since(&user("alice"), since).await.expect("count"), 3);
+}
+
+async fn duplicate_serial_is_an_integrity_error_and_writes_nothing<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    committed(&store, certificate("alice", 1, 7)).await;
+    // A new user whose certificate reuses a serial: the pin must roll back with the certificate.
+    let duplicate = store.commit_issuance(certificate("bob", 2, 7), event("bob")).await;
+    assert!(matches!(duplicate, Err(StoreError::Integrity(_))), "{duplicate:?}");
+    let bob = store.pin_state(&user("bob"), &key(2)).await.expect("pin state");
+    assert_eq!(bob.user_pin, None, "the pin was rolled back");
+    assert!(!bob.key_pinned_elsewhere);
+    // A renewal reusing a serial.
+    let duplicate = store.commit_issuance(certificate("alice", 1, 7), event("alice")).await;
+    assert!(matches!(duplicate, Err(StoreError::Integrity(_))), "{duplicate:?}");
+    let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    assert_eq!(store.certificates_since(&user("alice"), since).await.expect("count"), 1);
+    assert_eq!(next_index(&store).await, 1, "no audit entry for the failed commits");
+    // Bob can still enroll with a fresh serial.
+    assert!(!committed(&store, certificate("bob", 2, 8)).await.0);
+}
+
+async fn latest_certificates_returns_the_newest_per_known_user<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    committed(&store, certificate("alice", 1, 1)).await;
+    committed(&store, certificate("alice", 1, 2)).await;
+    committed(&store, certificate("bob", 2, 3)).await;
+    committed(&store, certificate("alice", 1, 4)).await;
+    let mut latest = store
+        .latest_certificates(vec![user("alice"), user("carol"), user("bob")])
+        .await
+        .expect("latest");
+    latest.sort_by(|left, right| left.user_id.as_str().cmp(right.user_id.as_str()));
+    let summary: Vec<(&str, &[u8], KeyFingerprint, &[u8])> = latest
+        .iter()
+        .map(|stored| {
+            (
+                stored.user_id.as_str(),
+                stored.serial.as_bytes(),
+                stored.key_fingerprint,
+                stored.certificate_der.as_slice(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("alice", &[4; 16][..], key(1), &[4; 16][..]),
+            ("bob", &[3; 16][..], key(2), &[3; 16][..]),
+        ],
+        "carol is unknown and omitted"
+    );
+    assert!(store.latest_certificates(vec![]).await.expect("latest").is_empty());
+}
+
+async fn certificates_since_counts_a_users_window<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    committed(&store, certificate("alice", 1, 1)).await;
+    committed(&store, certificate("alice", 1, 2)).await;
+    committed(&store, certificate("bob", 2, 3)).await;
+    let now = OffsetDateTime::now_utc();
+    let alice = user("alice");
+    assert_eq!(
+        store
+            .certificates_since(&alice, now - time::Duration::days(1))
+            .await
+            .expect("count"),
+        2
+    );
+    assert_eq!(
+        store
+            .certificates_since(&alice, now + time::Duration::minutes(5))
+            .await
+            .expect("count"),
+        0,
+        "nothing issued in the future"
+    );
+    assert_eq!(
+        store
+            .certificates_since(&user("carol"), now - time::Duration::days(1))
+            .await
+            .expect("count"),
+        0
+    );
+}
+
+async fn append_event_indices_are_contiguous<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let mut entries = Vec::new();
+    for round in 0..5u8 {
+        entries.push(store.append_event(event("refused")).await.expect("append"));
+        entries.push(
+            committed(&store, certificate(&format!("user-{round}"), round + 1, round + 1))
+                .await
+                .1,
+        );
+    }
+    let indices: Vec<u64> = entries.iter().map(|entry| entry.index).collect();
+    assert_eq!(indices, (0..10).collect::<Vec<u64>>());
+    let hashes: HashSet<[u8; 32]> = entries.iter().map(|entry| entry.entry_hash).collect();
+    assert_eq!(hashes.len(), entries.len(), "every entry is distinct (nonce)");
+}
+
+async fn migrations_are_idempotent_and_refuse_newer_schemas<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("first open migrates");
+    committed(&store, certificate("alice", 1, 1)).await;
+    drop(store);
+    let store = harness.open().await.expect("second open is a no-op");
+    let alice = store.pin_state(&user("alice"), &key(1)).await.expect("pin state");
+    assert_eq!(alice.user_pin, Some(key(1)), "data survives reopening");
+    drop(store);
+    harness.record_schema_version(99).await;
+    match harness.open().await {
+        Err(StoreError::Schema(message)) => assert!(message.contains("99"), "{message}"),
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+}
+
+async fn concurrent_commits_for_one_user_pin_exactly_one_key<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let tasks: Vec<_> = (0..32u8)
+        .map(|index| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let certificate = certificate("alice", index + 1, index + 1);
+                (index + 1, store.commit_issuance(certificate, event("alice")).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        let (key_byte, outcome) = task.await.expect("task");
+        match outcome.expect("no store error") {
+            CommitOutcome::Committed { renewal: false, .. } => winners.push(key_byte),
+            other => outcomes.push(other),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one key is pinned: {winners:?}");
+    let winner = key(winners[0]);
+    assert_eq!(outcomes.len(), 31);
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| *outcome == CommitOutcome::PinnedToOtherKey(winner)),
+        "every loser names the winning key: {outcomes:?}"
+    );
+    let alice = store.pin_state(&user("alice"), &winner).await.expect("pin state");
+    assert_eq!(alice.user_pin, Some(winner));
+    assert_eq!(next_index(&store).await, 1, "only the winner appended an entry");
+}
+
+async fn concurrent_commits_of_one_key_pin_it_to_exactly_one_user<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let tasks: Vec<_> = (0..16u8)
+        .map(|index| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let user_name = format!("user-{index}");
+                let certificate = certificate(&user_name, 42, index + 1);
+                store.commit_issuance(certificate, event(&user_name)).await
+            })
+        })
+        .collect();
+    let mut committed_count = 0;
+    for task in tasks {
+        match task.await.expect("task").expect("no store error") {
+            CommitOutcome::Committed { renewal: false, .. } => committed_count += 1,
+            CommitOutcome::KeyPinnedElsewhere => {}
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(committed_count, 1, "the key belongs to exactly one user");
+}
+
+async fn ping_answers<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    store.ping().await.expect("ping");
+}
+
+/// Instantiates every behaviour above for one store.
+macro_rules! conformance_suite {
+    ($module:ident, $harness:ty) => {
+        mod $module {
+            use super::*;
+
+            conformance_suite!(@tests $harness;
+                pins_are_unique_both_ways,
+                pin_state_reports_both_directions,
+                renewals_are_detected,
+                duplicate_serial_is_an_integrity_error_and_writes_nothing,
+                latest_certificates_returns_the_newest_per_known_user,
+                certificates_since_counts_a_users_window,
+                append_event_indices_are_contiguous,
+                migrations_are_idempotent_and_refuse_newer_schemas,
+                concurrent_commits_for_one_user_pin_exactly_one_key,
+                concurrent_commits_of_one_key_pin_it_to_exactly_one_user,
+                ping_answers,
+            );
+        }
+    };
+    (@tests $harness:ty; $($behaviour:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $behaviour() {
+                super::$behaviour::<$harness>().await;
+            }
+        )*
+    };
+}
+
+conformance_suite!(sqlite, SqliteHarness);
+conformance_suite!(postgres, PostgresHarness);

@@ -1,0 +1,565 @@
+//! The PostgreSQL store: several CA replicas on one database, versioned migrations, bounded operations.
+//!
+//! Concurrency: a pool of tokio-postgres connections per replica. `commit_issuance` is one READ
+//! COMMITTED transaction whose outcome the schema's constraints decide: the pin is inserted with
+//! `ON CONFLICT DO NOTHING` (which waits for a concurrent inserter of the same user or key to finish),
+//! and a conflict is resolved by re-reading, and share-locking, the row that won. Nothing is cached:
+//! every request reads the database, so replicas never disagree about pins.
+//!
+//! Bounded time: each operation runs under one deadline (`timeout`) covering the wait for a pooled
+//! connection, connecting, and every statement; the server enforces the same bound as
+//! `statement_timeout`. A connection whose operation timed out or failed for connection reasons is
+//! discarded rather than returned to the pool: closing it makes the server roll back whatever was
+//! open, so the caller's `StoreError::Unavailable` means nothing was written. The one exception no
+//! database client can close is a connection lost while `COMMIT` is in flight: the transaction may
+//! then have committed although the caller sees `Unavailable`; the certificate is not released and a
+//! retry with the same key is a renewal.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use time::OffsetDateTime;
+use tokio::time::{Instant, error::Elapsed, timeout_at};
+
+use super::StoreError;
+use crate::audit::{AuditEvent, AuditKind};
+use crate::config::PostgresLocation;
+use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
+use crate::issuer::{CommitOutcome, IdentityStore, LogEntryRef, NewCertificate, PinState};
+
+/// Versioned migrations, applied in order; a version is never edited once released.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_identities.sql"))];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Advisory lock key that serialises the migrations of replicas starting together ("e2eeca" + 1).
+const MIGRATION_LOCK: i64 = 0x6532_6565_6361_0001;
+
+/// The PostgreSQL store. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("PostgresStore")
+    }
+}
+
+/// Maps a driver error. No server answer means the connection failed, closed or timed out.
+fn store_error(error: tokio_postgres::Error) -> StoreError {
+    let Some(database_error) = error.as_db_error() else {
+        return StoreError::Unavailable(error.to_string());
+    };
+    // For logs only (`api` never forwards store messages): the server's message and SQLSTATE.
+    let code = database_error.code().code();
+    let message = match database_error.constraint() {
+        Some(constraint) => format!(
+            "{} (SQLSTATE {code}, constraint {constraint})",
+            database_error.message()
+        ),
+        None => format!("{} (SQLSTATE {code})", database_error.message()),
+    };
+    // SQLSTATE classes: 08 connection exception, 53 insufficient resources, 57 operator intervention
+    // (admin shutdown, pg_terminate_backend, statement_timeout), 40 transaction rollback
+    // (serialization failure, deadlock), 55 lock not available, 58 system error (I/O).
+    match &code[..2] {
+        "08" | "53" | "57" | "40" | "55" | "58" => StoreError::Unavailable(message),
+        "23" => StoreError::Integrity(message),
+        "42" => StoreError::Schema(message),
+        _ => StoreError::Corrupt(message),
+    }
+}
+
+fn pool_error(error: PoolError) -> StoreError {
+    match error {
+        PoolError::Backend(error) => store_error(error),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn fingerprint(bytes: &[u8]) -> Result<KeyFingerprint, StoreError> {
+    KeyFingerprint::from_bytes(bytes).ok_or_else(|| StoreError::Corrupt("key fingerprint is not 32 bytes".to_owned()))
+}
+
+/// Finishes a bounded operation on `client`. A connection that timed out or failed is closed
+/// instead of pooled, so the server aborts its open transaction and later requests get a fresh one.
+fn finish<T>(client: Object, outcome: Result<Result<T, StoreError>, Elapsed>) -> Result<T, StoreError> {
+    match outcome {
+        Ok(Err(error @ StoreError::Unavailable(_))) => {
+            drop(Object::take(client));
+            Err(error)
+        }
+        Ok(result) => result,
+        Err(_) => {
+            drop(Object::take(client));
+            Err(StoreError::Unavailable("store operation timed out".to_owned()))
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `location`, applies pending migrations and returns the store.
+    /// Fails within about `location.timeout` when the database cannot be reached.
+    pub async fn connect(location: &PostgresLocation) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore::with_pool(location)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Builds the pool; no connection is opened until the first operation.
+    fn with_pool(location: &PostgresLocation) -> Result<PostgresStore, StoreError> {
+        let timeout = location.timeout;
+        let mut connection = location.connection.clone();
+        // The server-side bounds: a statement (including its lock waits) may not outlive the
+        // client's deadline, and a transaction left open by a vanished client is rolled back.
+        let server_options = format!(
+            "-c statement_timeout={statement} -c idle_in_transaction_session_timeout={idle}",
+            statement = timeout.as_millis(),
+            idle = timeout.as_millis().saturating_mul(2),
+        );
+        let options = match connection.get_options() {
+            Some(existing) if !existing.is_empty() => format!("{existing} {server_options}"),
+            _ => server_options,
+        };
+        connection
+            .options(options)
+            .connect_timeout(timeout)
+            .keepalives_idle(Duration::from_secs(30));
+        if connection.get_application_name().is_none() {
+            connection.application_name("ca-service");
+        }
+        let manager = Manager::from_config(
+            connection,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                // Connections that failed are discarded by `finish`; checking `is_closed` suffices.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(location.pool_size)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|error| StoreError::Unavailable(format!("cannot build the connection pool: {error}")))?;
+        Ok(PostgresStore { pool, timeout })
+    }
+
+    /// A pooled connection, or `Unavailable` by `deadline`.
+    async fn client(&self, deadline: Instant) -> Result<Object, StoreError> {
+        match timeout_at(deadline, self.pool.get()).await {
+            Ok(result) => result.map_err(pool_error),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no database connection within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// Applies every migration newer than the database's version in one transaction, under an
+    /// advisory lock so that replicas starting together migrate once. Refuses a newer schema.
+    /// Returns the version the database was at before.
+    pub async fn migrate(&self) -> Result<i64, StoreError> {
+        let mut client = self.client(self.deadline()).await?;
+        // No client deadline for the migration itself: a future migration may rewrite large tables.
+        let outcome = migrate(&mut client).await;
+        if outcome.is_err() {
+            drop(Object::take(client));
+        }
+        outcome
+    }
+}
+
+async fn migrate(client: &mut Object) -> Result<i64, StoreError> {
+    let transaction = client.transaction().await.map_err(store_error)?;
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL statement_timeout = 0;
+             SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+             CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    BIGINT      NOT NULL PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL
+             );"
+        ))
+        .await
+        .map_err(store_error)?;
+    let current: i64 = transaction
+        .query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])
+        .await
+        .map_err(store_error)?
+        .get(0);
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Schema(format!(
+            "the database is at schema version {current}, newer than this binary knows ({SCHEMA_VERSION}); upgrade the CA"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+        transaction
+            .batch_execute(sql)
+            .await
+            .map_err(|error| StoreError::Schema(format!("migration {version} failed: {error}")))?;
+        transaction
+            .execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())",
+                &[version],
+            )
+            .await
+            .map_err(store_error)?;
+        tracing::info!(version, "applied PostgreSQL store migration");
+    }
+    transaction.commit().await.map_err(store_error)?;
+    Ok(current)
+}
+
+async fn pin_state(client: &Object, user: &UserId, key: &KeyFingerprint) -> Result<PinState, StoreError> {
+    // One round trip, two index probes (the primary key and the key's UNIQUE index).
+    let statement = client
+        .prepare_cached(
+            "SELECT (SELECT key_sha256 FROM identities WHERE user_id = $1),
+                    (SELECT user_id FROM identities WHERE key_sha256 = $2)",
+        )
+        .await
+        .map_err(store_error)?;
+    let row = client
+        .query_one(&statement, &[&user.as_str(), &key.as_bytes().as_slice()])
+        .await
+        .map_err(store_error)?;
+    let user_pin: Option<Vec<u8>> = row.get(0);
+    let owner: Option<String> = row.get(1);
+    Ok(PinState {
+        user_pin: user_pin.as_deref().map(fingerprint).transpose()?,
+        key_pinned_elsewhere: owner.is_some_and(|owner| owner != user.as_str()),
+    })
+}
+
+async fn certificates_since(client: &Object, user: &UserId, since: OffsetDateTime) -> Result<u64, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT count(*) FROM certificates WHERE user_id = $1 AND issued_at >= $2")
+        .await
+        .map_err(store_error)?;
+    let count: i64 = client
+        .query_one(&statement, &[&user.as_str(), &since])
+        .await
+        .map_err(store_error)?
+        .get(0);
+    Ok(count.unsigned_abs())
+}
+
+async fn commit_issuance(
+    client: &mut Object,
+    certificate: &NewCertificate,
+    event: AuditEvent,
+) -> Result<CommitOutcome, StoreError> {
+    let user = certificate.user_id.as_str();
+    let key = certificate.key_fingerprint.as_bytes().as_slice();
+    let now = OffsetDateTime::now_utc();
+    let transaction = client.transaction().await.map_err(store_error)?;
+    // The constraints decide: a new pin is inserted unless either unique index already holds the
+    // user or the key. ON CONFLICT waits for a concurrent inserter and skips if it committed.
+    let insert_pin = transaction
+        .prepare_cached(
+            "INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING RETURNING 1",
+        )
+        .await
+        .map_err(store_error)?;
+    let inserted = transaction
+        .query_opt(&insert_pin, &[&user, &key, &certificate.spki_der, &now])
+        .await
+        .map_err(store_error)?;
+    let renewal = if inserted.is_some() {
+        false
+    } else {
+        // The conflicting row is committed (READ COMMITTED: this statement sees it). FOR SHARE
+        // keeps it in place until this transaction ends.
+        let pinned = transaction
+            .query_opt(
+                "SELECT key_sha256 FROM identities WHERE user_id = $1 FOR SHARE",
+                &[&user],
+            )
+            .await
+            .map_err(store_error)?;
+        match pinned {
+            Some(row) if row.get::<_, &[u8]>(0) == key => true,
+            Some(row) => {
+                let pinned = fingerprint(row.get(0))?;
+                transaction.rollback().await.map_err(store_error)?;
+                return Ok(CommitOutcome::PinnedToOtherKey(pinned));
+            }
+            // The user has no pin, so the conflict was on the key's UNIQUE index.
+            None => {
+                transaction.rollback().await.map_err(store_error)?;
+                return Ok(CommitOutcome::KeyPinnedElsewhere);
+            }
+        }
+    };
+    let insert_certificate = transaction
+        .prepare_cached(
+            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await
+        .map_err(store_error)?;
+    // A serial collision is a unique violation (23505): Integrity, and the transaction rolls back.
+    transaction
+        .execute(
+            &insert_certificate,
+            &[
+                &certificate.serial.as_bytes(),
+                &user,
+                &key,
+                &certificate.certificate_der,
+                &certificate.not_before,
+                &certificate.not_after,
+                &now,
+            ],
+        )
+        .await
+        .map_err(store_error)?;
+    // The recorded kind follows what the transaction saw, not the earlier read.
+    let event = AuditEvent {
+        kind: if renewal {
+            AuditKind::Renewal
+        } else {
+            AuditKind::Issuance
+        },
+        ..event
+    };
+    let entry = append_entry(&transaction, &event).await?;
+    transaction.commit().await.map_err(store_error)?;
+    Ok(CommitOutcome::Committed { renewal, entry })
+}
+
+async fn append_entry(
+    client: &impl deadpool_postgres::GenericClient,
+    event: &AuditEvent,
+) -> Result<LogEntryRef, StoreError> {
+    let entry = event.encode();
+    let statement = client
+        .prepare_cached("INSERT INTO audit_entries (entry, entry_hash) VALUES ($1, $2) RETURNING id")
+        .await
+        .map_err(store_error)?;
+    let id: i64 = client
+        .query_one(&statement, &[&entry.bytes, &entry.hash.as_slice()])
+        .await
+        .map_err(store_error)?
+        .get(0);
+    // Identity values start at 1.
+    let index = u64::try_from(id - 1).map_err(|_| StoreError::Corrupt(format!("audit entry id {id}")))?;
+    Ok(LogEntryRef {
+        index,
+        entry_hash: entry.hash,
+    })
+}
+
+async fn latest_certificates(client: &Object, users: &[UserId]) -> Result<Vec<StoredCertificate>, StoreError> {
+    // One round trip: per user, a backward scan of certificates_by_user that stops at the first row.
+    let statement = client
+        .prepare_cached(
+            "SELECT wanted.user_id, newest.serial, newest.key_sha256, newest.certificate_der
+             FROM unnest($1::text[]) AS wanted (user_id)
+             CROSS JOIN LATERAL (
+                 SELECT serial, key_sha256, certificate_der FROM certificates
+                 WHERE certificates.user_id = wanted.user_id
+                 ORDER BY issued_at DESC, id DESC LIMIT 1
+             ) AS newest",
+        )
+        .await
+        .map_err(store_error)?;
+    let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    let rows = client.query(&statement, &[&names]).await.map_err(store_error)?;
+    rows.iter()
+        .map(|row| {
+            let user_id = UserId::parse(row.get::<_, &str>(0))
+                .map_err(|error| StoreError::Corrupt(format!("stored user id: {error}")))?;
+            Ok(StoredCertificate {
+                user_id,
+                serial: SerialNumber::from_bytes(row.get(1)),
+                key_fingerprint: fingerprint(row.get(2))?,
+                certificate_der: row.get(3),
+            })
+        })
+        .collect()
+}
+
+impl IdentityStore for PostgresStore {
+    async fn pin_state(&self, user: &UserId, key: &KeyFingerprint) -> Result<PinState, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, pin_state(&client, user, key)).await;
+        finish(client, outcome)
+    }
+
+    async fn certificates_since(&self, user: &UserId, since: OffsetDateTime) -> Result<u64, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, certificates_since(&client, user, since)).await;
+        finish(client, outcome)
+    }
+
+    async fn commit_issuance(
+        &self,
+        certificate: NewCertificate,
+        event: AuditEvent,
+    ) -> Result<CommitOutcome, StoreError> {
+        let deadline = self.deadline();
+        let mut client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, commit_issuance(&mut client, &certificate, event)).await;
+        finish(client, outcome)
+    }
+
+    async fn append_event(&self, event: AuditEvent) -> Result<LogEntryRef, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, append_entry(&client, &event)).await;
+        finish(client, outcome)
+    }
+
+    async fn latest_certificates(&self, users: Vec<UserId>) -> Result<Vec<StoredCertificate>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, latest_certificates(&client, &users)).await;
+        finish(client, outcome)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, async {
+            client.simple_query("SELECT 1").await.map(|_| ()).map_err(store_error)
+        })
+        .await;
+        finish(client, outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Failure behaviour specific to a networked database; the shared behaviours are in `conformance`.
+
+    use std::time::Instant as StdInstant;
+
+    use super::*;
+    use crate::store::conformance::{Harness, PostgresHarness, certificate, event, key, user};
+
+    fn with_timeout(harness: &PostgresHarness, timeout: Duration) -> PostgresLocation {
+        PostgresLocation {
+            timeout,
+            ..harness.location().clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_fails_fast_with_unavailable() {
+        let mut location = PostgresLocation {
+            connection: "postgres://postgres@127.0.0.1:1/none".parse().expect("url"),
+            pool_size: 2,
+            timeout: Duration::from_secs(2),
+        };
+        let started = StdInstant::now();
+        let result = PostgresStore::connect(&location).await;
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        // A host that never answers (TEST-NET-1) is bounded by the timeout too.
+        location.connection = "postgres://postgres@192.0.2.1:5432/none".parse().expect("url");
+        location.timeout = Duration::from_millis(500);
+        let started = StdInstant::now();
+        let result = PostgresStore::connect(&location).await;
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn terminated_connections_fail_with_unavailable_and_the_store_recovers() {
+        let harness = PostgresHarness::create().await;
+        let store = harness.open().await.expect("open");
+        for round in 0..3u8 {
+            // Warm the pool, then kill every connection of the store behind its back.
+            store.ping().await.expect("ping");
+            let terminated: i64 = harness
+                .raw_client()
+                .await
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&harness.name()],
+                )
+                .await
+                .expect("terminate")
+                .get(0);
+            assert!(terminated >= 1, "the store had a connection");
+            let user_name = format!("user-{round}");
+            let first = store
+                .commit_issuance(certificate(&user_name, round + 1, round + 1), event(&user_name))
+                .await;
+            match first {
+                Ok(CommitOutcome::Committed { .. }) | Err(StoreError::Unavailable(_)) => {}
+                other => panic!("only success or Unavailable are acceptable, got {other:?}"),
+            }
+            // The dead connection was discarded: the next operation gets a fresh one.
+            let state = store
+                .pin_state(&user(&user_name), &key(round + 1))
+                .await
+                .expect("recovered");
+            if first.is_err() {
+                assert_eq!(state.user_pin, None, "Unavailable wrote nothing");
+            }
+            let retried = store
+                .commit_issuance(certificate(&user_name, round + 1, round + 101), event(&user_name))
+                .await;
+            assert!(matches!(retried, Ok(CommitOutcome::Committed { .. })), "{retried:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocked_transaction_times_out_with_unavailable_and_writes_nothing() {
+        let harness = PostgresHarness::create().await;
+        drop(harness.open().await.expect("migrate"));
+        let store = PostgresStore::connect(&with_timeout(&harness, Duration::from_millis(500)))
+            .await
+            .expect("open");
+        let mut blocker = harness.raw_client().await;
+        let transaction = blocker.transaction().await.expect("begin");
+        transaction
+            .batch_execute("LOCK TABLE audit_entries IN ACCESS EXCLUSIVE MODE")
+            .await
+            .expect("lock");
+        let started = StdInstant::now();
+        let blocked = store.commit_issuance(certificate("alice", 1, 1), event("alice")).await;
+        assert!(matches!(blocked, Err(StoreError::Unavailable(_))), "{blocked:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "bounded by the store timeout, took {:?}",
+            started.elapsed()
+        );
+        transaction.rollback().await.expect("release the lock");
+        let alice = store.pin_state(&user("alice"), &key(1)).await.expect("pin state");
+        assert_eq!(alice.user_pin, None, "the pin written before the block was rolled back");
+        let retried = store.commit_issuance(certificate("alice", 1, 1), event("alice")).await;
+        assert!(
+            matches!(retried, Ok(CommitOutcome::Committed { renewal: false, .. })),
+            "{retried:?}"
+        );
+    }
+}

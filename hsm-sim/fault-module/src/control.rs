@@ -1,0 +1,474 @@
+//! The fault plan: parses the control file, decides per call whether to inject a fault, tracks open sessions and writes the call log.
+//!
+//! Safe code only; `ffi` calls in here before and after forwarding each PKCS#11 call.
+//! The control file is re-read on every call (a few microseconds for a few lines), so a test's change
+//! applies to the very next call; the plan is re-parsed, and its one-off counters start afresh, only
+//! when the file's content changes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cryptoki_sys::*;
+use hsm_sim::faults::{CONTROL_ENV, LOG_ENV};
+
+/// The fault plan of this process, configured from the environment at first use.
+pub static FAULTS: LazyLock<Faults> = LazyLock::new(Faults::from_env);
+
+/// Every return value by name, for the control file and the call log.
+macro_rules! return_values {
+    ($($name:ident),* $(,)?) => {
+        const RETURN_VALUES: &[(&str, CK_RV)] = &[$((stringify!($name), $name)),*];
+    };
+}
+
+return_values![
+    CKR_OK,
+    CKR_CANCEL,
+    CKR_HOST_MEMORY,
+    CKR_SLOT_ID_INVALID,
+    CKR_GENERAL_ERROR,
+    CKR_FUNCTION_FAILED,
+    CKR_ARGUMENTS_BAD,
+    CKR_NO_EVENT,
+    CKR_NEED_TO_CREATE_THREADS,
+    CKR_CANT_LOCK,
+    CKR_ATTRIBUTE_READ_ONLY,
+    CKR_ATTRIBUTE_SENSITIVE,
+    CKR_ATTRIBUTE_TYPE_INVALID,
+    CKR_ATTRIBUTE_VALUE_INVALID,
+    CKR_ACTION_PROHIBITED,
+    CKR_DATA_INVALID,
+    CKR_DATA_LEN_RANGE,
+    CKR_DEVICE_ERROR,
+    CKR_DEVICE_MEMORY,
+    CKR_DEVICE_REMOVED,
+    CKR_ENCRYPTED_DATA_INVALID,
+    CKR_ENCRYPTED_DATA_LEN_RANGE,
+    CKR_AEAD_DECRYPT_FAILED,
+    CKR_FUNCTION_CANCELED,
+    CKR_FUNCTION_NOT_PARALLEL,
+    CKR_FUNCTION_NOT_SUPPORTED,
+    CKR_KEY_HANDLE_INVALID,
+    CKR_KEY_SIZE_RANGE,
+    CKR_KEY_TYPE_INCONSISTENT,
+    CKR_KEY_NOT_NEEDED,
+    CKR_KEY_CHANGED,
+    CKR_KEY_NEEDED,
+    CKR_KEY_INDIGESTIBLE,
+    CKR_KEY_FUNCTION_NOT_PERMITTED,
+    CKR_KEY_NOT_WRAPPABLE,
+    CKR_KEY_UNEXTRACTABLE,
+    CKR_MECHANISM_INVALID,
+    CKR_MECHANISM_PARAM_INVALID,
+    CKR_OBJECT_HANDLE_INVALID,
+    CKR_OPERATION_ACTIVE,
+    CKR_OPERATION_NOT_INITIALIZED,
+    CKR_PIN_INCORRECT,
+    CKR_PIN_INVALID,
+    CKR_PIN_LEN_RANGE,
+    CKR_PIN_EXPIRED,
+    CKR_PIN_LOCKED,
+    CKR_SESSION_CLOSED,
+    CKR_SESSION_COUNT,
+    CKR_SESSION_HANDLE_INVALID,
+    CKR_SESSION_PARALLEL_NOT_SUPPORTED,
+    CKR_SESSION_READ_ONLY,
+    CKR_SESSION_EXISTS,
+    CKR_SESSION_READ_ONLY_EXISTS,
+    CKR_SESSION_READ_WRITE_SO_EXISTS,
+    CKR_SIGNATURE_INVALID,
+    CKR_SIGNATURE_LEN_RANGE,
+    CKR_TEMPLATE_INCOMPLETE,
+    CKR_TEMPLATE_INCONSISTENT,
+    CKR_TOKEN_NOT_PRESENT,
+    CKR_TOKEN_NOT_RECOGNIZED,
+    CKR_TOKEN_WRITE_PROTECTED,
+    CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+    CKR_UNWRAPPING_KEY_SIZE_RANGE,
+    CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+    CKR_USER_ALREADY_LOGGED_IN,
+    CKR_USER_NOT_LOGGED_IN,
+    CKR_USER_PIN_NOT_INITIALIZED,
+    CKR_USER_TYPE_INVALID,
+    CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
+    CKR_USER_TOO_MANY_TYPES,
+    CKR_WRAPPED_KEY_INVALID,
+    CKR_WRAPPED_KEY_LEN_RANGE,
+    CKR_WRAPPING_KEY_HANDLE_INVALID,
+    CKR_WRAPPING_KEY_SIZE_RANGE,
+    CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
+    CKR_RANDOM_SEED_NOT_SUPPORTED,
+    CKR_RANDOM_NO_RNG,
+    CKR_DOMAIN_PARAMS_INVALID,
+    CKR_CURVE_NOT_SUPPORTED,
+    CKR_BUFFER_TOO_SMALL,
+    CKR_SAVED_STATE_INVALID,
+    CKR_INFORMATION_SENSITIVE,
+    CKR_STATE_UNSAVEABLE,
+    CKR_CRYPTOKI_NOT_INITIALIZED,
+    CKR_CRYPTOKI_ALREADY_INITIALIZED,
+    CKR_MUTEX_BAD,
+    CKR_MUTEX_NOT_LOCKED,
+    CKR_NEW_PIN_MODE,
+    CKR_NEXT_OTP,
+    CKR_EXCEEDED_MAX_ITERATIONS,
+    CKR_FIPS_SELF_TEST_FAILED,
+    CKR_LIBRARY_LOAD_FAILED,
+    CKR_PIN_TOO_WEAK,
+    CKR_PUBLIC_KEY_INVALID,
+    CKR_FUNCTION_REJECTED,
+    CKR_TOKEN_RESOURCE_EXCEEDED,
+    CKR_OPERATION_CANCEL_FAILED,
+    CKR_KEY_EXHAUSTED,
+    CKR_PENDING,
+    CKR_SESSION_ASYNC_NOT_SUPPORTED,
+    CKR_SEED_RANDOM_REQUIRED,
+    CKR_OPERATION_NOT_VALIDATED,
+    CKR_TOKEN_NOT_INITIALIZED,
+    CKR_PARAMETER_SET_NOT_SUPPORTED,
+];
+
+/// A `CKR_` name, or a hexadecimal value such as `0x80000001` (vendor-defined).
+fn parse_return_value(text: &str) -> Option<CK_RV> {
+    if let Some(hex) = text.strip_prefix("0x") {
+        return CK_RV::from_str_radix(hex, 16).ok();
+    }
+    RETURN_VALUES
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, value)| *value)
+}
+
+fn return_value_name(value: CK_RV) -> String {
+    RETURN_VALUES
+        .iter()
+        .find(|(_, known)| *known == value)
+        .map(|(name, _)| (*name).to_owned())
+        .unwrap_or_else(|| format!("{value:#x}"))
+}
+
+/// One line of the control file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    /// `fail FUNCTION CKR_NAME [COUNT]`.
+    Fail {
+        function: String,
+        rv: CK_RV,
+        /// Calls still to fail; `None` fails every call until the line is removed.
+        remaining: Option<u64>,
+    },
+    /// `latency FUNCTION MILLISECONDS`.
+    Latency { function: String, delay: Duration },
+    /// `session-limit N`.
+    SessionLimit(usize),
+}
+
+/// Parses a control file; malformed lines are reported (to stderr, by the caller) and skipped, so
+/// that a typo never silently turns into "no faults" for the whole file.
+fn parse(text: &str, known_functions: &[&str]) -> (Vec<Rule>, Vec<String>) {
+    let mut rules = Vec::new();
+    let mut problems = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let function = |name: &str| {
+            if known_functions.contains(&name) {
+                Ok(name.to_owned())
+            } else {
+                Err(format!("unknown PKCS#11 function {name:?}"))
+            }
+        };
+        let rule = match words.as_slice() {
+            ["fail", name, rv, rest @ ..] if rest.len() <= 1 => function(name).and_then(|function| {
+                let rv = parse_return_value(rv).ok_or_else(|| format!("unknown return value {rv:?}"))?;
+                let remaining = match rest.first() {
+                    Some(count) => Some(count.parse().map_err(|_| format!("bad count {count:?}"))?),
+                    None => None,
+                };
+                Ok(Rule::Fail {
+                    function,
+                    rv,
+                    remaining,
+                })
+            }),
+            ["latency", name, millis] => function(name).and_then(|function| {
+                let millis: u64 = millis.parse().map_err(|_| format!("bad milliseconds {millis:?}"))?;
+                Ok(Rule::Latency {
+                    function,
+                    delay: Duration::from_millis(millis),
+                })
+            }),
+            ["session-limit", limit] => limit
+                .parse()
+                .map(Rule::SessionLimit)
+                .map_err(|_| format!("bad session limit {limit:?}")),
+            _ => {
+                Err("expected `fail FUNCTION CKR_NAME [COUNT]`, `latency FUNCTION MS` or `session-limit N`".to_owned())
+            }
+        };
+        match rule {
+            Ok(rule) => rules.push(rule),
+            Err(problem) => problems.push(format!("line {}: {problem}; line ignored", index + 1)),
+        }
+    }
+    (rules, problems)
+}
+
+/// The whole fault state of the process.
+pub struct Faults {
+    control: Option<PathBuf>,
+    known_functions: &'static [&'static str],
+    state: Mutex<State>,
+    log: Option<Mutex<fs::File>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The control file content the rules were parsed from.
+    content: Option<Vec<u8>>,
+    rules: Vec<Rule>,
+    /// Open sessions and their slots, as seen through this module.
+    sessions: HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>,
+    /// `C_OpenSession` calls admitted but not yet returned: counted against the limit so that
+    /// concurrent opens cannot overshoot it.
+    opening: usize,
+}
+
+impl Faults {
+    fn from_env() -> Faults {
+        let log = std::env::var_os(LOG_ENV).and_then(|path| {
+            match fs::OpenOptions::new().create(true).append(true).open(&path) {
+                Ok(file) => Some(Mutex::new(file)),
+                Err(error) => {
+                    eprintln!(
+                        "pkcs11-fault: cannot open the call log {}: {error}",
+                        PathBuf::from(path).display()
+                    );
+                    None
+                }
+            }
+        });
+        Faults {
+            control: std::env::var_os(CONTROL_ENV).map(PathBuf::from),
+            known_functions: crate::ffi::FUNCTION_NAMES,
+            state: Mutex::new(State::default()),
+            log,
+        }
+    }
+
+    /// Locks the state; a panic while holding the lock cannot leave it inconsistent (every update
+    /// is a single assignment or map operation), so a poisoned lock is simply taken over.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Re-reads the control file and re-parses it when its content changed.
+    fn refresh(&self, state: &mut State) {
+        let Some(path) = &self.control else { return };
+        let content = fs::read(path).ok();
+        if content == state.content {
+            return;
+        }
+        let text = content.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let (rules, problems) = parse(&text, self.known_functions);
+        for problem in problems {
+            eprintln!("pkcs11-fault: control file {}: {problem}", path.display());
+        }
+        state.rules = rules;
+        state.content = content;
+    }
+
+    /// Called before forwarding `function`: sleeps for any latency set on it, then returns the
+    /// value to inject instead of forwarding, if a `fail` rule matches.
+    pub fn before(&self, function: &str) -> Option<CK_RV> {
+        let (delay, injected) = {
+            let mut state = self.lock();
+            self.refresh(&mut state);
+            let delay: Duration = state
+                .rules
+                .iter()
+                .filter_map(|rule| match rule {
+                    Rule::Latency { function: name, delay } if name == function => Some(*delay),
+                    _ => None,
+                })
+                .sum();
+            let injected = state.rules.iter_mut().find_map(|rule| match rule {
+                Rule::Fail {
+                    function: name,
+                    rv,
+                    remaining,
+                } if name == function && *remaining != Some(0) => {
+                    if let Some(remaining) = remaining {
+                        *remaining -= 1;
+                    }
+                    Some(*rv)
+                }
+                _ => None,
+            });
+            (delay, injected)
+        };
+        // Sleep without the lock, so that latency on one call does not serialise the others.
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        if let Some(rv) = injected {
+            self.record(function, rv, true);
+        }
+        injected
+    }
+
+    /// Like [`Faults::before`] for `C_OpenSession`, which the session limit applies to as well.
+    /// On `None`, the caller must report the outcome with [`Faults::opened`].
+    pub fn before_open_session(&self) -> Option<CK_RV> {
+        if let Some(rv) = self.before("C_OpenSession") {
+            return Some(rv);
+        }
+        let mut state = self.lock();
+        let limit = state.rules.iter().rev().find_map(|rule| match rule {
+            Rule::SessionLimit(limit) => Some(*limit),
+            _ => None,
+        });
+        if let Some(limit) = limit
+            && state.sessions.len() + state.opening >= limit
+        {
+            drop(state);
+            self.record("C_OpenSession", CKR_SESSION_COUNT, true);
+            return Some(CKR_SESSION_COUNT);
+        }
+        state.opening += 1;
+        None
+    }
+
+    /// Records the outcome of a forwarded `C_OpenSession` admitted by [`Faults::before_open_session`].
+    pub fn opened(&self, slot: CK_SLOT_ID, session: Option<CK_SESSION_HANDLE>) {
+        let mut state = self.lock();
+        state.opening = state.opening.saturating_sub(1);
+        if let Some(session) = session {
+            state.sessions.insert(session, slot);
+        }
+    }
+
+    /// A session was closed.
+    pub fn closed(&self, session: CK_SESSION_HANDLE) {
+        self.lock().sessions.remove(&session);
+    }
+
+    /// Every session on `slot` was closed.
+    pub fn closed_all(&self, slot: CK_SLOT_ID) {
+        self.lock().sessions.retain(|_, session_slot| *session_slot != slot);
+    }
+
+    /// The module was finalised: every session is gone.
+    pub fn finalized(&self) {
+        self.lock().sessions.clear();
+    }
+
+    /// Appends `FUNCTION CKR_NAME[ injected]` to the call log, if there is one.
+    pub fn record(&self, function: &str, rv: CK_RV, injected: bool) {
+        let Some(log) = &self.log else { return };
+        let suffix = if injected { " injected" } else { "" };
+        let line = format!("{function} {}{suffix}\n", return_value_name(rv));
+        let mut file = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // One write per line on an O_APPEND file: lines from concurrent calls never interleave.
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNOWN: &[&str] = &["C_Sign", "C_Login", "C_OpenSession"];
+
+    #[test]
+    fn parses_every_command_and_reports_bad_lines() {
+        let text = "# header\n\
+                    fail C_Sign CKR_DEVICE_ERROR\n\
+                    fail C_Login CKR_PIN_INCORRECT 2   # trailing comment\n\
+                    fail C_Sign 0x80000001 1\n\
+                    latency C_Sign 200\n\
+                    session-limit 1\n\
+                    \n\
+                    fail C_Nope CKR_OK\n\
+                    fail C_Sign CKR_WHATEVER\n\
+                    latency C_Sign soon\n\
+                    explode\n";
+        let (rules, problems) = parse(text, KNOWN);
+        assert_eq!(
+            rules,
+            [
+                Rule::Fail {
+                    function: "C_Sign".to_owned(),
+                    rv: CKR_DEVICE_ERROR,
+                    remaining: None
+                },
+                Rule::Fail {
+                    function: "C_Login".to_owned(),
+                    rv: CKR_PIN_INCORRECT,
+                    remaining: Some(2)
+                },
+                Rule::Fail {
+                    function: "C_Sign".to_owned(),
+                    rv: 0x8000_0001,
+                    remaining: Some(1)
+                },
+                Rule::Latency {
+                    function: "C_Sign".to_owned(),
+                    delay: Duration::from_millis(200)
+                },
+                Rule::SessionLimit(1),
+            ]
+        );
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems[0].starts_with("line 8: unknown PKCS#11 function"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn return_value_names_round_trip() {
+        for (name, value) in RETURN_VALUES {
+            assert_eq!(parse_return_value(name), Some(*value));
+            assert_eq!(return_value_name(*value), *name);
+        }
+        assert_eq!(return_value_name(0x8000_0001), "0x80000001");
+    }
+
+    #[test]
+    fn one_off_faults_are_consumed_and_the_session_limit_counts_open_sessions() {
+        let temp = std::env::temp_dir().join(format!("pkcs11-fault-test-{}", std::process::id()));
+        fs::write(&temp, "fail C_Sign CKR_SESSION_HANDLE_INVALID 1\nsession-limit 1\n").expect("write");
+        let faults = Faults {
+            control: Some(temp.clone()),
+            known_functions: KNOWN,
+            state: Mutex::new(State::default()),
+            log: None,
+        };
+        assert_eq!(faults.before("C_Sign"), Some(CKR_SESSION_HANDLE_INVALID));
+        assert_eq!(faults.before("C_Sign"), None);
+        assert_eq!(faults.before_open_session(), None);
+        assert_eq!(
+            faults.before_open_session(),
+            Some(CKR_SESSION_COUNT),
+            "one open in flight"
+        );
+        faults.opened(7, Some(1));
+        assert_eq!(faults.before_open_session(), Some(CKR_SESSION_COUNT), "one open");
+        faults.closed(1);
+        assert_eq!(faults.before_open_session(), None);
+        faults.opened(7, None);
+        // New content: the one-off counter starts afresh.
+        fs::write(&temp, "fail C_Sign CKR_SESSION_HANDLE_INVALID 1\n").expect("write");
+        assert_eq!(faults.before("C_Sign"), Some(CKR_SESSION_HANDLE_INVALID));
+        fs::remove_file(&temp).expect("remove");
+        assert_eq!(faults.before("C_Sign"), None);
+    }
+}

@@ -1,0 +1,478 @@
+//! Several `ca-service` replicas on one PostgreSQL database: racing enrollments, dropped connections, startup.
+//!
+//! One CA is provisioned once (dev mode, then stopped); each replica gets its own copy of the SoftHSM
+//! token directory (SoftHSM must not share a token directory between processes) and a serve config
+//! pointing at the same fresh database, created through `E2EE_CA_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped at the end.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{CA_SERVICE, DevServer, UserKey, UserKeyPair, ca_info, pem_der};
+use e2ee_ca_proto::v1::identity_client::IdentityClient;
+use e2ee_ca_proto::v1::{GetCertificatesRequest, IssueCertificateRequest};
+use tonic::Code;
+use tonic::transport::Channel;
+use x509_parser::prelude::FromDer;
+
+/// The bound the replicas put on one store operation; client deadlines are well above it.
+const STORE_TIMEOUT_MS: u64 = 2000;
+
+/// The deadline every test request carries.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+fn maintenance_url() -> String {
+    std::env::var("E2EE_CA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL (is it running? see E2EE_CA_TEST_POSTGRES_URL)");
+    tokio::spawn(connection);
+    client
+}
+
+/// A fresh database, dropped (with FORCE) when this is dropped.
+struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    async fn create() -> TestDatabase {
+        let name = format!("e2ee_ca_replicas_{}", hex::encode(rand::random::<[u8; 8]>()));
+        connect(&maintenance_url())
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let mut config: tokio_postgres::Config = maintenance_url().parse().expect("maintenance URL");
+        config.dbname(&name);
+        let url = format!(
+            "postgres://{user}@{host}:{port}/{name}",
+            user = config.get_user().unwrap_or("postgres"),
+            host = match config.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+                _ => "127.0.0.1".to_owned(),
+            },
+            port = config.get_ports().first().copied().unwrap_or(5432),
+        );
+        TestDatabase { name, url }
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    /// Kills every connection to the database except the caller's; returns how many.
+    async fn terminate_connections(&self, client: &tokio_postgres::Client) -> i64 {
+        client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .await
+            .expect("pg_terminate_backend")
+            .get(0)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                connect(&maintenance_url())
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+    }
+}
+
+/// One CA provisioned by dev mode (token, key, certificate), not running.
+struct ProvisionedCa {
+    directory: tempfile::TempDir,
+    data_dir: PathBuf,
+}
+
+impl ProvisionedCa {
+    fn create() -> ProvisionedCa {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let data_dir = DevServer::start(directory.path(), "ecdsa-p256").stop();
+        ProvisionedCa { directory, data_dir }
+    }
+
+    /// Writes replica `index`'s directory: a private copy of the token and a serve config on `url`.
+    fn replica_config(&self, index: usize, url: &str) -> PathBuf {
+        let root = self.directory.path().join(format!("replica-{index}"));
+        let token = hsm_sim::TokenDirectory::create(&root.join("softhsm")).expect("token directory");
+        copy_tree(&self.data_dir.join("softhsm").join("tokens"), &token.tokens_path());
+        let text = std::fs::read_to_string(self.data_dir.join("ca-service.toml")).expect("dev config");
+        let mut config: toml::Table = toml::from_str(&text).expect("dev config parses");
+        let hsm = config["hsm"].as_table_mut().expect("[hsm]");
+        hsm.insert(
+            "softhsm2_conf".to_owned(),
+            token.conf_path().display().to_string().into(),
+        );
+        hsm.insert("pool_size".to_owned(), 2.into());
+        let ca = config["ca"].as_table_mut().expect("[ca]");
+        ca.insert(
+            "certificate".to_owned(),
+            self.data_dir.join("ca.pem").display().to_string().into(),
+        );
+        let mut store = toml::Table::new();
+        store.insert("url".to_owned(), url.into());
+        store.insert("pool_size".to_owned(), 4.into());
+        store.insert(
+            "timeout_ms".to_owned(),
+            i64::try_from(STORE_TIMEOUT_MS).expect("small").into(),
+        );
+        config.insert("store".to_owned(), store.into());
+        let path = root.join("ca-service.toml");
+        std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
+        path
+    }
+
+    /// Starts `count` replicas on `url`.
+    fn start_replicas(&self, count: usize, url: &str) -> Vec<DevServer> {
+        (0..count)
+            .map(|index| DevServer::start_with_config(&self.replica_config(index, url)))
+            .collect()
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create");
+    for entry in std::fs::read_dir(from).expect("read token directory") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy token file");
+        }
+    }
+}
+
+async fn issue(
+    client: &mut IdentityClient<Channel>,
+    user_id: &str,
+    csr_pem: String,
+) -> Result<e2ee_ca_proto::v1::IssueCertificateResponse, tonic::Status> {
+    let mut request = tonic::Request::new(IssueCertificateRequest {
+        user_id: user_id.to_owned(),
+        csr_pem,
+    });
+    request.set_timeout(REQUEST_DEADLINE);
+    client.issue_certificate(request).await.map(tonic::Response::into_inner)
+}
+
+/// Verifies `certificate_pem` with the CA public key (SPKI PEM from GetCaInfo).
+fn assert_signed_by_ca(certificate_pem: &str, ca_public_key_pem: &str) {
+    let certificate_der = pem_der(certificate_pem);
+    let (_, certificate) = x509_parser::parse_x509_certificate(&certificate_der).expect("certificate parses");
+    let ca_key_der = pem_der(ca_public_key_pem);
+    let (_, ca_key) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&ca_key_der).expect("CA key parses");
+    certificate
+        .verify_signature(Some(&ca_key))
+        .expect("certificate verifies with the CA key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_racing_enrollments_pin_one_key_per_user() {
+    const USERS: usize = 20;
+    const REPLICAS: usize = 3;
+    const KEYS_PER_REPLICA: usize = 2;
+    let ca = ProvisionedCa::create();
+    let database = TestDatabase::create().await;
+    let replicas = ca.start_replicas(REPLICAS, &database.url);
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        clients.push(replica.client().await);
+    }
+    let info = ca_info(&mut clients[0]).await;
+    for client in &mut clients[1..] {
+        assert_eq!(
+            ca_info(client).await.ca_public_key_pem,
+            info.ca_public_key_pem,
+            "one CA"
+        );
+    }
+
+    // Every user enrolls with 6 different keys, 2 through each replica, all at once.
+    let mut requests = Vec::new();
+    for user in 0..USERS {
+        for replica in 0..REPLICAS {
+            for _ in 0..KEYS_PER_REPLICA {
+                let user_id = format!("user-{user}@example.com");
+                let key = UserKeyPair::generate(UserKey::EcP256);
+                requests.push((
+                    replica,
+                    user_id,
+                    key.fingerprint(),
+                    key.csr(&format!("user-{user}@example.com")),
+                ));
+            }
+        }
+    }
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(replica, user_id, fingerprint, csr_pem)| {
+            let mut client = clients[replica].clone();
+            tokio::spawn(async move {
+                let result = issue(&mut client, &user_id, csr_pem).await;
+                (user_id, fingerprint, result)
+            })
+        })
+        .collect();
+    let mut winners: HashMap<String, (String, String)> = HashMap::new();
+    let mut refusals: Vec<(String, String)> = Vec::new();
+    for task in tasks {
+        let (user_id, fingerprint, result) = task.await.expect("task");
+        match result {
+            Ok(response) => {
+                assert!(!response.renewal);
+                assert_eq!(response.key_fingerprint, fingerprint);
+                assert_signed_by_ca(&response.certificate_pem, &info.ca_public_key_pem);
+                let previous = winners.insert(user_id.clone(), (fingerprint, response.serial_hex));
+                assert!(previous.is_none(), "{user_id} got two certificates for different keys");
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+                refusals.push((user_id, status.message().to_owned()));
+            }
+        }
+    }
+    assert_eq!(winners.len(), USERS, "every user got exactly one certificate");
+    assert_eq!(refusals.len(), USERS * (REPLICAS * KEYS_PER_REPLICA - 1));
+    for (user_id, message) in &refusals {
+        let (winner, _) = &winners[user_id];
+        assert!(
+            message.contains(winner.as_str()),
+            "refusal names the pinned key: {message}"
+        );
+    }
+
+    // The database agrees: one pin and one certificate per user, distinct serials, every event logged.
+    let client = database.client().await;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM identities), (SELECT count(*) FROM certificates),
+                    (SELECT count(DISTINCT serial) FROM certificates), (SELECT count(*) FROM audit_entries)",
+            &[],
+        )
+        .await
+        .expect("counts");
+    let counts: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let expected_users = i64::try_from(USERS).expect("small");
+    let requests_made = i64::try_from(USERS * REPLICAS * KEYS_PER_REPLICA).expect("small");
+    assert_eq!(counts, (expected_users, expected_users, expected_users, requests_made));
+    let stored_serials: HashSet<String> = client
+        .query("SELECT serial FROM certificates", &[])
+        .await
+        .expect("serials")
+        .iter()
+        .map(|row| hex::encode(row.get::<_, &[u8]>(0)))
+        .collect();
+    let issued_serials: HashSet<String> = winners.values().map(|(_, serial)| serial.clone()).collect();
+    assert_eq!(stored_serials, issued_serials);
+
+    // No replica caches: each one reports every winner, whichever replica issued it.
+    let user_ids: Vec<String> = (0..USERS).map(|user| format!("user-{user}@example.com")).collect();
+    for client in &mut clients {
+        let response = client
+            .get_certificates(GetCertificatesRequest {
+                user_ids: user_ids.clone(),
+            })
+            .await
+            .expect("GetCertificates")
+            .into_inner();
+        assert!(response.unknown_user_ids.is_empty());
+        for certificate in response.certificates {
+            let (fingerprint, serial) = &winners[&certificate.user_id];
+            assert_eq!(
+                (&certificate.key_fingerprint, &certificate.serial_hex),
+                (fingerprint, serial)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_answer_unavailable_while_connections_drop_and_recover_without_restart() {
+    let ca = ProvisionedCa::create();
+    let database = TestDatabase::create().await;
+    let replicas = ca.start_replicas(2, &database.url);
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        clients.push(replica.client().await);
+    }
+
+    // Load: 8 clients enrolling fresh users as fast as they can, while every connection the
+    // replicas hold is terminated ten times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|worker| {
+            let mut client = clients[worker % clients.len()].clone();
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut sequence = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let user_id = format!("load-{worker}-{sequence}");
+                    sequence += 1;
+                    let key = UserKeyPair::generate(UserKey::EcP256);
+                    let started = Instant::now();
+                    let result = issue(&mut client, &user_id, key.csr(&user_id)).await;
+                    let elapsed = started.elapsed();
+                    outcomes.push((user_id, result.map(|response| response.serial_hex), elapsed));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let killer = database.client().await;
+    let mut terminated = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        terminated += database.terminate_connections(&killer).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(terminated > 0, "the replicas had connections to kill");
+
+    let mut issued = HashMap::new();
+    let mut unavailable = 0;
+    for task in load {
+        for (user_id, result, elapsed) in task.await.expect("load task") {
+            assert!(
+                elapsed < Duration::from_millis(3 * STORE_TIMEOUT_MS),
+                "a request took {elapsed:?}: the store bound was not kept"
+            );
+            match result {
+                Ok(serial) => {
+                    issued.insert(user_id, serial);
+                }
+                Err(status) if status.code() == Code::Unavailable => {
+                    assert!(
+                        !status.message().to_lowercase().contains("sql"),
+                        "no database detail leaks: {}",
+                        status.message()
+                    );
+                    unavailable += 1;
+                }
+                Err(status) => panic!("only OK or UNAVAILABLE may appear, got {status:?}"),
+            }
+        }
+    }
+    assert!(!issued.is_empty(), "issuance went on between terminations");
+    eprintln!(
+        "{} issued, {unavailable} unavailable, {terminated} connections terminated",
+        issued.len()
+    );
+
+    // Nothing half-written: no pin without its certificate, every released certificate stored.
+    let client = database.client().await;
+    let orphans: i64 = client
+        .query_one(
+            "SELECT count(*) FROM identities WHERE NOT EXISTS
+                 (SELECT 1 FROM certificates WHERE certificates.user_id = identities.user_id)",
+            &[],
+        )
+        .await
+        .expect("orphans")
+        .get(0);
+    assert_eq!(orphans, 0, "a pin was written without its certificate");
+    let stored: HashMap<String, String> = client
+        .query("SELECT user_id, serial FROM certificates", &[])
+        .await
+        .expect("certificates")
+        .iter()
+        .map(|row| (row.get::<_, String>(0), hex::encode(row.get::<_, &[u8]>(1))))
+        .collect();
+    for (user_id, serial) in &issued {
+        assert_eq!(
+            stored.get(user_id),
+            Some(serial),
+            "released certificate of {user_id} is stored"
+        );
+    }
+
+    // The database is back (it never left): every replica issues again, without a restart.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (index, client) in clients.iter_mut().enumerate() {
+        let user_id = format!("after-{index}");
+        let key = UserKeyPair::generate(UserKey::EcP256);
+        let response = issue(client, &user_id, key.csr(&user_id)).await;
+        assert!(response.is_ok(), "replica {index} recovered: {response:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_once_and_an_unreachable_database_stops_startup_fast() {
+    let ca = ProvisionedCa::create();
+    let database = TestDatabase::create().await;
+    let config = ca.replica_config(0, &database.url);
+    for _ in 0..2 {
+        let output = tokio::process::Command::new(CA_SERVICE)
+            .arg("migrate")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .await
+            .expect("run migrate");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("schema version 1"), "{stdout}");
+    }
+    let versions: Vec<i64> = database
+        .client()
+        .await
+        .query("SELECT version FROM schema_migrations", &[])
+        .await
+        .expect("versions")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, [1], "applied once");
+
+    let unreachable = ca.replica_config(1, "postgres://postgres:hunter2@127.0.0.1:1/ca");
+    let started = Instant::now();
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(CA_SERVICE)
+            .arg("serve")
+            .arg("--config")
+            .arg(&unreachable)
+            .output(),
+    )
+    .await
+    .expect("startup did not hang")
+    .expect("run serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "serve must refuse to start");
+    assert!(
+        stderr.contains("cannot open the PostgreSQL store at 127.0.0.1:1/ca"),
+        "clear message: {stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the password is never printed: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_millis(STORE_TIMEOUT_MS + 5000),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+}
