@@ -323,3 +323,28 @@ fn serve_refuses_inconsistent_configs() {
         text(&output)
     );
 }
+
+/// The documented examples in deploy/ parse and validate: each run gets as far as reading the PIN.
+#[test]
+fn deploy_examples_are_valid_configs() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let cases = [
+        ("serve", "ca-service.example.toml", "hsm.pin_file"),
+        ("ceremony", "ceremony-root.example.toml", "hsm.pin_file"),
+        ("ceremony", "ceremony-csr.example.toml", "E2EE_CA_HSM_PIN"),
+        ("ceremony", "ceremony-import.example.toml", "E2EE_CA_HSM_PIN"),
+    ];
+    for (command, file, expected) in cases {
+        let output = run(Command::new(CA_SERVICE)
+            .arg(command)
+            .arg("--config")
+            .arg(deploy.join(file))
+            .env_remove("E2EE_CA_HSM_PIN"));
+        assert!(!output.status.success(), "{file}: no PIN is available here");
+        let message = text(&output);
+        assert!(
+            message.contains(expected),
+            "{file}: config must be valid up to the PIN: {message}"
+        );
+    }
+}
