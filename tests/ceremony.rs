@@ -348,3 +348,38 @@ fn deploy_examples_are_valid_configs() {
         );
     }
 }
+
+/// `--log-format json` gives one JSON object per log line (and the PIN never appears).
+#[test]
+fn logs_can_be_json_lines() {
+    let token = Token::new();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
+         [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+        token.hsm_section("pin")
+    );
+    std::fs::write(token.path("serve.toml"), config).expect("write");
+    let output = Command::new(CA_SERVICE)
+        .args(["--log-format", "json", "migrate", "--config"])
+        .arg(token.path("serve.toml"))
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run migrate");
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "migrate logs the migration it applied");
+    for line in &lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not a JSON object: {line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("\"level\":\"INFO\"") && line.contains("applied embedded-store migration")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(USER_PIN));
+}
