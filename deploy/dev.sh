@@ -57,7 +57,7 @@ DEMO="$DATA_DIR/demo"
 say "GetCaInfo: the CA's certificate fingerprint and public key"
 "${CLIENT[@]}" ca-info
 
-say "alice enrolls her laptop: a new RSA-2048 key, certified and pinned"
+say "alice enrolls her laptop: a new RSA-2048 key is certified and pinned (later runs: renewed)"
 "${CLIENT[@]}" enroll --user alice --dir "$DEMO/alice-laptop" | sed -n '1,5p'
 if command -v openssl >/dev/null; then
   openssl x509 -in "$DEMO/alice-laptop/certificate.pem" -noout -subject -issuer -serial -dates -ext keyUsage,basicConstraints

@@ -383,3 +383,45 @@ fn logs_can_be_json_lines() {
     );
     assert!(!stderr.contains(USER_PIN));
 }
+
+/// Renewals are rate-limited per user (issuance.max_certificates_per_user_per_day).
+#[tokio::test]
+async fn renewals_are_rate_limited_per_user() {
+    let token = Token::new();
+    let made = token.ceremony(
+        "root.toml",
+        &format!(
+            "mode = \"root\"\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\noutput = \"ca.pem\"\n{ROOT_SUBJECT}"
+        ),
+    );
+    assert!(made.status.success(), "{}", text(&made));
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
+         [issuance]\nvalidity_days = 30\nmax_certificates_per_user_per_day = 2\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+        token.hsm_section("pin")
+    );
+    std::fs::write(token.path("serve.toml"), config).expect("write");
+    let server = ServeProcess::start(&token.path("serve.toml"));
+    let mut client = IdentityClient::connect(server.endpoint.clone()).await.expect("connect");
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    issue(&mut client, "grace", &key.csr("grace"))
+        .await
+        .expect("first certificate");
+    issue(&mut client, "grace", &key.csr("grace"))
+        .await
+        .expect("one renewal");
+    let limited = issue(&mut client, "grace", &key.csr("grace"))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(limited.code(), tonic::Code::ResourceExhausted, "{}", limited.message());
+    assert!(
+        limited.message().contains("2 certificates in the last 24 hours"),
+        "{}",
+        limited.message()
+    );
+    // Other users are not affected.
+    let other = UserKeyPair::generate(UserKey::EcP256);
+    issue(&mut client, "heidi", &other.csr("heidi"))
+        .await
+        .expect("another user still enrolls");
+}

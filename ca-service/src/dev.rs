@@ -111,7 +111,7 @@ pub async fn ensure_ca(paths: &DevPaths, hsm: &Hsm, algorithm: KeyAlgorithm) -> 
     let serve_text = format!(
         "# Dev-mode serve config, written by `ca-service serve --dev`.\nlisten = \"127.0.0.1:50051\"\n\n{hsm}\n\
          [ca]\nkey_label = {key_label:?}\nkey_algorithm = {algorithm:?}\ncertificate = \"ca.pem\"\n\n\
-         [issuance]\nvalidity_days = 365\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+         [issuance]\nvalidity_days = 365\n# Generous for dev: the demo renews on every run.\nmax_certificates_per_user_per_day = 1000\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
         hsm = hsm_section(paths)?,
         algorithm = algorithm.name(),
     );
