@@ -208,6 +208,34 @@ async fn pinning_renewal_and_refusals() {
     assert_eq!(lookup.certificates.len(), 1);
     assert_eq!(lookup.certificates[0].serial_hex, renewed.serial_hex);
     assert_eq!(lookup.unknown_user_ids, ["nobody"]);
+
+    // Both refusals were audited (kind, subject, reason), after the issuance and the renewal.
+    let database = rusqlite::Connection::open(directory.path().join("data/ca.sqlite3")).expect("open the store");
+    let entries: Vec<String> = database
+        .prepare("SELECT entry FROM audit_entries ORDER BY id")
+        .expect("prepare")
+        .query_map([], |row| row.get::<_, Vec<u8>>(0))
+        .expect("query")
+        .map(|entry| String::from_utf8(entry.expect("row")).expect("UTF-8 entry"))
+        .collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|entry| {
+            entry
+                .lines()
+                .find_map(|line| line.strip_prefix("kind "))
+                .expect("kind line")
+        })
+        .collect();
+    assert_eq!(kinds, ["issuance", "renewal", "issuance-refused", "issuance-refused"]);
+    assert!(entries[2].contains("subject alice\n") && entries[2].contains("another pinned key"));
+    assert!(entries[3].contains("subject bob\n") && entries[3].contains("key pinned to another user"));
+    for entry in &entries {
+        assert!(
+            !entry.contains("PRIVATE KEY") && !entry.contains("BEGIN"),
+            "no key material in the log"
+        );
+    }
 }
 
 #[tokio::test]
