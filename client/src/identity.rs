@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
+use crate::crypto::rsa::RsaPublicKey;
 use crate::transport::{CaError, CaInfo, CaTransport};
 
 /// RSA sizes a device key may have (Nextcloud clients use 2048).
@@ -131,25 +132,8 @@ pub fn check_certificate(
     user_id: &str,
     expected_spki: Option<&[u8]>,
 ) -> Result<(), IdentityError> {
-    let bad = |reason: &str| IdentityError::BadCertificate(reason.to_owned());
     let certificate_block = pem::parse(certificate_pem).map_err(|_| bad("not PEM"))?;
-    let ca_key_block = pem::parse(&ca.public_key_pem).map_err(|_| bad("the CA public key is not PEM"))?;
-    let (_, certificate) =
-        x509_parser::parse_x509_certificate(certificate_block.contents()).map_err(|_| bad("not a certificate"))?;
-    let (_, ca_key) = x509_parser::x509::SubjectPublicKeyInfo::from_der(ca_key_block.contents())
-        .map_err(|_| bad("the CA public key is not a SubjectPublicKeyInfo"))?;
-    certificate
-        .verify_signature(Some(&ca_key))
-        .map_err(|_| bad("signature does not verify with the CA key"))?;
-    let common_name = certificate
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|name| name.as_str().ok())
-        .ok_or_else(|| bad("no common name"))?;
-    if common_name != user_id {
-        return Err(bad("the common name is not the user id"));
-    }
+    let certificate = signed_certificate_for(certificate_block.contents(), &ca.public_key_pem, user_id)?;
     if certificate.is_ca() {
         return Err(bad("a CA certificate was returned for a user"));
     }
@@ -164,9 +148,84 @@ pub fn check_certificate(
     Ok(())
 }
 
+/// Checks a certificate issued by a Nextcloud server (a sharee's, fetched with `GET public-key`) the way
+/// Nextcloud's clients do (nextcloud-e2ee.md §1.2): its signature verifies under the server's SPKI key
+/// (`GET server-key`; RSA PKCS#1 v1.5 with SHA-1 or SHA-256), its CN is `user_id`, and it is valid now.
+/// Unlike `check_certificate`, `CA:TRUE` is tolerated: the server copies it from PHP's openssl.cnf.
+/// Returns the certified key, for wrapping metadata keys to that user.
+pub fn check_nextcloud_certificate(
+    certificate_pem: &str,
+    server_public_key_pem: &str,
+    user_id: &str,
+) -> Result<RsaPublicKey, IdentityError> {
+    let certificate_block = pem::parse(certificate_pem).map_err(|_| bad("not PEM"))?;
+    let certificate = signed_certificate_for(certificate_block.contents(), server_public_key_pem, user_id)?;
+    if !certificate.validity().is_valid() {
+        return Err(bad("the certificate is not valid now"));
+    }
+    RsaPublicKey::from_spki_der(certificate.public_key().raw).map_err(|error| bad(&error.to_string()))
+}
+
+fn bad(reason: &str) -> IdentityError {
+    IdentityError::BadCertificate(reason.to_owned())
+}
+
+/// Parses `certificate_der` and checks that it verifies under `signer_key_pem` (SPKI) and that its CN is `user_id`.
+fn signed_certificate_for<'a>(
+    certificate_der: &'a [u8],
+    signer_key_pem: &str,
+    user_id: &str,
+) -> Result<x509_parser::certificate::X509Certificate<'a>, IdentityError> {
+    let signer_key_block = pem::parse(signer_key_pem).map_err(|_| bad("the CA public key is not PEM"))?;
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(certificate_der).map_err(|_| bad("not a certificate"))?;
+    let (_, signer_key) = x509_parser::x509::SubjectPublicKeyInfo::from_der(signer_key_block.contents())
+        .map_err(|_| bad("the CA public key is not a SubjectPublicKeyInfo"))?;
+    certificate
+        .verify_signature(Some(&signer_key))
+        .map_err(|_| bad("signature does not verify with the CA key"))?;
+    let common_name = certificate
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|name| name.as_str().ok())
+        .ok_or_else(|| bad("no common name"))?;
+    if common_name != user_id {
+        return Err(bad("the common name is not the user id"));
+    }
+    Ok(certificate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nextcloud_vectors_alice_and_bob_certificates_verify_under_the_server_key() {
+        let field = |json: &str, name: &str| {
+            let value: serde_json::Value = serde_json::from_str(json).expect("json");
+            value[name].as_str().expect(name).to_owned()
+        };
+        let server_key = field(include_str!("../testdata/nextcloud/server.json"), "publicKeyPem");
+        let alice = include_str!("../testdata/nextcloud/alice.json");
+        let bob = include_str!("../testdata/nextcloud/bob.json");
+        for (json, user_id) in [(alice, "alice"), (bob, "bob")] {
+            let certificate = field(json, "certificatePem");
+            let public_key = check_nextcloud_certificate(&certificate, &server_key, user_id).expect("verifies");
+            let private_key =
+                crate::crypto::rsa::RsaPrivateKey::from_pkcs8_pem(&field(json, "privateKeyPem")).expect("key");
+            assert_eq!(public_key.spki_der(), private_key.public_key().spki_der());
+            assert!(check_nextcloud_certificate(&certificate, &server_key, "mallory").is_err());
+        }
+        // Under another key (alice's own) the signature fails.
+        let alice_certificate = field(alice, "certificatePem");
+        let other_key = DeviceKey::generate(RsaSize::Bits2048).expect("keygen");
+        let other_key_pem = pem::encode(&pem::Pem::new("PUBLIC KEY", other_key.spki_der()));
+        assert!(matches!(
+            check_nextcloud_certificate(&alice_certificate, &other_key_pem, "alice"),
+            Err(IdentityError::BadCertificate(_))
+        ));
+    }
 
     #[test]
     fn csr_names_the_user_and_carries_the_key() {

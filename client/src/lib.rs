@@ -1,9 +1,22 @@
-//! The reference E2EE client: device keys, enrollment against the CA and certificate checks.
+//! The reference E2EE client: device keys, enrollment against the CA, and Nextcloud's E2EE formats.
 //!
 //! The client reaches the CA through the small `transport::CaTransport` trait; gRPC is the default
 //! implementation. It never depends on the CA's own crate.
+//!
+//! Like age, the Nextcloud side (shared/spec/nextcloud-e2ee.md) is split in three layers:
+//! * `crypto`: primitives (AES-GCM with 12- and 16-byte nonces, RSA-OAEP-SHA256, RSA PKCS#1 v1.5 signatures,
+//!   PBKDF2, randomness), all on aws-lc-rs;
+//! * `format`: wire encodings (the private-key storage string, metadata v2 JSON, minimal DER for CMS);
+//! * `protocol`: operations built from both (the mnemonic-wrapped key backup, streaming file encryption,
+//!   metadata v2 encryption and file drop, the CMS metadata signature).
+//!
+//! `mnemonic` holds the 12-word recovery phrase.
 
 #![forbid(unsafe_code)]
 
+pub mod crypto;
+pub mod format;
 pub mod identity;
+pub mod mnemonic;
+pub mod protocol;
 pub mod transport;

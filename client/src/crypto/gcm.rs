@@ -1,0 +1,539 @@
+//! AES-GCM with the 96- and 128-bit nonces Nextcloud clients write, one-shot and streaming.
+//!
+//! aws-lc-rs's AEAD API accepts only 96-bit nonces, and its `cipher` API has no GCM mode. Nextcloud's
+//! desktop, Android and iOS clients use 128-bit nonces for files and metadata (nextcloud-e2ee.md §2.3, §3),
+//! the web client 96-bit ones. So:
+//! * one-shot calls with a 96-bit nonce go straight to aws-lc-rs's AES-GCM;
+//! * everything else (128-bit nonces, and all streaming) is GCM as NIST SP 800-38D defines it, composed
+//!   here from aws-lc-rs's AES block function (ECB over counter blocks) and the constant-time GHASH in
+//!   `ghash`. For a 128-bit nonce the pre-counter block is `J0 = GHASH_H(nonce ‖ 0^64 ‖ [128]_64)`.
+//!
+//! The tests cross-check the composition against aws-lc-rs for 96-bit nonces and against Python
+//! `cryptography` (OpenSSL) for 128-bit ones.
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{self, EncryptingKey, UnboundCipherKey};
+use zeroize::Zeroizing;
+
+use super::ghash::Ghash;
+use super::{CryptoError, constant_time_eq, fill_random};
+
+/// Length of the GCM authentication tag (128 bits, the only size Nextcloud uses).
+pub const TAG_LEN: usize = 16;
+
+/// GCM limits one message to 2^39 - 256 bits.
+const MAX_MESSAGE_LEN: u64 = (1 << 36) - 32;
+
+/// Counter blocks encrypted per call into aws-lc-rs.
+const KEYSTREAM_BLOCKS: usize = 64;
+
+/// An AES key of `N` bytes: 16 (AES-128: metadata, files, file drop) or 32 (AES-256: private-key wrapping).
+/// Zeroized on drop.
+#[derive(Clone)]
+pub struct AesKey<const N: usize>(Zeroizing<[u8; N]>);
+
+/// An AES-128 key.
+pub type Aes128Key = AesKey<16>;
+/// An AES-256 key.
+pub type Aes256Key = AesKey<32>;
+
+impl<const N: usize> AesKey<N> {
+    /// A fresh random key.
+    pub fn generate() -> Result<AesKey<N>, CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; N]);
+        fill_random(bytes.as_mut())?;
+        AesKey::from_array(bytes)
+    }
+
+    /// The key with these bytes; fails unless there are exactly `N`.
+    pub fn from_slice(bytes: &[u8]) -> Result<AesKey<N>, CryptoError> {
+        let mut array = Zeroizing::new([0u8; N]);
+        if bytes.len() != N {
+            return Err(CryptoError::InvalidLength {
+                what: "AES key",
+                length: bytes.len(),
+            });
+        }
+        array.copy_from_slice(bytes);
+        AesKey::from_array(array)
+    }
+
+    fn from_array(bytes: Zeroizing<[u8; N]>) -> Result<AesKey<N>, CryptoError> {
+        // Only AES-128 and AES-256 exist in these formats; refuse other widths at construction.
+        if N != 16 && N != 32 {
+            return Err(CryptoError::InvalidLength {
+                what: "AES key",
+                length: N,
+            });
+        }
+        Ok(AesKey(bytes))
+    }
+
+    /// The raw key bytes, e.g. to base64 them into metadata.
+    pub fn as_bytes(&self) -> &[u8; N] {
+        &self.0
+    }
+
+    fn aead_algorithm() -> &'static aead::Algorithm {
+        if N == 16 {
+            &aead::AES_128_GCM
+        } else {
+            &aead::AES_256_GCM
+        }
+    }
+
+    fn block_algorithm() -> &'static cipher::Algorithm {
+        if N == 16 { &cipher::AES_128 } else { &cipher::AES_256 }
+    }
+}
+
+impl<const N: usize> PartialEq for AesKey<N> {
+    fn eq(&self, other: &AesKey<N>) -> bool {
+        constant_time_eq(self.0.as_ref(), other.0.as_ref())
+    }
+}
+
+impl<const N: usize> Eq for AesKey<N> {}
+
+impl<const N: usize> std::fmt::Debug for AesKey<N> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "AesKey<{N}>(<secret>)")
+    }
+}
+
+/// A GCM nonce (IV) of 12 or 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct GcmNonce {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl GcmNonce {
+    /// A fresh random 16-byte nonce: what the desktop, Android and iOS clients write.
+    pub fn random16() -> Result<GcmNonce, CryptoError> {
+        let mut bytes = [0u8; 16];
+        fill_random(&mut bytes)?;
+        Ok(GcmNonce { bytes, len: 16 })
+    }
+
+    /// A fresh random 12-byte nonce: what the private-key blob and the web client use.
+    pub fn random12() -> Result<GcmNonce, CryptoError> {
+        let mut bytes = [0u8; 16];
+        fill_random(&mut bytes[..12])?;
+        Ok(GcmNonce { bytes, len: 12 })
+    }
+
+    /// The nonce with these bytes; fails unless there are 12 or 16.
+    pub fn from_slice(bytes: &[u8]) -> Result<GcmNonce, CryptoError> {
+        if bytes.len() != 12 && bytes.len() != 16 {
+            return Err(CryptoError::InvalidLength {
+                what: "GCM nonce",
+                length: bytes.len(),
+            });
+        }
+        let mut array = [0u8; 16];
+        array[..bytes.len()].copy_from_slice(bytes);
+        Ok(GcmNonce {
+            bytes: array,
+            len: bytes.len(),
+        })
+    }
+
+    /// The nonce bytes (12 or 16).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Debug for GcmNonce {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "GcmNonce({})", hex::encode(self.as_bytes()))
+    }
+}
+
+/// A 16-byte GCM authentication tag.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct GcmTag([u8; TAG_LEN]);
+
+impl GcmTag {
+    /// The tag with these bytes; fails unless there are 16.
+    pub fn from_slice(bytes: &[u8]) -> Result<GcmTag, CryptoError> {
+        let array = <[u8; TAG_LEN]>::try_from(bytes).map_err(|_| CryptoError::InvalidLength {
+            what: "GCM tag",
+            length: bytes.len(),
+        })?;
+        Ok(GcmTag(array))
+    }
+
+    /// The tag bytes.
+    pub fn as_bytes(&self) -> &[u8; TAG_LEN] {
+        &self.0
+    }
+
+    /// Whether `other` is this tag, compared in constant time.
+    pub(crate) fn matches(&self, other: &[u8]) -> bool {
+        constant_time_eq(&self.0, other)
+    }
+}
+
+impl std::fmt::Debug for GcmTag {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "GcmTag({})", hex::encode(self.0))
+    }
+}
+
+/// Encrypts `plaintext` with no associated data; returns ciphertext ‖ tag (the layout of every Nextcloud field).
+pub fn seal<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut buffer = Vec::with_capacity(plaintext.len() + TAG_LEN);
+    buffer.extend_from_slice(plaintext);
+    if nonce.len == 12 {
+        let sealing_key = aead_key(key)?;
+        let aead_nonce =
+            Nonce::try_assume_unique_for_key(nonce.as_bytes()).map_err(|_| CryptoError::Backend("nonce"))?;
+        sealing_key
+            .seal_in_place_append_tag(aead_nonce, Aad::empty(), &mut buffer)
+            .map_err(|_| CryptoError::MessageTooLong)?;
+    } else {
+        let mut stream = GcmStream::new(key, nonce)?;
+        stream.encrypt(&mut buffer)?;
+        let tag = stream.finish();
+        buffer.extend_from_slice(tag.as_bytes());
+    }
+    Ok(buffer)
+}
+
+/// Decrypts ciphertext ‖ tag; returns the plaintext only if the tag verifies.
+pub fn open<const N: usize>(
+    key: &AesKey<N>,
+    nonce: &GcmNonce,
+    ciphertext_and_tag: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let Some(plaintext_len) = ciphertext_and_tag.len().checked_sub(TAG_LEN) else {
+        return Err(CryptoError::Authentication);
+    };
+    let mut buffer = Zeroizing::new(ciphertext_and_tag.to_vec());
+    if nonce.len == 12 {
+        let opening_key = aead_key(key)?;
+        let aead_nonce =
+            Nonce::try_assume_unique_for_key(nonce.as_bytes()).map_err(|_| CryptoError::Backend("nonce"))?;
+        opening_key
+            .open_in_place(aead_nonce, Aad::empty(), &mut buffer)
+            .map_err(|_| CryptoError::Authentication)?;
+    } else {
+        let mut stream = GcmStream::new(key, nonce)?;
+        stream.decrypt(&mut buffer[..plaintext_len])?;
+        stream.verify(&ciphertext_and_tag[plaintext_len..])?;
+    }
+    buffer.truncate(plaintext_len);
+    Ok(buffer)
+}
+
+fn aead_key<const N: usize>(key: &AesKey<N>) -> Result<LessSafeKey, CryptoError> {
+    // "LessSafe" only because the caller supplies the nonce: Nextcloud's formats carry explicit random nonces.
+    let unbound = UnboundKey::new(AesKey::<N>::aead_algorithm(), key.as_bytes())
+        .map_err(|_| CryptoError::Backend("AES-GCM key"))?;
+    Ok(LessSafeKey::new(unbound))
+}
+
+/// One GCM message processed incrementally, in either direction, in constant memory.
+///
+/// Crate-private on purpose: `decrypt` releases plaintext before the tag is checked, so only code that
+/// withholds that plaintext until `verify` succeeds (see `protocol::file`) may use it.
+pub(crate) struct GcmStream {
+    /// AES in ECB mode: the raw block function, applied to counter blocks.
+    block_cipher: EncryptingKey,
+    ghash: Ghash,
+    /// E_K(J0), XORed into the final GHASH value to form the tag.
+    tag_mask: Zeroizing<[u8; 16]>,
+    /// The next counter block to encrypt.
+    counter: [u8; 16],
+    keystream: Zeroizing<[u8; 16 * KEYSTREAM_BLOCKS]>,
+    /// Bytes of `keystream` already used.
+    keystream_used: usize,
+    /// Ciphertext not yet hashed (less than one block).
+    partial: [u8; 16],
+    partial_len: usize,
+    /// Bytes processed so far.
+    length: u64,
+}
+
+impl GcmStream {
+    /// Starts a message under `key` and `nonce`.
+    pub(crate) fn new<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce) -> Result<GcmStream, CryptoError> {
+        let unbound = UnboundCipherKey::new(AesKey::<N>::block_algorithm(), key.as_bytes())
+            .map_err(|_| CryptoError::Backend("AES key"))?;
+        let block_cipher = EncryptingKey::ecb(unbound).map_err(|_| CryptoError::Backend("AES-ECB"))?;
+        let mut hash_key = Zeroizing::new([0u8; 16]);
+        encrypt_blocks(&block_cipher, hash_key.as_mut())?;
+        let mut pre_counter = [0u8; 16];
+        if nonce.len == 12 {
+            pre_counter[..12].copy_from_slice(nonce.as_bytes());
+            pre_counter[15] = 1;
+        } else {
+            // SP 800-38D §7.1: J0 = GHASH_H(IV ‖ 0^(s+64) ‖ [len(IV)]_64); a 16-byte IV needs no padding.
+            let mut j0_hash = Ghash::new(&hash_key);
+            j0_hash.update_block(&nonce.bytes);
+            j0_hash.update_block(&(u128::from(nonce.len as u64 * 8)).to_be_bytes());
+            pre_counter = j0_hash.value();
+        }
+        let mut tag_mask = Zeroizing::new(pre_counter);
+        encrypt_blocks(&block_cipher, tag_mask.as_mut())?;
+        let mut counter = pre_counter;
+        increment32(&mut counter);
+        Ok(GcmStream {
+            block_cipher,
+            ghash: Ghash::new(&hash_key),
+            tag_mask,
+            counter,
+            keystream: Zeroizing::new([0u8; 16 * KEYSTREAM_BLOCKS]),
+            keystream_used: 16 * KEYSTREAM_BLOCKS,
+            partial: [0u8; 16],
+            partial_len: 0,
+            length: 0,
+        })
+    }
+
+    /// Encrypts the next `data` in place.
+    pub(crate) fn encrypt(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
+        self.count(data.len())?;
+        self.apply_keystream(data)?;
+        self.absorb(data);
+        Ok(())
+    }
+
+    /// Decrypts the next `data` in place. The output is unauthenticated until `verify` succeeds.
+    pub(crate) fn decrypt(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
+        self.count(data.len())?;
+        self.absorb(data);
+        self.apply_keystream(data)
+    }
+
+    /// The tag over everything processed.
+    pub(crate) fn finish(mut self) -> GcmTag {
+        if self.partial_len > 0 {
+            self.partial[self.partial_len..].fill(0);
+            self.ghash.update_block(&self.partial);
+        }
+        // The length block: [len(A)]_64 ‖ [len(C)]_64 in bits; there is never associated data.
+        self.ghash.update_block(&u128::from(self.length * 8).to_be_bytes());
+        let mut tag = self.ghash.value();
+        for (tag_byte, mask_byte) in tag.iter_mut().zip(self.tag_mask.iter()) {
+            *tag_byte ^= mask_byte;
+        }
+        GcmTag(tag)
+    }
+
+    /// Checks `received_tag` against the tag over everything processed, in constant time.
+    pub(crate) fn verify(self, received_tag: &[u8]) -> Result<(), CryptoError> {
+        if self.finish().matches(received_tag) {
+            Ok(())
+        } else {
+            Err(CryptoError::Authentication)
+        }
+    }
+
+    fn count(&mut self, len: usize) -> Result<(), CryptoError> {
+        let new_length = self
+            .length
+            .checked_add(len as u64)
+            .filter(|total| *total <= MAX_MESSAGE_LEN)
+            .ok_or(CryptoError::MessageTooLong)?;
+        self.length = new_length;
+        Ok(())
+    }
+
+    fn apply_keystream(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
+        for byte in data.iter_mut() {
+            if self.keystream_used == self.keystream.len() {
+                self.refill_keystream()?;
+            }
+            *byte ^= self.keystream[self.keystream_used];
+            self.keystream_used += 1;
+        }
+        Ok(())
+    }
+
+    fn refill_keystream(&mut self) -> Result<(), CryptoError> {
+        for block in self.keystream.chunks_exact_mut(16) {
+            block.copy_from_slice(&self.counter);
+            increment32(&mut self.counter);
+        }
+        encrypt_blocks(&self.block_cipher, self.keystream.as_mut())?;
+        self.keystream_used = 0;
+        Ok(())
+    }
+
+    fn absorb(&mut self, ciphertext: &[u8]) {
+        for &byte in ciphertext {
+            self.partial[self.partial_len] = byte;
+            self.partial_len += 1;
+            if self.partial_len == 16 {
+                self.ghash.update_block(&self.partial);
+                self.partial_len = 0;
+            }
+        }
+    }
+}
+
+/// AES-encrypts whole blocks in place (ECB: the block function itself).
+fn encrypt_blocks(block_cipher: &EncryptingKey, blocks: &mut [u8]) -> Result<(), CryptoError> {
+    block_cipher
+        .encrypt(blocks)
+        .map(|_| ())
+        .map_err(|_| CryptoError::Backend("AES block"))
+}
+
+/// inc32: adds one to the last 32 bits of the counter block, modulo 2^32 (SP 800-38D §6.2).
+fn increment32(block: &mut [u8; 16]) {
+    let low = u32::from_be_bytes([block[12], block[13], block[14], block[15]]).wrapping_add(1);
+    block[12..].copy_from_slice(&low.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn unhex(text: &str) -> Vec<u8> {
+        hex::decode(text).expect("hex")
+    }
+
+    /// Seals through the composed GCM, whatever the nonce length (bypassing aws-lc-rs's AEAD).
+    fn composed_seal<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8]) -> Vec<u8> {
+        let mut stream = GcmStream::new(key, nonce).expect("stream");
+        let mut buffer = plaintext.to_vec();
+        stream.encrypt(&mut buffer).expect("encrypt");
+        buffer.extend_from_slice(stream.finish().as_bytes());
+        buffer
+    }
+
+    #[test]
+    fn mcgrew_viega_test_cases_1_and_2() {
+        // The GCM specification's test cases 1 and 2: AES-128, zero key, zero 96-bit IV.
+        let key = Aes128Key::from_slice(&[0u8; 16]).expect("key");
+        let nonce = GcmNonce::from_slice(&[0u8; 12]).expect("nonce");
+        assert_eq!(
+            composed_seal(&key, &nonce, b""),
+            unhex("58e2fccefa7e3061367f1d57a4e7455a")
+        );
+        assert_eq!(
+            composed_seal(&key, &nonce, &[0u8; 16]),
+            unhex("0388dace60b6a392f328c2b971b2fe78ab6e47d42cec13bdf53a67b21257bddf")
+        );
+    }
+
+    /// Vectors for 16-byte nonces made with Python `cryptography` (OpenSSL's GCM); see testdata/README.md.
+    #[test]
+    fn sixteen_byte_nonces_match_openssl() {
+        fn check<const N: usize>(key: &[u8], nonce: &GcmNonce, plaintext: &[u8], expected: &[u8]) {
+            let key = AesKey::<N>::from_slice(key).expect("key");
+            let sealed = seal(&key, nonce, plaintext).expect("seal");
+            assert_eq!(hex::encode(&sealed), hex::encode(expected));
+            assert_eq!(*open(&key, nonce, &sealed).expect("open"), plaintext);
+        }
+        let vectors = include_str!("../../testdata/gcm-16-byte-nonce.txt");
+        let mut count = 0;
+        for line in vectors.lines().filter(|line| !line.starts_with('#')) {
+            let fields: Vec<Vec<u8>> = line
+                .split(' ')
+                .map(|field| if field == "-" { Vec::new() } else { unhex(field) })
+                .collect();
+            let [key, nonce, plaintext, expected] = fields.as_slice() else {
+                panic!("bad vector line {line}")
+            };
+            let nonce = GcmNonce::from_slice(nonce).expect("nonce");
+            match key.len() {
+                16 => check::<16>(key, &nonce, plaintext, expected),
+                _ => check::<32>(key, &nonce, plaintext, expected),
+            }
+            count += 1;
+        }
+        assert_eq!(count, 11);
+    }
+
+    #[test]
+    fn tampering_and_truncation_fail() {
+        let key = Aes128Key::generate().expect("key");
+        for nonce in [
+            GcmNonce::random12().expect("nonce"),
+            GcmNonce::random16().expect("nonce"),
+        ] {
+            let sealed = seal(&key, &nonce, b"some metadata").expect("seal");
+            for index in 0..sealed.len() {
+                let mut altered = sealed.clone();
+                altered[index] ^= 0x01;
+                assert!(matches!(open(&key, &nonce, &altered), Err(CryptoError::Authentication)));
+            }
+            assert!(matches!(
+                open(&key, &nonce, &sealed[..sealed.len() - 1]),
+                Err(CryptoError::Authentication)
+            ));
+            assert!(matches!(
+                open(&key, &nonce, &sealed[..15]),
+                Err(CryptoError::Authentication)
+            ));
+            let other_key = Aes128Key::generate().expect("key");
+            assert!(matches!(
+                open(&other_key, &nonce, &sealed),
+                Err(CryptoError::Authentication)
+            ));
+        }
+    }
+
+    #[test]
+    fn lengths_are_checked() {
+        assert!(GcmNonce::from_slice(&[0u8; 13]).is_err());
+        assert!(Aes128Key::from_slice(&[0u8; 32]).is_err());
+        assert!(AesKey::<24>::generate().is_err());
+        assert!(GcmTag::from_slice(&[0u8; 15]).is_err());
+    }
+
+    #[test]
+    fn the_32_bit_counter_wraps_without_carry() {
+        let mut block = [0xffu8; 16];
+        increment32(&mut block);
+        assert_eq!(&block[..12], &[0xffu8; 12]);
+        assert_eq!(&block[12..], &[0u8; 4]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The composed GCM equals aws-lc-rs's AES-GCM wherever both apply (96-bit nonces), for both key sizes,
+        /// however the input is split into streaming calls.
+        #[test]
+        fn composition_matches_aws_lc_rs(
+            key128 in any::<[u8; 16]>(),
+            key256 in any::<[u8; 32]>(),
+            nonce in any::<[u8; 12]>(),
+            plaintext in proptest::collection::vec(any::<u8>(), 0..2100),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let nonce = GcmNonce::from_slice(&nonce).expect("nonce");
+            let key128 = Aes128Key::from_slice(&key128).expect("key");
+            let key256 = Aes256Key::from_slice(&key256).expect("key");
+            prop_assert_eq!(composed_seal(&key128, &nonce, &plaintext), seal(&key128, &nonce, &plaintext).expect("seal"));
+            prop_assert_eq!(composed_seal(&key256, &nonce, &plaintext), seal(&key256, &nonce, &plaintext).expect("seal"));
+
+            let at = split.index(plaintext.len() + 1);
+            let mut stream = GcmStream::new(&key128, &nonce).expect("stream");
+            let mut buffer = plaintext.clone();
+            let (first, second) = buffer.split_at_mut(at);
+            stream.encrypt(first).expect("encrypt");
+            stream.encrypt(second).expect("encrypt");
+            buffer.extend_from_slice(stream.finish().as_bytes());
+            prop_assert_eq!(buffer, seal(&key128, &nonce, &plaintext).expect("seal"));
+        }
+
+        /// seal then open is the identity for 16-byte nonces.
+        #[test]
+        fn round_trip_with_16_byte_nonce(key in any::<[u8; 16]>(), nonce in any::<[u8; 16]>(),
+                                         plaintext in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let key = Aes128Key::from_slice(&key).expect("key");
+            let nonce = GcmNonce::from_slice(&nonce).expect("nonce");
+            let sealed = seal(&key, &nonce, &plaintext).expect("seal");
+            prop_assert_eq!(sealed.len(), plaintext.len() + TAG_LEN);
+            prop_assert_eq!(&**open(&key, &nonce, &sealed).expect("open"), plaintext.as_slice());
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Wire formats: how Nextcloud encodes keys and ciphertexts as strings, with no cryptography.
+
+pub(crate) mod der;
+pub mod metadata;
+pub mod private_key_blob;

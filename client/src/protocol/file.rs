@@ -1,0 +1,383 @@
+//! File contents: AES-128-GCM with a fresh key and 16-byte nonce per upload, the tag appended (§3), streamed.
+//!
+//! Both directions run in constant memory (one 64 KiB buffer), whatever the file size.
+//! Decryption cannot check the tag before the last byte has been decrypted, so no public function here
+//! hands unauthenticated plaintext to the caller:
+//! * `decrypt_to_path` writes into a temporary file (mode 0600) in the destination's directory and renames it
+//!   over the destination only after the tag verifies; on any failure the temporary file is deleted and the
+//!   destination is untouched;
+//! * `decrypt_to_vec` returns the plaintext only on success (it is in memory, so not constant-size).
+
+use std::io::{BufWriter, ErrorKind, Read, Write};
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use crate::crypto::CryptoError;
+use crate::crypto::gcm::{Aes128Key, GcmNonce, GcmStream, GcmTag, TAG_LEN};
+use crate::format::metadata::FileEntry;
+
+/// Bytes read and processed per step.
+const CHUNK_LEN: usize = 64 * 1024;
+
+/// Why a file could not be encrypted or decrypted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileCryptoError {
+    /// The tag did not verify, the blob is shorter than a tag, or its tag differs from the metadata's:
+    /// wrong key or nonce, or the blob was altered, truncated or swapped. Nothing was released.
+    #[error("the encrypted file does not authenticate (wrong key, or altered, truncated or swapped)")]
+    Authentication,
+    /// Reading the input or writing the output failed.
+    #[error("file I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// A primitive failed (randomness, a file over GCM's 64 GiB limit, backend).
+    #[error(transparent)]
+    Crypto(CryptoError),
+}
+
+impl From<CryptoError> for FileCryptoError {
+    fn from(error: CryptoError) -> FileCryptoError {
+        match error {
+            CryptoError::Authentication => FileCryptoError::Authentication,
+            other => FileCryptoError::Crypto(other),
+        }
+    }
+}
+
+/// What the folder metadata must record about an encrypted file (`key`, `nonce`, `authenticationTag`).
+#[derive(Debug, Clone)]
+pub struct EncryptedFile {
+    /// The fresh AES-128 file key.
+    pub key: Aes128Key,
+    /// The fresh 16-byte nonce.
+    pub nonce: GcmNonce,
+    /// The tag, also the last 16 bytes of the blob.
+    pub tag: GcmTag,
+    /// Bytes written: plaintext length + 16.
+    pub blob_len: u64,
+}
+
+impl EncryptedFile {
+    /// The `files{}` entry that lets a folder member decrypt this upload.
+    pub fn metadata_entry(&self, filename: &str, mimetype: &str) -> FileEntry {
+        FileEntry {
+            filename: filename.to_owned(),
+            mimetype: mimetype.to_owned(),
+            nonce: self.nonce,
+            authentication_tag: self.tag,
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Encrypts everything `plaintext` yields into `blob` (ciphertext then tag) under a fresh key and nonce.
+pub fn encrypt(plaintext: impl Read, blob: impl Write) -> Result<EncryptedFile, FileCryptoError> {
+    encrypt_with(Aes128Key::generate()?, GcmNonce::random16()?, plaintext, blob)
+}
+
+/// `encrypt` under a given key and nonce: private, because reusing either breaks GCM.
+fn encrypt_with(
+    key: Aes128Key,
+    nonce: GcmNonce,
+    mut plaintext: impl Read,
+    mut blob: impl Write,
+) -> Result<EncryptedFile, FileCryptoError> {
+    let mut stream = GcmStream::new(&key, &nonce)?;
+    let mut buffer = Zeroizing::new(vec![0u8; CHUNK_LEN]);
+    let mut blob_len: u64 = 0;
+    loop {
+        let read = match plaintext.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error.into()),
+        };
+        stream.encrypt(&mut buffer[..read])?;
+        blob.write_all(&buffer[..read])?;
+        blob_len += read as u64;
+    }
+    let tag = stream.finish();
+    blob.write_all(tag.as_bytes())?;
+    blob.flush()?;
+    Ok(EncryptedFile {
+        key,
+        nonce,
+        tag,
+        blob_len: blob_len + TAG_LEN as u64,
+    })
+}
+
+/// Decrypts `blob` into a new file at `destination`, which appears (atomically replacing any old file)
+/// only if the tag verifies and, when `expected_tag` is given (the metadata's `authenticationTag`), equals it.
+/// Returns the plaintext length.
+pub fn decrypt_to_path(
+    blob: impl Read,
+    key: &Aes128Key,
+    nonce: &GcmNonce,
+    expected_tag: Option<&GcmTag>,
+    destination: &Path,
+) -> Result<u64, FileCryptoError> {
+    let directory = match destination.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    // Dropping `partial` on any early return deletes it, so unauthenticated plaintext never stays on disk
+    // under a name anyone else uses.
+    let mut partial = tempfile::Builder::new()
+        .prefix(".e2ee-partial-")
+        .tempfile_in(directory)?;
+    let plaintext_len = {
+        let mut writer = BufWriter::new(partial.as_file_mut());
+        let plaintext_len = decrypt_stream(blob, key, nonce, expected_tag, &mut writer)?;
+        writer.flush()?;
+        plaintext_len
+    };
+    partial.as_file().sync_all()?;
+    partial.persist(destination).map_err(|error| error.error)?;
+    Ok(plaintext_len)
+}
+
+/// Decrypts `blob` in memory; returns the plaintext only if the tag verifies (and equals `expected_tag`, if given).
+pub fn decrypt_to_vec(
+    blob: impl Read,
+    key: &Aes128Key,
+    nonce: &GcmNonce,
+    expected_tag: Option<&GcmTag>,
+) -> Result<Zeroizing<Vec<u8>>, FileCryptoError> {
+    let mut plaintext = Zeroizing::new(Vec::new());
+    decrypt_stream(blob, key, nonce, expected_tag, &mut *plaintext)?;
+    Ok(plaintext)
+}
+
+/// Streams `blob` through GCM into `plaintext`, holding back the last 16 bytes (the tag), then verifies.
+/// `plaintext` receives unauthenticated data: callers must discard it on error.
+fn decrypt_stream(
+    mut blob: impl Read,
+    key: &Aes128Key,
+    nonce: &GcmNonce,
+    expected_tag: Option<&GcmTag>,
+    mut plaintext: impl Write,
+) -> Result<u64, FileCryptoError> {
+    let mut stream = GcmStream::new(key, nonce)?;
+    // Invariant: at the top of the loop at most TAG_LEN bytes are held, so a read always has CHUNK_LEN room.
+    let mut buffer = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
+    let mut held = 0;
+    let mut plaintext_len: u64 = 0;
+    loop {
+        let read = match blob.read(&mut buffer[held..]) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error.into()),
+        };
+        held += read;
+        if held > TAG_LEN {
+            let ready = held - TAG_LEN;
+            stream.decrypt(&mut buffer[..ready])?;
+            plaintext.write_all(&buffer[..ready])?;
+            plaintext_len += ready as u64;
+            buffer.copy_within(ready..held, 0);
+            held = TAG_LEN;
+        }
+    }
+    if held < TAG_LEN {
+        return Err(FileCryptoError::Authentication);
+    }
+    let received_tag = &buffer[..TAG_LEN];
+    if expected_tag.is_some_and(|expected| !expected.matches(received_tag)) {
+        return Err(FileCryptoError::Authentication);
+    }
+    stream.verify(received_tag)?;
+    plaintext.flush()?;
+    Ok(plaintext_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::gcm;
+
+    /// Hands out at most `step` bytes per read, to exercise the tag hold-back across short reads.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            let count = self.step.min(buffer.len()).min(self.data.len());
+            buffer[..count].copy_from_slice(&self.data[..count]);
+            self.data = &self.data[count..];
+            Ok(count)
+        }
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|index| (index * 31 + index / 251) as u8).collect()
+    }
+
+    /// Round trip through every decryption path, and the blob is exactly seal(key, nonce, plaintext).
+    fn check_round_trip(plaintext: &[u8]) {
+        let mut blob = Vec::new();
+        let encrypted = encrypt(plaintext, &mut blob).expect("encrypt");
+        assert_eq!(blob.len() as u64, encrypted.blob_len);
+        assert_eq!(blob.len(), plaintext.len() + TAG_LEN);
+        assert_eq!(encrypted.nonce.as_bytes().len(), 16);
+        assert_eq!(&blob[plaintext.len()..], encrypted.tag.as_bytes());
+        assert_eq!(
+            blob,
+            gcm::seal(&encrypted.key, &encrypted.nonce, plaintext).expect("seal")
+        );
+
+        let opened =
+            decrypt_to_vec(blob.as_slice(), &encrypted.key, &encrypted.nonce, Some(&encrypted.tag)).expect("open");
+        assert_eq!(opened.as_slice(), plaintext);
+        let trickled = Trickle { data: &blob, step: 7 };
+        assert_eq!(
+            decrypt_to_vec(trickled, &encrypted.key, &encrypted.nonce, None)
+                .expect("open")
+                .as_slice(),
+            plaintext
+        );
+
+        let directory = tempfile::tempdir().expect("tempdir");
+        let destination = directory.path().join("plain");
+        let written = decrypt_to_path(
+            blob.as_slice(),
+            &encrypted.key,
+            &encrypted.nonce,
+            Some(&encrypted.tag),
+            &destination,
+        )
+        .expect("decrypt to path");
+        assert_eq!(written, plaintext.len() as u64);
+        assert_eq!(std::fs::read(&destination).expect("read"), plaintext);
+    }
+
+    #[test]
+    fn round_trips_at_block_and_chunk_boundaries() {
+        for len in [0, 1, 15, 16, 17, CHUNK_LEN - 1, CHUNK_LEN + TAG_LEN, 1024 * 1024 + 1] {
+            check_round_trip(&sample(len));
+        }
+    }
+
+    #[test]
+    fn tampering_releases_nothing() {
+        let plaintext = sample(1000);
+        let mut blob = Vec::new();
+        let encrypted = encrypt(plaintext.as_slice(), &mut blob).expect("encrypt");
+        let directory = tempfile::tempdir().expect("tempdir");
+        let destination = directory.path().join("plain");
+
+        let mut cases = Vec::new();
+        for index in [0, 500, 999, 1000, blob.len() - 1] {
+            let mut altered = blob.clone();
+            altered[index] ^= 0x01;
+            cases.push(altered);
+        }
+        cases.push(blob[..blob.len() - 1].to_vec());
+        cases.push(blob[..15].to_vec());
+        cases.push(Vec::new());
+        let mut extended = blob.clone();
+        extended.push(0);
+        cases.push(extended);
+        for altered in &cases {
+            let result = decrypt_to_path(altered.as_slice(), &encrypted.key, &encrypted.nonce, None, &destination);
+            assert!(matches!(result, Err(FileCryptoError::Authentication)), "{result:?}");
+            assert!(matches!(
+                decrypt_to_vec(altered.as_slice(), &encrypted.key, &encrypted.nonce, None),
+                Err(FileCryptoError::Authentication)
+            ));
+        }
+        // Neither the destination nor a temporary file is left behind.
+        assert_eq!(std::fs::read_dir(directory.path()).expect("list").count(), 0);
+
+        // A valid blob whose tag is not the metadata's (a swapped file) is refused too.
+        let other_tag = GcmTag::from_slice(&[0u8; 16]).expect("tag");
+        assert!(matches!(
+            decrypt_to_path(
+                blob.as_slice(),
+                &encrypted.key,
+                &encrypted.nonce,
+                Some(&other_tag),
+                &destination
+            ),
+            Err(FileCryptoError::Authentication)
+        ));
+        let wrong_key = Aes128Key::generate().expect("key");
+        assert!(matches!(
+            decrypt_to_vec(blob.as_slice(), &wrong_key, &encrypted.nonce, None),
+            Err(FileCryptoError::Authentication)
+        ));
+        assert_eq!(std::fs::read_dir(directory.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn the_metadata_entry_decrypts_the_blob() {
+        let mut blob = Vec::new();
+        let encrypted = encrypt(&b"hello"[..], &mut blob).expect("encrypt");
+        let entry = encrypted.metadata_entry("hello.txt", "text/plain");
+        let json = serde_json::to_string(&entry).expect("json");
+        let entry: FileEntry = serde_json::from_str(&json).expect("parse");
+        let opened = decrypt_to_vec(
+            blob.as_slice(),
+            &entry.key,
+            &entry.nonce,
+            Some(&entry.authentication_tag),
+        );
+        assert_eq!(opened.expect("open").as_slice(), b"hello");
+    }
+
+    #[test]
+    fn a_failed_decryption_keeps_the_previous_file() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let destination = directory.path().join("plain");
+        std::fs::write(&destination, b"previous version").expect("write");
+        let mut blob = Vec::new();
+        let encrypted = encrypt(&b"new version"[..], &mut blob).expect("encrypt");
+        blob[0] ^= 1;
+        assert!(decrypt_to_path(blob.as_slice(), &encrypted.key, &encrypted.nonce, None, &destination).is_err());
+        assert_eq!(std::fs::read(&destination).expect("read"), b"previous version");
+    }
+
+    #[test]
+    fn web_client_blobs_with_12_byte_nonces_decrypt() {
+        let key = Aes128Key::generate().expect("key");
+        let nonce = GcmNonce::random12().expect("nonce");
+        let plaintext = sample(70_000);
+        let mut blob = Vec::new();
+        encrypt_with(key.clone(), nonce, plaintext.as_slice(), &mut blob).expect("encrypt");
+        assert_eq!(blob, gcm::seal(&key, &nonce, &plaintext).expect("aws-lc-rs seal"));
+        assert_eq!(
+            decrypt_to_vec(blob.as_slice(), &key, &nonce, None)
+                .expect("open")
+                .as_slice(),
+            plaintext
+        );
+    }
+
+    #[test]
+    fn openssl_16_byte_nonce_vectors_decrypt_as_files() {
+        let vectors = include_str!("../../testdata/gcm-16-byte-nonce.txt");
+        for line in vectors.lines().filter(|line| !line.starts_with('#')) {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields[0].len() != 32 {
+                continue; // AES-256 lines: files are AES-128 only.
+            }
+            let key = Aes128Key::from_slice(&hex::decode(fields[0]).expect("hex")).expect("key");
+            let nonce = GcmNonce::from_slice(&hex::decode(fields[1]).expect("hex")).expect("nonce");
+            let plaintext = if fields[2] == "-" {
+                Vec::new()
+            } else {
+                hex::decode(fields[2]).expect("hex")
+            };
+            let blob = hex::decode(fields[3]).expect("hex");
+            let trickled = Trickle { data: &blob, step: 5 };
+            assert_eq!(
+                decrypt_to_vec(trickled, &key, &nonce, None).expect("open").as_slice(),
+                plaintext
+            );
+        }
+    }
+}

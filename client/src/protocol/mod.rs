@@ -1,0 +1,6 @@
+//! Protocol operations built from `crypto` primitives and `format` encodings.
+
+pub mod file;
+pub mod key_backup;
+pub mod metadata;
+pub mod signature;
