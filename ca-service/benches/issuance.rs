@@ -1,11 +1,20 @@
-//! Issuance throughput over gRPC next to the raw signing rate of the same SoftHSM token and pool.
+//! Issuance over gRPC next to the raw signing rate of the same SoftHSM token and pool, with scenarios.
 //!
-//! `cargo bench -p ca-service --bench issuance` (optionally `-- SECONDS CLIENTS`). For each CA key
-//! type it measures, in one run: (1) the raw rate of `Hsm::sign` through the service's own session
-//! pool, with no gRPC, parsing or storage; (2) `IssueCertificate` over gRPC from N concurrent clients
-//! against `ca-service serve --config` on the embedded store, with distinct users and pre-generated
-//! CSRs; then prints both and their ratio, with latency percentiles and errors by code.
+//! `cargo bench -p ca-service --bench issuance -- [SECONDS] [CLIENTS] [USERS] [PREFILLED]`
+//! (defaults 8 16 512 1000000). One run measures:
+//! 1. the raw rate of `Hsm::sign` through the service's own session pool, same token and keys, with
+//!    no gRPC, parsing or storage (the physical limit), for each CA key type;
+//! 2. `IssueCertificate` over gRPC from CLIENTS concurrent clients against `serve --config` on the
+//!    embedded store, with pre-generated RSA-2048 CSRs (as Nextcloud clients use) for USERS users:
+//!    the first round pins, later rounds renew; rate, p50/p95/p99 latency, errors by code, the
+//!    ratio to the raw rate, the service's peak RSS and its startup time;
+//! 3. the same at half the maximum rate (paced), for the p99 latency target;
+//! 4. the same on a store already holding PREFILLED pinned identities, with its startup time.
+//!
+//! Results go to stdout; with `BENCH_MARKDOWN=FILE` a Markdown table is also written to FILE.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -20,13 +29,24 @@ const TOKEN_LABEL: &str = "bench";
 const USER_PIN: &str = "bench-user-pin";
 const POOL_SIZE: usize = 4;
 
+struct Settings {
+    seconds: u64,
+    clients: usize,
+    users: usize,
+    prefilled: usize,
+}
+
 fn main() -> anyhow::Result<()> {
-    let arguments: Vec<String> = std::env::args()
+    let arguments: Vec<usize> = std::env::args()
         .skip(1)
-        .filter(|argument| !argument.starts_with('-'))
+        .filter_map(|argument| argument.parse().ok())
         .collect();
-    let seconds: u64 = arguments.first().and_then(|value| value.parse().ok()).unwrap_or(8);
-    let clients: usize = arguments.get(1).and_then(|value| value.parse().ok()).unwrap_or(16);
+    let settings = Settings {
+        seconds: arguments.first().copied().unwrap_or(8) as u64,
+        clients: arguments.get(1).copied().unwrap_or(16),
+        users: arguments.get(2).copied().unwrap_or(512),
+        prefilled: arguments.get(3).copied().unwrap_or(1_000_000),
+    };
     let workspace = tempfile::tempdir()?;
     let tokens = hsm_sim::TokenDirectory::create(&workspace.path().join("softhsm"))?;
     tokens.init_token(TOKEN_LABEL, "bench-so-pin", USER_PIN)?;
@@ -37,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     }
     // Single-threaded until here: SoftHSM reads SOFTHSM2_CONF in C_Initialize.
     hsm_sim::set_softhsm2_conf(&tokens.conf_path())?;
+    let csrs = Arc::new(user_csrs(settings.users));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let hsm = Hsm::connect(HsmConfig {
@@ -46,25 +67,118 @@ fn main() -> anyhow::Result<()> {
             pool_size: POOL_SIZE,
             session_wait: Duration::from_secs(5),
         })?;
-        println!("machine: {} cores, {}", num_cores(), cpu_model());
-        println!("settings: {seconds} s per measurement, {clients} gRPC clients, HSM pool of {POOL_SIZE} sessions");
+        let mut report = Report::default();
+        report.line(format!("machine: {} cores, {}", num_cores(), cpu_model()));
+        report.line(format!(
+            "settings: {} s per measurement, {} gRPC clients, {} users with RSA-2048 keys, HSM pool of {POOL_SIZE}",
+            settings.seconds, settings.clients, settings.users
+        ));
+        let duration = Duration::from_secs(settings.seconds);
         for algorithm in algorithms {
-            let raw = raw_signing_rate(&hsm, algorithm, Duration::from_secs(seconds)).await?;
-            let issuance = grpc_issuance(workspace.path(), &tokens, algorithm, seconds, clients).await?;
-            println!("\nCA key {algorithm}:");
-            println!("  raw SoftHSM signing (service pool, {POOL_SIZE} signers): {raw:.0} signatures/s");
-            println!(
-                "  IssueCertificate over gRPC, embedded store: {:.0} certificates/s ({} ok in {:.1} s)",
-                issuance.rate, issuance.ok, issuance.elapsed
-            );
-            println!("  ratio issuance / raw signing: {:.2}", issuance.rate / raw);
-            println!(
-                "  latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; errors: {:?}",
-                issuance.p50, issuance.p95, issuance.p99, issuance.errors
-            );
+            let raw = raw_signing_rate(&hsm, algorithm, duration).await?;
+            let store = workspace.path().join(format!("store-{algorithm}.sqlite3"));
+            let full = run_scenario(workspace.path(), &tokens, algorithm, &store, &csrs, &settings, None).await?;
+            report.row(algorithm, "embedded store, empty", raw, &full);
+            if algorithm == KeyAlgorithm::EcdsaP256 {
+                let half = full.rate / 2.0;
+                let paced = run_scenario(
+                    workspace.path(),
+                    &tokens,
+                    algorithm,
+                    &store,
+                    &csrs,
+                    &settings,
+                    Some(half),
+                )
+                .await?;
+                report.row(
+                    algorithm,
+                    &format!("paced at half the maximum ({half:.0}/s)"),
+                    raw,
+                    &paced,
+                );
+                let prefilled_store = workspace.path().join("store-prefilled.sqlite3");
+                prefill(workspace.path(), &tokens, &prefilled_store, settings.prefilled)?;
+                let large = run_scenario(
+                    workspace.path(),
+                    &tokens,
+                    algorithm,
+                    &prefilled_store,
+                    &csrs,
+                    &settings,
+                    None,
+                )
+                .await?;
+                report.row(
+                    algorithm,
+                    &format!("embedded store, {} identities pinned", settings.prefilled),
+                    raw,
+                    &large,
+                );
+                report.line(format!(
+                    "  with {} identities: {:.0}% of the empty-store rate, startup {:.2} s",
+                    settings.prefilled,
+                    100.0 * large.rate / full.rate,
+                    large.startup.as_secs_f64()
+                ));
+            }
         }
-        Ok::<_, anyhow::Error>(())
+        report.finish()
     })
+}
+
+/// Collects the lines printed and the Markdown table written for `BENCH_MARKDOWN`.
+#[derive(Default)]
+struct Report {
+    markdown: String,
+}
+
+impl Report {
+    fn line(&mut self, text: String) {
+        println!("{text}");
+    }
+
+    fn row(&mut self, algorithm: KeyAlgorithm, scenario: &str, raw: f64, result: &Scenario) {
+        println!("\nCA key {algorithm}, {scenario}:");
+        println!("  raw SoftHSM signing (service pool, {POOL_SIZE} signers): {raw:.0} signatures/s");
+        println!(
+            "  IssueCertificate over gRPC: {:.0} certificates/s ({} ok in {:.1} s); ratio to raw signing {:.2}",
+            result.rate,
+            result.ok,
+            result.elapsed,
+            result.rate / raw
+        );
+        println!(
+            "  latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; errors {:?}; peak RSS {} MB; startup {:.2} s",
+            result.p50,
+            result.p95,
+            result.p99,
+            result.errors,
+            result.peak_rss_kb / 1024,
+            result.startup.as_secs_f64()
+        );
+        let _ = writeln!(
+            self.markdown,
+            "| {algorithm} | {scenario} | {raw:.0} | {:.0} | {:.2} | {:.1} / {:.1} / {:.1} | {} | {:.2} s | {:?} |",
+            result.rate,
+            result.rate / raw,
+            result.p50,
+            result.p95,
+            result.p99,
+            result.peak_rss_kb / 1024,
+            result.startup.as_secs_f64(),
+            result.errors
+        );
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        if let Ok(path) = std::env::var("BENCH_MARKDOWN") {
+            let header = "| CA key | scenario | raw signing/s | issued/s | ratio | p50 / p95 / p99 ms | peak RSS MB | startup | errors |\n\
+                          |---|---|---|---|---|---|---|---|---|\n";
+            std::fs::write(path, format!("{header}{}", self.markdown))?;
+        }
+        Ok(())
+    }
 }
 
 fn key_label(algorithm: KeyAlgorithm) -> String {
@@ -106,6 +220,58 @@ fn hsm_section(tokens: &hsm_sim::TokenDirectory) -> String {
     )
 }
 
+fn serve_config(
+    directory: &Path,
+    tokens: &hsm_sim::TokenDirectory,
+    algorithm: KeyAlgorithm,
+    store: &Path,
+) -> anyhow::Result<PathBuf> {
+    let config = directory.join(format!(
+        "serve-{algorithm}-{}.toml",
+        store.file_stem().and_then(|stem| stem.to_str()).unwrap_or("store")
+    ));
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = {:?}\nkey_algorithm = {:?}\ncertificate = \"ca-{algorithm}.pem\"\n\
+             [issuance]\nvalidity_days = 365\nmax_certificates_per_user_per_day = 4000000000\n[store]\nurl = \"sqlite:{}\"\n",
+            hsm_section(tokens),
+            key_label(algorithm),
+            algorithm.name(),
+            store.display(),
+        ),
+    )?;
+    Ok(config)
+}
+
+/// One RSA-2048 key and CSR per user, generated on all cores.
+fn user_csrs(users: usize) -> Vec<(String, String)> {
+    let threads = num_cores().max(1);
+    let handles: Vec<_> = (0..threads)
+        .map(|thread| {
+            std::thread::spawn(move || {
+                (thread..users)
+                    .step_by(threads)
+                    .map(|index| {
+                        let user = format!("bench-user-{index}");
+                        let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+                            .expect("RSA key generation");
+                        let mut params = rcgen::CertificateParams::default();
+                        params.distinguished_name = rcgen::DistinguishedName::new();
+                        params.distinguished_name.push(rcgen::DnType::CommonName, user.as_str());
+                        let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
+                        (user, csr)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|handle| handle.join().expect("CSR thread"))
+        .collect()
+}
+
 /// Signatures per second through the pool: as many concurrent signers as sessions.
 async fn raw_signing_rate(hsm: &Hsm, algorithm: KeyAlgorithm, duration: Duration) -> anyhow::Result<f64> {
     let key = {
@@ -136,63 +302,90 @@ async fn raw_signing_rate(hsm: &Hsm, algorithm: KeyAlgorithm, duration: Duration
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-struct Issuance {
+/// Fills a new embedded store with `identities` pinned users, each with one certificate row.
+/// The certificate bytes are a placeholder: only the tables' and indexes' sizes matter here.
+fn prefill(directory: &Path, tokens: &hsm_sim::TokenDirectory, store: &Path, identities: usize) -> anyhow::Result<()> {
+    let config = serve_config(directory, tokens, KeyAlgorithm::EcdsaP256, store)?;
+    let output = Command::new(CA_SERVICE)
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "migrate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut database = rusqlite::Connection::open(store)?;
+    database.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")?;
+    let transaction = database.transaction()?;
+    {
+        let mut identity = transaction
+            .prepare("INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at) VALUES (?1, ?2, ?3, 0)")?;
+        let mut certificate = transaction.prepare(
+            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
+             VALUES (?1, ?2, ?3, x'00', 0, 0, 0)",
+        )?;
+        for index in 0..identities {
+            let user = format!("prefilled-user-{index}");
+            let key: [u8; 32] = rand::random();
+            let serial: [u8; 16] = rand::random();
+            identity.execute(rusqlite::params![user, key.as_slice(), key.as_slice()])?;
+            certificate.execute(rusqlite::params![serial.as_slice(), user, key.as_slice()])?;
+        }
+    }
+    transaction.commit()?;
+    database.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    Ok(())
+}
+
+struct Scenario {
     rate: f64,
     ok: usize,
     elapsed: f64,
     p50: f64,
     p95: f64,
     p99: f64,
-    errors: std::collections::BTreeMap<String, usize>,
+    errors: BTreeMap<String, usize>,
+    peak_rss_kb: u64,
+    startup: Duration,
 }
 
-async fn grpc_issuance(
+/// Serves `store` with a CA of `algorithm` and drives it for the configured time; `paced` limits
+/// the offered load to that many requests per second (open loop), otherwise clients send back to back.
+async fn run_scenario(
     directory: &Path,
     tokens: &hsm_sim::TokenDirectory,
     algorithm: KeyAlgorithm,
-    seconds: u64,
-    clients: usize,
-) -> anyhow::Result<Issuance> {
-    let config = directory.join(format!("serve-{algorithm}.toml"));
-    let store = directory.join(format!("store-{algorithm}.sqlite3"));
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = {:?}\nkey_algorithm = {:?}\ncertificate = \"ca-{algorithm}.pem\"\n\
-             [issuance]\nvalidity_days = 365\n[store]\nurl = \"sqlite:{}\"\n",
-            hsm_section(tokens),
-            key_label(algorithm),
-            algorithm.name(),
-            store.display(),
-        ),
-    )?;
+    store: &Path,
+    csrs: &Arc<Vec<(String, String)>>,
+    settings: &Settings,
+    paced: Option<f64>,
+) -> anyhow::Result<Scenario> {
+    let config = serve_config(directory, tokens, algorithm, store)?;
     let server = Server::start(&config)?;
-    // Distinct users with pre-generated P-256 CSRs (cheap to make in bulk).
-    let requests: Vec<(String, String)> = (0..clients * 4000)
-        .map(|index| {
-            let user = format!("bench-user-{index}");
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
-            let mut params = rcgen::CertificateParams::default();
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params.distinguished_name.push(rcgen::DnType::CommonName, user.as_str());
-            let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
-            (user, csr)
-        })
-        .collect();
-    let requests = Arc::new(requests);
     let client = IdentityClient::connect(server.endpoint.clone()).await?;
-    let duration = Duration::from_secs(seconds);
+    let duration = Duration::from_secs(settings.seconds);
+    let clients = settings.clients;
+    let interval = paced.map(|rate| Duration::from_secs_f64(clients as f64 / rate.max(1.0)));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..clients {
         let mut client = client.clone();
-        let requests = Arc::clone(&requests);
+        let csrs = Arc::clone(csrs);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = Vec::new();
             let mut index = worker;
-            while started.elapsed() < duration && index < requests.len() {
-                let (user, csr) = &requests[index];
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |interval| {
+                    interval.mul_f64(worker as f64 / clients as f64)
+                });
+            while started.elapsed() < duration {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
+                let (user, csr) = &csrs[index % csrs.len()];
                 let sent = Instant::now();
                 let result = client
                     .issue_certificate(IssueCertificateRequest {
@@ -210,7 +403,7 @@ async fn grpc_issuance(
         }));
     }
     let mut latencies = Vec::new();
-    let mut errors = std::collections::BTreeMap::new();
+    let mut errors = BTreeMap::new();
     for task in tasks {
         let (task_latencies, task_errors) = task.await?;
         latencies.extend(task_latencies);
@@ -219,32 +412,40 @@ async fn grpc_issuance(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let peak_rss_kb = server.peak_rss_kb();
+    let startup = server.startup;
     drop(server);
     latencies.sort_by(f64::total_cmp);
     let percentile = |fraction: f64| {
         latencies
             .get(((latencies.len() as f64 * fraction) as usize).min(latencies.len().saturating_sub(1)))
             .copied()
+            .unwrap_or(f64::NAN)
     };
-    Ok(Issuance {
+    Ok(Scenario {
         rate: latencies.len() as f64 / elapsed,
         ok: latencies.len(),
         elapsed,
-        p50: percentile(0.50).unwrap_or(f64::NAN),
-        p95: percentile(0.95).unwrap_or(f64::NAN),
-        p99: percentile(0.99).unwrap_or(f64::NAN),
+        p50: percentile(0.50),
+        p95: percentile(0.95),
+        p99: percentile(0.99),
         errors,
+        peak_rss_kb,
+        startup,
     })
 }
 
 struct Server {
     child: std::process::Child,
     endpoint: String,
+    /// From spawn to the "listening on" line (HSM login, store open and migrations included).
+    startup: Duration,
 }
 
 impl Server {
-    fn start(config: &PathBuf) -> anyhow::Result<Server> {
+    fn start(config: &Path) -> anyhow::Result<Server> {
         use std::io::BufRead;
+        let spawned = Instant::now();
         let mut child = Command::new(CA_SERVICE)
             .args(["serve", "--config"])
             .arg(config)
@@ -261,12 +462,27 @@ impl Server {
                 break address.to_owned();
             }
         };
+        let startup = spawned.elapsed();
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         Ok(Server {
             child,
             endpoint: format!("http://{address}"),
+            startup,
         })
+    }
+
+    /// The service's peak resident set size (VmHWM), in KiB.
+    fn peak_rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmHWM:"))
+                    .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
     }
 }
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use e2ee_ca_proto::v1::identity_server::IdentityServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::api::IdentityService;
@@ -61,11 +60,13 @@ pub async fn run<S: IdentityStore>(
         .context("cannot build the reflection service")?;
     let max_message_bytes = max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
     let identity = IdentityServer::new(IdentityService::new(issuer)).max_decoding_message_size(max_message_bytes);
+    // Without TCP_NODELAY, small responses wait for the peer's delayed ACK (about 40 ms per call).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(identity)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("gRPC server failed");
     probe.abort();
