@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every benchmark in one go (bounded: about 10 minutes on 2 cores) and rewrites the generated
+# part of BENCHMARKS.md (between the `generated` markers) with the numbers, the ratios and the machine.
+# Usage: ca-service/benches/run.sh [SECONDS] [CLIENTS]   (defaults 8 16)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECONDS_EACH=${1:-8}
+CLIENTS=${2:-16}
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "run.sh: PostgreSQL is not running on 127.0.0.1:5432 (tests/run.sh starts it)" >&2
+  exit 1
+fi
+export E2EE_CA_TEST_POSTGRES_URL=${E2EE_CA_TEST_POSTGRES_URL:-postgres://e2ee_ca_test:e2ee_ca_test@127.0.0.1:5432/postgres}
+
+echo "== issuance scenarios"
+BENCH_MARKDOWN="$OUT/issuance.md" cargo bench --quiet -p ca-service --bench issuance -- "$SECONDS_EACH" "$CLIENTS" 512 1000000 | tee "$OUT/issuance.txt"
+echo "== embedded store next to PostgreSQL"
+cargo bench --quiet -p ca-service --bench stores -- "$SECONDS_EACH" "$CLIENTS" | tee "$OUT/stores.txt"
+echo "== peers"
+ca-service/benches/peers.sh "$SECONDS_EACH" "$CLIENTS" 2 2>&1 | tee "$OUT/peers.txt"
+
+{
+  echo "<!-- generated:begin (ca-service/benches/run.sh $SECONDS_EACH $CLIENTS) -->"
+  echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(awk -F: '/model name/ { print $2; exit }' /proc/cpuinfo | sed 's/^ //')), $(free -g | awk '/Mem:/ { print $2 }') GiB, load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo
+  cat "$OUT/issuance.md"
+  echo
+  echo '```text'
+  grep -E "with [0-9]+ identities" "$OUT/issuance.txt" || true
+  grep -E "certificates/s" "$OUT/stores.txt" || true
+  cat "$OUT/peers.txt"
+  echo '```'
+  echo "<!-- generated:end -->"
+} >"$OUT/generated.md"
+
+python3 - "$OUT/generated.md" <<'PY'
+import re, sys
+generated = open(sys.argv[1]).read().rstrip("\n")
+text = open("BENCHMARKS.md").read()
+pattern = re.compile(r"<!-- generated:begin.*?<!-- generated:end -->", re.S)
+if pattern.search(text):
+    text = pattern.sub(lambda _: generated, text)
+else:
+    text = text.rstrip("\n") + "\n\n## Latest run\n\n" + generated + "\n"
+open("BENCHMARKS.md", "w").write(text)
+PY
+echo "BENCHMARKS.md updated"
