@@ -10,7 +10,9 @@
 //! * `protocol`: operations built from both (the mnemonic-wrapped key backup, streaming file encryption,
 //!   metadata v2 encryption and file drop, the CMS metadata signature).
 //!
-//! `mnemonic` holds the 12-word recovery phrase.
+//! `protocol::folder` ties them into encrypted folders (create, add, share, unshare, open), over the small
+//! `FolderStorage` trait; `storage` implements it on a local directory standing in for the sync server.
+//! `mnemonic` holds the 12-word recovery phrase; `pins` the local pins of contacts' keys.
 
 #![forbid(unsafe_code)]
 
@@ -18,5 +20,7 @@ pub mod crypto;
 pub mod format;
 pub mod identity;
 pub mod mnemonic;
+pub mod pins;
 pub mod protocol;
+pub mod storage;
 pub mod transport;

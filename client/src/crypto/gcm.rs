@@ -25,7 +25,7 @@ pub const TAG_LEN: usize = 16;
 const MAX_MESSAGE_LEN: u64 = (1 << 36) - 32;
 
 /// Counter blocks encrypted per call into aws-lc-rs.
-const KEYSTREAM_BLOCKS: usize = 64;
+const KEYSTREAM_BLOCKS: usize = 256;
 
 /// An AES key of `N` bytes: 16 (AES-128: metadata, files, file drop) or 32 (AES-256: private-key wrapping).
 /// Zeroized on drop.
@@ -343,12 +343,19 @@ impl GcmStream {
     }
 
     fn apply_keystream(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
-        for byte in data.iter_mut() {
+        let mut rest = data;
+        while !rest.is_empty() {
             if self.keystream_used == self.keystream.len() {
                 self.refill_keystream()?;
             }
-            *byte ^= self.keystream[self.keystream_used];
-            self.keystream_used += 1;
+            let available = &self.keystream[self.keystream_used..];
+            let take = available.len().min(rest.len());
+            let (now, later) = rest.split_at_mut(take);
+            for (byte, key_byte) in now.iter_mut().zip(available) {
+                *byte ^= key_byte;
+            }
+            self.keystream_used += take;
+            rest = later;
         }
         Ok(())
     }
@@ -364,14 +371,28 @@ impl GcmStream {
     }
 
     fn absorb(&mut self, ciphertext: &[u8]) {
-        for &byte in ciphertext {
-            self.partial[self.partial_len] = byte;
-            self.partial_len += 1;
-            if self.partial_len == 16 {
-                self.ghash.update_block(&self.partial);
-                self.partial_len = 0;
+        let mut rest = ciphertext;
+        // Top up a partial block first; then hash whole blocks straight from the input.
+        if self.partial_len > 0 {
+            let take = (16 - self.partial_len).min(rest.len());
+            self.partial[self.partial_len..self.partial_len + take].copy_from_slice(&rest[..take]);
+            self.partial_len += take;
+            rest = &rest[take..];
+            if self.partial_len < 16 {
+                return;
             }
+            self.ghash.update_block(&self.partial);
+            self.partial_len = 0;
         }
+        let mut blocks = rest.chunks_exact(16);
+        for block in &mut blocks {
+            let mut whole = [0u8; 16];
+            whole.copy_from_slice(block);
+            self.ghash.update_block(&whole);
+        }
+        let tail = blocks.remainder();
+        self.partial[..tail.len()].copy_from_slice(tail);
+        self.partial_len = tail.len();
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Inner JSON → gzip → AES-128-GCM under the 16-byte metadata key with a fresh 16-byte nonce;
 //! the metadata key is RSA-OAEP-SHA256-wrapped (raw bytes) for every user of the top-level folder.
-//! The CMS signature over the canonical outer JSON is not produced or checked here yet.
+//! Signatures (`protocol::signature`) and the folder-level checks (`protocol::folder`) build on this.
 
 use std::io::{Read, Write};
 

@@ -1,0 +1,136 @@
+//! Client throughput: file encryption and decryption next to raw AES-128-GCM (aws-lc-rs, 12-byte nonce) in the
+//! same run, and the time to open a folder of 10,000 files. Prints numbers and ratios; `cargo bench -p e2ee-client`.
+
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use e2ee_client::crypto::rsa::RsaPrivateKey;
+use e2ee_client::pins::TrustError;
+use e2ee_client::protocol::file;
+use e2ee_client::protocol::folder::{Account, CertificateTrust, Folder, FolderPath, SeenCounters};
+use e2ee_client::storage::LocalDirectory;
+
+/// Bytes per file-throughput run.
+const FILE_LEN: usize = 64 * 1024 * 1024;
+/// Runs per measurement; the best is reported (least disturbed by the shared machine).
+const RUNS: usize = 5;
+/// Files in the folder-open measurement.
+const FOLDER_FILES: usize = 10_000;
+
+fn best_of(runs: usize, mut run: impl FnMut()) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn mib_per_second(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
+}
+
+/// The bench's folder users are self-signed; the folder protocol, not the CA check, is what is measured.
+struct TrustEveryone;
+
+impl CertificateTrust for TrustEveryone {
+    fn check_user(&mut self, _user_id: &str, _certificate_pem: &str) -> Result<(), TrustError> {
+        Ok(())
+    }
+}
+
+fn main() {
+    let plaintext: Vec<u8> = (0..FILE_LEN).map(|index| (index % 251) as u8).collect();
+
+    // Raw AES-128-GCM, one message over the whole buffer, 12-byte nonce: the ceiling.
+    let raw_key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &[7u8; 16]).expect("16-byte key"));
+    let mut buffer = plaintext.clone();
+    let raw = best_of(RUNS, || {
+        let nonce = Nonce::assume_unique_for_key([9u8; 12]);
+        let tag = raw_key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buffer)
+            .expect("seal");
+        let _ = std::hint::black_box(tag);
+    });
+
+    // The client's file path: fresh key, 16-byte nonce, streamed in 64 KiB chunks, tag appended.
+    let mut blob = Vec::with_capacity(FILE_LEN + 16);
+    let mut encrypted = None;
+    let encrypt = best_of(RUNS, || {
+        blob.clear();
+        encrypted = Some(file::encrypt(plaintext.as_slice(), &mut blob).expect("encrypt"));
+    });
+    let encrypted = encrypted.expect("ran at least once");
+    let decrypt = best_of(RUNS, || {
+        let opened = file::decrypt_to_vec(blob.as_slice(), &encrypted.key, &encrypted.nonce, Some(&encrypted.tag))
+            .expect("decrypt");
+        std::hint::black_box(opened.len());
+    });
+
+    let raw_rate = mib_per_second(FILE_LEN, raw);
+    let encrypt_rate = mib_per_second(FILE_LEN, encrypt);
+    let decrypt_rate = mib_per_second(FILE_LEN, decrypt);
+    println!("file crypto, {} MiB, best of {RUNS}:", FILE_LEN / (1024 * 1024));
+    println!("  raw AES-128-GCM (aws-lc-rs, 12-byte nonce): {raw_rate:8.0} MiB/s");
+    println!(
+        "  client encrypt (16-byte nonce, streamed):   {encrypt_rate:8.0} MiB/s  ({:.2} x raw)",
+        encrypt_rate / raw_rate
+    );
+    println!(
+        "  client decrypt (16-byte nonce, streamed):   {decrypt_rate:8.0} MiB/s  ({:.2} x raw)",
+        decrypt_rate / raw_rate
+    );
+
+    // Opening a folder of 10,000 files: read, verify the signature, unwrap the key, gunzip and parse.
+    let key_pair = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("keygen");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "bench");
+    let certificate = params.self_signed(&key_pair).expect("certificate");
+    let account = Account {
+        user_id: "bench".into(),
+        private_key: RsaPrivateKey::from_pkcs8_pem(&key_pair.serialize_pem()).expect("key"),
+        certificate_pem: certificate.pem(),
+    };
+    let directory = tempfile::tempdir().expect("tempdir");
+    let storage = LocalDirectory::new(directory.path());
+    let mut folder = Folder::create("Bench", &account).expect("create");
+    for index in 0..FOLDER_FILES {
+        folder
+            .add_file(
+                &storage,
+                &FolderPath::root(),
+                &format!("file-{index:05}.txt"),
+                "text/plain",
+                &b"x"[..],
+            )
+            .expect("add");
+    }
+    folder
+        .save(&storage, &account, &mut SeenCounters::default())
+        .expect("save");
+    let open = best_of(RUNS, || {
+        let opened = Folder::open(
+            &storage,
+            "Bench",
+            &account,
+            &mut TrustEveryone,
+            &mut SeenCounters::default(),
+        )
+        .expect("open");
+        assert_eq!(
+            opened.list(&FolderPath::root()).expect("list").files.len(),
+            FOLDER_FILES
+        );
+    });
+    let metadata_len = std::fs::metadata(directory.path().join("Bench").join("meta.data"))
+        .map(|metadata| metadata.len())
+        .unwrap_or_default();
+    println!(
+        "open a folder of {FOLDER_FILES} files ({} KiB of metadata), best of {RUNS}: {:.1} ms ({:.1} µs per file)",
+        metadata_len / 1024,
+        open.as_secs_f64() * 1000.0,
+        open.as_secs_f64() * 1e6 / FOLDER_FILES as f64
+    );
+}
