@@ -594,4 +594,46 @@ url = "sqlite:state/ca.sqlite3"
             assert!(!error.contains("hunter2"), "{error:?} must not echo a password");
         }
     }
+
+    const AUDIT: &str = "\n[audit]\nkey_label = \"audit-key\"\norigin = \"e2ee-ca.example/audit-log\"\n";
+
+    #[test]
+    fn audit_sections_are_validated() {
+        let config = load(&format!("{VALID}{AUDIT}")).expect("valid");
+        let audit = config.audit.expect("audit section");
+        assert_eq!(audit.sequence_wait(), Duration::from_secs(5));
+        assert_eq!(audit.sequencer().max_batch, 1024);
+        assert!(load(VALID).expect("valid").audit.is_none(), "the section is optional");
+        let cases = [
+            (AUDIT.replace("e2ee-ca.example/audit-log", "has space"), "audit.origin"),
+            (AUDIT.replace("e2ee-ca.example/audit-log", "a+b"), "audit.origin"),
+            (AUDIT.replace("e2ee-ca.example/audit-log", ""), "audit.origin"),
+            (AUDIT.replace("\"audit-key\"", "\"ca-key\""), "not the CA key"),
+            (format!("{AUDIT}sequence_wait_ms = 5\n"), "sequence_wait_ms"),
+            (format!("{AUDIT}max_batch = 0\n"), "max_batch"),
+            (format!("{AUDIT}surprise = 1\n"), "unknown field"),
+        ];
+        for (audit, expected) in cases {
+            let error = format!("{:#}", load(&format!("{VALID}{audit}")).expect_err("must be refused"));
+            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+        }
+    }
+
+    #[test]
+    fn deploy_examples_are_valid() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let serve = directory.path().join("ca-service.toml");
+        std::fs::write(&serve, include_str!("../../deploy/ca-service.example.toml")).expect("write");
+        let config = ServeConfig::load(&serve).expect("the serve example is valid");
+        assert_eq!(config.audit.expect("audit").origin, "e2ee-ca.example/audit-log");
+        for (name, text) in [
+            ("root", include_str!("../../deploy/ceremony-root.example.toml")),
+            ("csr", include_str!("../../deploy/ceremony-csr.example.toml")),
+        ] {
+            let path = directory.path().join(format!("ceremony-{name}.toml"));
+            std::fs::write(&path, text).expect("write");
+            let ceremony = CeremonyConfig::load(&path).unwrap_or_else(|error| panic!("{name}: {error:#}"));
+            assert_eq!(ceremony.audit_key_label.as_deref(), Some("e2ee-ca-audit-2026"));
+        }
+    }
 }

@@ -762,6 +762,7 @@ mod tests {
 
     use super::*;
     use crate::store::conformance::{Harness, PostgresHarness, certificate, event, key, user};
+    use crate::transparency::LogStore;
 
     fn with_timeout(harness: &PostgresHarness, timeout: Duration) -> PostgresLocation {
         PostgresLocation {
@@ -869,5 +870,46 @@ mod tests {
             matches!(retried, Ok(CommitOutcome::Committed { renewal: false, .. })),
             "{retried:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_replica_leads_the_sequencer_until_its_connection_ends() {
+        let harness = PostgresHarness::create().await;
+        let first = harness.open().await.expect("open");
+        let second = harness.open().await.expect("open");
+        let leadership = first.try_lead().await.expect("try").expect("the first replica leads");
+        assert!(first.still_leading(&leadership));
+        assert!(second.try_lead().await.expect("try").is_none(), "one leader at a time");
+        assert!(
+            first.try_lead().await.expect("try").is_none(),
+            "even for another connection of the leader"
+        );
+        // The lock lives and dies with the leader's session.
+        harness
+            .raw_client()
+            .await
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
+                &[&((SEQUENCER_LOCK & 0xffff_ffff) as u32)],
+            )
+            .await
+            .expect("terminate the leader's session");
+        let started = StdInstant::now();
+        let taken_over = loop {
+            if let Some(leadership) = second.try_lead().await.expect("try") {
+                break leadership;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the lock was not released");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(second.still_leading(&taken_over));
+        let deadline = StdInstant::now() + Duration::from_secs(5);
+        while first.still_leading(&leadership) {
+            assert!(
+                StdInstant::now() < deadline,
+                "the old leader notices its connection died"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
