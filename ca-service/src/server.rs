@@ -147,6 +147,7 @@ async fn probe_health<S: IdentityStore>(issuer: Arc<Issuer<S>>, reporter: tonic_
             };
             reporter.set_service_status("", status).await;
             reporter.set_service_status("e2ee.ca.v1.Identity", status).await;
+            reporter.set_service_status("e2ee.ca.v1.Transparency", status).await;
             last = Some(healthy);
         }
         tokio::time::sleep(PROBE_INTERVAL).await;

@@ -889,7 +889,8 @@ mod tests {
             .raw_client()
             .await
             .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 &[&((SEQUENCER_LOCK & 0xffff_ffff) as u32)],
             )
             .await
