@@ -639,8 +639,8 @@ impl LogStore for PostgresStore {
             Ok(row.get::<_, bool>(0))
         })
         .await;
-        // The connection leaves the pool either way: a lock holder must never be handed out,
-        // and a connection that tried and failed is cheap to replace.
+        // A lock holder leaves the pool for good (it must never be handed out, and the lock ends
+        // with its session); a connection that did not get the lock holds nothing and goes back.
         let acquired = match outcome {
             Ok(Ok(acquired)) => acquired,
             Ok(Err(error)) => {

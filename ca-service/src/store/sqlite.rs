@@ -534,3 +534,62 @@ impl LogStore for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Behaviour specific to the embedded store; the shared behaviours are in `conformance`.
+
+    use super::*;
+
+    #[tokio::test]
+    async fn entries_written_before_the_log_existed_are_sequenced_first() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("ca.sqlite3");
+        let old_entries: Vec<Vec<u8>> = (0..3)
+            .map(|number| format!("old entry {number}\n").into_bytes())
+            .collect();
+        {
+            // A database at schema version 1, with audit entries and no log.
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch(
+                    "CREATE TABLE schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT;
+                     INSERT INTO schema_migrations VALUES (1, 0);",
+                )
+                .expect("version table");
+            connection.execute_batch(MIGRATIONS[0].1).expect("version 1");
+            for entry in &old_entries {
+                connection
+                    .execute(
+                        "INSERT INTO audit_entries (entry, entry_hash) VALUES (?1, ?2)",
+                        params![entry, [0u8; 32].as_slice()],
+                    )
+                    .expect("old entry");
+            }
+        }
+        let store = SqliteStore::open(&path).expect("migrates to version 2");
+        let new_entry = store
+            .append_event(AuditEvent {
+                kind: AuditKind::Ceremony,
+                actor: "test".to_owned(),
+                subject: "new".to_owned(),
+                details: vec![],
+            })
+            .await
+            .expect("append");
+        let head = match store.sequence(LogHead::empty(), 100).await.expect("sequence") {
+            SequenceOutcome::Sequenced(head) => head,
+            other => panic!("expected a batch, got {other:?}"),
+        };
+        assert_eq!(head.size, 4);
+        assert_eq!(store.log_index(&new_entry).await.expect("index"), Some(3));
+        let entries = store.entries(0, 4).await.expect("entries");
+        assert_eq!(
+            &entries[..3],
+            old_entries.as_slice(),
+            "old entries keep their order, first"
+        );
+        let leaves: Vec<Hash> = entries.iter().map(|entry| tlog::leaf_hash(entry)).collect();
+        assert_eq!(head.root, tlog::merkle::tree_root(&leaves));
+    }
+}

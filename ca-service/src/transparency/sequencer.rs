@@ -5,8 +5,9 @@
 //! retry every `lead_retry`. Safety does not rest on that lock but on the store's compare-and-swap
 //! of the head, and on the rule checked here before every signature: the new tree must be
 //! consistent with the last signed one (a consistency proof from the stored nodes is verified), so
-//! a checkpoint that forks the log is never signed. While idle nothing is signed, except a
-//! heartbeat signature of the same head every `heartbeat`.
+//! a checkpoint that forks the log is never signed. A new batch is sequenced only once the previous
+//! one is signed, so the signed log lags the sequenced one by at most one batch. While idle nothing
+//! is signed, except a heartbeat signature of the same head every `heartbeat`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,6 @@ pub struct SequencerConfig {
 pub struct SequencerHandle {
     wake: Arc<Notify>,
     sequenced: watch::Receiver<u64>,
-    signed: watch::Receiver<u64>,
 }
 
 impl SequencerHandle {
@@ -50,11 +50,6 @@ impl SequencerHandle {
     pub fn sequenced(&self) -> watch::Receiver<u64> {
         self.sequenced.clone()
     }
-
-    /// The size of the last checkpoint signed by this process's sequencer.
-    pub fn signed(&self) -> watch::Receiver<u64> {
-        self.signed.clone()
-    }
 }
 
 /// Starts the sequencer on the runtime; it runs until the returned task is aborted.
@@ -66,7 +61,6 @@ pub fn spawn<L: LogStore>(
 ) -> (SequencerHandle, tokio::task::JoinHandle<()>) {
     let wake = Arc::new(Notify::new());
     let (sequenced_sender, sequenced) = watch::channel(0);
-    let (signed_sender, signed) = watch::channel(0);
     let sequencer = Sequencer {
         store,
         hsm,
@@ -74,17 +68,9 @@ pub fn spawn<L: LogStore>(
         config,
         wake: Arc::clone(&wake),
         sequenced: sequenced_sender,
-        signed: signed_sender,
     };
     let task = tokio::spawn(sequencer.run());
-    (
-        SequencerHandle {
-            wake,
-            sequenced,
-            signed,
-        },
-        task,
-    )
+    (SequencerHandle { wake, sequenced }, task)
 }
 
 struct Sequencer<L> {
@@ -94,7 +80,6 @@ struct Sequencer<L> {
     config: SequencerConfig,
     wake: Arc<Notify>,
     sequenced: watch::Sender<u64>,
-    signed: watch::Sender<u64>,
 }
 
 /// Pause after a failure (store or HSM down) before trying again.
@@ -130,43 +115,42 @@ impl<L: LogStore> Sequencer<L> {
         let mut signed = self.store.latest_checkpoint().await?;
         let mut last_signature: Option<Instant> = None;
         while self.store.still_leading(leadership) {
-            let mut sequenced_something = false;
+            // Sign before sequencing more: at most one batch is ever sequenced but unsigned, so
+            // when the HSM cannot sign, new entries stay unindexed and issuance fails closed
+            // after its bound instead of running ahead of the signed log.
+            let unsigned = signed
+                .as_ref()
+                .is_none_or(|checkpoint| checkpoint.size != head.size || checkpoint.root != head.root);
+            let heartbeat_due = last_signature.is_none_or(|at| at.elapsed() >= self.config.heartbeat);
+            if unsigned || heartbeat_due {
+                let checkpoint = self.sign(signed.as_ref(), head).await?;
+                signed = Some(checkpoint);
+                last_signature = Some(Instant::now());
+            }
             match self.store.sequence(head, self.config.max_batch).await? {
                 SequenceOutcome::Sequenced(new_head) => {
+                    // Straight back to the top: sign this batch, then look for more.
                     head = new_head;
-                    sequenced_something = true;
                     self.sequenced.send_replace(head.size);
                 }
                 SequenceOutcome::Idle(current) => {
                     head = current;
                     self.sequenced.send_replace(head.size);
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(self.config.poll_interval) => {}
+                    }
                 }
                 SequenceOutcome::HeadMoved(actual) => {
                     // Another sequencer extended the log: only possible if two replicas both
-                    // believe they lead. The CAS kept the log linear; follow it.
+                    // believe they lead. The CAS kept the log linear; follow it (the signature
+                    // at the top still checks consistency with what was signed before).
                     tracing::warn!(
                         expected = head.size,
                         actual = actual.size,
                         "sequencer: the log head moved underneath"
                     );
                     head = actual;
-                    continue;
-                }
-            }
-            let changed = signed
-                .as_ref()
-                .is_none_or(|checkpoint| checkpoint.size != head.size || checkpoint.root != head.root);
-            let heartbeat_due = last_signature.is_none_or(|at| at.elapsed() >= self.config.heartbeat);
-            if changed || heartbeat_due {
-                let checkpoint = self.sign(signed.as_ref(), head).await?;
-                self.signed.send_replace(checkpoint.size);
-                signed = Some(checkpoint);
-                last_signature = Some(Instant::now());
-            }
-            if !sequenced_something {
-                tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
                 }
             }
         }
