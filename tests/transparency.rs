@@ -14,6 +14,7 @@ use tlog::checkpoint::SignedCheckpoint;
 use tlog::key::VerifierKey;
 use tlog::merkle::Hash;
 use tlog::note::SignedNote;
+use tlog::tlog_proof::TlogProof;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -117,6 +118,12 @@ async fn issuances_are_provably_in_signed_checkpoints() {
         first.checkpoint().root_hash(),
     )
     .expect("the inclusion proof verifies against the signed root");
+    // The receipt that came with the certificate verifies offline on its own.
+    let receipt = TlogProof::parse(&entry_ref.tlog_proof).expect("IssueCertificate returned a tlog-proof");
+    let receipt_checkpoint = receipt
+        .verify(&proof.entry, &trust.origin, &trust.verifiers)
+        .expect("the receipt proves the entry in a signed checkpoint");
+    assert!(receipt_checkpoint.checkpoint().size() > entry_ref.index);
     let mut tampered = proof.entry.clone();
     tampered[0] ^= 1;
     assert!(

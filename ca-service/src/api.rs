@@ -6,6 +6,7 @@
 //! logged and the caller gets a generic UNAVAILABLE or INTERNAL.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use e2ee_ca_proto::v1::identity_server::Identity;
 use e2ee_ca_proto::v1::transparency_server::Transparency;
@@ -45,6 +46,25 @@ impl<S> IdentityService<S> {
         IdentityService { issuer, audit_key }
     }
 }
+
+impl<S: IdentityStore + LogStore> IdentityService<S> {
+    /// The entry's tlog-proof if a checkpoint covers it within `RECEIPT_WAIT`, else empty. The
+    /// certificate is committed and indexed by now, so a missing receipt never fails the call.
+    async fn receipt(&self, index: u64) -> String {
+        match crate::transparency::receipt(self.issuer.store().as_ref(), index, RECEIPT_WAIT).await {
+            Ok(Some(receipt)) => receipt.to_string(),
+            Ok(None) => String::new(),
+            Err(error) => {
+                tracing::warn!(%error, index, "cannot build the entry's tlog-proof");
+                String::new()
+            }
+        }
+    }
+}
+
+/// How long `IssueCertificate` waits for a checkpoint covering the new entry, for its receipt.
+/// The sequencer signs right after each batch, so this is normally one HSM signature.
+const RECEIPT_WAIT: Duration = Duration::from_secs(1);
 
 fn certificate_pem(der: &[u8]) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
@@ -88,7 +108,7 @@ fn store_status(error: StoreError) -> Status {
 }
 
 #[tonic::async_trait]
-impl<S: IdentityStore> Identity for IdentityService<S> {
+impl<S: IdentityStore + LogStore> Identity for IdentityService<S> {
     async fn issue_certificate(
         &self,
         request: Request<IssueCertificateRequest>,
@@ -109,10 +129,14 @@ impl<S: IdentityStore> Identity for IdentityService<S> {
             serial_hex: issued.serial.to_hex(),
             key_fingerprint: issued.key_fingerprint.to_hex(),
             renewal: issued.renewal,
-            log_entry: issued.log_index.map(|index| LogEntryRef {
-                index,
-                entry_hash: hex::encode(issued.entry.entry_hash),
-            }),
+            log_entry: match issued.log_index {
+                Some(index) => Some(LogEntryRef {
+                    index,
+                    entry_hash: hex::encode(issued.entry.entry_hash),
+                    tlog_proof: self.receipt(index).await,
+                }),
+                None => None,
+            },
         }))
     }
 
@@ -195,7 +219,7 @@ fn proof_status(error: ProofError) -> Status {
     match error {
         ProofError::OutOfRange(message) => Status::invalid_argument(message),
         ProofError::Store(store_error) => store_status(store_error),
-        ProofError::Missing(..) => {
+        ProofError::Missing(..) | ProofError::BadCheckpoint(_) => {
             tracing::error!(%error, "log store is missing a subtree hash");
             Status::internal("the CA's log store is inconsistent; nothing was served")
         }

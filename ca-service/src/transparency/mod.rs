@@ -13,9 +13,12 @@ pub mod signer;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
 use tlog::merkle::{Frontier, Hash, leaf_hash, node_hash};
+use tlog::note::SignedNote;
 use tlog::proof::{HashReader, ProveError};
+use tlog::tlog_proof::TlogProof;
 
 use crate::store::StoreError;
 
@@ -213,6 +216,9 @@ pub enum ProofError {
     /// A node the proof needs is not stored (the store is behind or damaged).
     #[error("subtree {1} at level {0} is not stored")]
     Missing(u32, u64),
+    /// A stored checkpoint could not be parsed into a receipt (the store is damaged).
+    #[error("stored checkpoint of size {0} is not a valid signed note")]
+    BadCheckpoint(u64),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -222,9 +228,9 @@ pub enum ProofError {
 struct KeyRecorder(RefCell<Vec<NodeKey>>);
 
 impl HashReader for KeyRecorder {
-    type Error = std::convert::Infallible;
+    type Error = ProofError;
 
-    fn subtree_hash(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+    fn subtree_hash(&self, level: u32, index: u64) -> Result<Hash, ProofError> {
         self.0.borrow_mut().push((level, index));
         Ok([0; 32])
     }
@@ -244,19 +250,10 @@ impl HashReader for FetchedNodes {
     }
 }
 
-fn prove_error<E>(error: ProveError<E>) -> ProofError
-where
-    ProofError: From<E>,
-{
+fn prove_error(error: ProveError<ProofError>) -> ProofError {
     match error {
-        ProveError::Reader(error) => ProofError::from(error),
+        ProveError::Reader(error) => error,
         other => ProofError::OutOfRange(other.to_string()),
-    }
-}
-
-impl From<std::convert::Infallible> for ProofError {
-    fn from(never: std::convert::Infallible) -> ProofError {
-        match never {}
     }
 }
 
@@ -268,11 +265,7 @@ where
     P: Fn(&dyn HashReader<Error = ProofError>) -> Result<Vec<Hash>, ProveError<ProofError>>,
 {
     let recorder = KeyRecorder(RefCell::new(Vec::new()));
-    {
-        // The recorder's answers are placeholders; only the requested keys matter.
-        let adapter = RecorderAdapter(&recorder);
-        prove(&adapter).map_err(prove_error)?;
-    }
+    prove(&recorder).map_err(prove_error)?;
     let keys = recorder.0.into_inner();
     let hashes = store.subtree_hashes(keys.clone()).await?;
     let mut fetched = HashMap::with_capacity(keys.len());
@@ -281,17 +274,6 @@ where
         fetched.insert(key, hash);
     }
     prove(&FetchedNodes(fetched)).map_err(prove_error)
-}
-
-/// The recorder seen through the error type the proof closure expects.
-struct RecorderAdapter<'a>(&'a KeyRecorder);
-
-impl HashReader for RecorderAdapter<'_> {
-    type Error = ProofError;
-
-    fn subtree_hash(&self, level: u32, index: u64) -> Result<Hash, ProofError> {
-        Ok(self.0.subtree_hash(level, index)?)
-    }
 }
 
 /// The inclusion proof of leaf `index` in the tree of size `size` (`size` must be sequenced).
@@ -305,6 +287,30 @@ pub async fn consistency_proof<L: LogStore>(store: &L, old_size: u64, new_size: 
         tlog::proof::consistency_proof(reader, old_size, new_size)
     })
     .await
+}
+
+/// How often `receipt` looks for a covering checkpoint.
+const RECEIPT_POLL: Duration = Duration::from_millis(20);
+
+/// A c2sp.org/tlog-proof receipt for entry `index` against the latest signed checkpoint, once one
+/// covers it; waits at most `wait` for that checkpoint, then gives `None`.
+pub async fn receipt<L: LogStore>(store: &L, index: u64, wait: Duration) -> Result<Option<TlogProof>, ProofError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(checkpoint) = store.latest_checkpoint().await?
+            && checkpoint.size > index
+        {
+            let hashes = inclusion_proof(store, index, checkpoint.size).await?;
+            let note = SignedNote::parse(&checkpoint.note).map_err(|_| ProofError::BadCheckpoint(checkpoint.size))?;
+            let receipt =
+                TlogProof::new(index, hashes, note, None).map_err(|_| ProofError::BadCheckpoint(checkpoint.size))?;
+            return Ok(Some(receipt));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(RECEIPT_POLL).await;
+    }
 }
 
 #[cfg(test)]
