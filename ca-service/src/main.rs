@@ -249,6 +249,7 @@ async fn serve_with<S: IdentityStore + LogStore>(
     println!("  CA certificate SHA-256: {ca_fingerprint}");
     println!("listening on {address}");
     println!("Try: grpcurl -plaintext {address} e2ee.ca.v1.Identity/GetCaInfo");
+    println!("     grpcurl -plaintext {address} e2ee.ca.v1.Transparency/GetCheckpoint");
     println!("     cargo run -p e2ee-client -- --ca http://{address} enroll --user alice --dir ./alice");
     tracing::info!(%address, ca_fingerprint, "serving");
     if let Some(audit_log) = &audit_log {

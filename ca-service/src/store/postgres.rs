@@ -502,6 +502,7 @@ async fn read_nodes(
     client: &impl deadpool_postgres::GenericClient,
     keys: &[NodeKey],
 ) -> Result<Vec<Option<Hash>>, StoreError> {
+    // Levels are at most 63 (a tree of at most 2^63 leaves), so they fit a SMALLINT.
     let levels: Vec<i16> = keys.iter().map(|(level, _)| *level as i16).collect();
     let indices: Vec<i64> = keys.iter().map(|(_, index)| to_i64(*index)).collect::<Result<_, _>>()?;
     let statement = client

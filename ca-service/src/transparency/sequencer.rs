@@ -131,11 +131,11 @@ impl<L: LogStore> Sequencer<L> {
                 SequenceOutcome::Sequenced(new_head) => {
                     // Straight back to the top: sign this batch, then look for more.
                     head = new_head;
-                    self.sequenced.send_replace(head.size);
+                    self.publish(head.size);
                 }
                 SequenceOutcome::Idle(current) => {
                     head = current;
-                    self.sequenced.send_replace(head.size);
+                    self.publish(head.size);
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(self.config.poll_interval) => {}
@@ -155,6 +155,15 @@ impl<L: LogStore> Sequencer<L> {
             }
         }
         Ok(())
+    }
+
+    /// Tells waiting issuers the sequenced size, waking them only when it changed.
+    fn publish(&self, size: u64) {
+        self.sequenced.send_if_modified(|published| {
+            let changed = *published != size;
+            *published = size;
+            changed
+        });
     }
 
     /// Signs `head` after checking it is consistent with the last signed checkpoint, and stores it.
