@@ -154,6 +154,19 @@ impl ProvisionedCa {
         path
     }
 
+    /// Replica 0's config with `audit.sequence_wait_ms` set to `millis`.
+    fn replica_config_with_sequence_wait(&self, url: &str, millis: i64) -> PathBuf {
+        let path = self.replica_config(0, url);
+        let mut config: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&path).expect("read config")).expect("config parses");
+        config["audit"]
+            .as_table_mut()
+            .expect("[audit] from dev mode")
+            .insert("sequence_wait_ms".to_owned(), millis.into());
+        std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
+        path
+    }
+
     /// Starts `count` replicas on `url`.
     fn start_replicas(&self, count: usize, url: &str) -> Vec<DevServer> {
         (0..count)
@@ -446,15 +459,7 @@ async fn replicas_share_one_linear_log_sequenced_by_one_of_them() {
 async fn issuance_fails_closed_when_the_log_cannot_sequence_within_the_bound() {
     let ca = ProvisionedCa::create();
     let database = TestDatabase::create().await;
-    let path = ca.replica_config(0, &database.url);
-    let mut config: toml::Table =
-        toml::from_str(&std::fs::read_to_string(&path).expect("read config")).expect("config parses");
-    config["audit"]
-        .as_table_mut()
-        .expect("[audit] from dev mode")
-        .insert("sequence_wait_ms".to_owned(), 500.into());
-    std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
-    let replica = DevServer::start_with_config(&path);
+    let replica = DevServer::start_with_config(&ca.replica_config_with_sequence_wait(&database.url, 500));
     let mut client = replica.client().await;
     let key = UserKeyPair::generate(UserKey::EcP256);
     let first = issue(&mut client, "alice", key.csr("alice")).await.expect("issued");
@@ -486,6 +491,63 @@ async fn issuance_fails_closed_when_the_log_cannot_sequence_within_the_bound() {
     assert!(renewed.renewal);
     let first_index = first.log_entry.expect("entry").index;
     assert!(renewed.log_entry.expect("entry").index >= first_index + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolled_back_log_is_never_signed_and_issuance_fails_closed() {
+    let ca = ProvisionedCa::create();
+    let database = TestDatabase::create().await;
+    let replica = DevServer::start_with_config(&ca.replica_config_with_sequence_wait(&database.url, 500));
+    let mut client = replica.client().await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    issue(&mut client, "alice", key.csr("alice")).await.expect("issued");
+
+    // Someone with database access plants a checkpoint of a larger log, as if the real log had
+    // been truncated behind the CA's back, and makes the sequencer reload its state.
+    let admin = database.client().await;
+    admin
+        .execute(
+            "INSERT INTO audit_checkpoints (size, root, note, signed_at) VALUES (1000, $1, 'planted', now())",
+            &[&[7u8; 32].as_slice()],
+        )
+        .await
+        .expect("plant a checkpoint");
+    let signed_before: i64 = admin
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await
+        .expect("count")
+        .get(0);
+    database.terminate_connections(&admin).await;
+
+    // The sequencer refuses to sign a head that is behind (inconsistent with) the latest
+    // checkpoint, and sequences nothing more: issuance answers UNAVAILABLE within its bound.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        match issue(&mut client, "alice", key.csr("alice")).await {
+            Err(status) if status.code() == Code::Unavailable && status.message().contains("withheld") => break status,
+            Ok(_) | Err(_) => {
+                assert!(Instant::now() < deadline, "issuance never failed closed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::Unavailable);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let signed_after: i64 = admin
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await
+        .expect("count")
+        .get(0);
+    let pending: i64 = admin
+        .query_one("SELECT count(*) FROM audit_entries WHERE leaf_index IS NULL", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(
+        signed_after <= signed_before,
+        "no checkpoint was signed after the rollback"
+    );
+    assert!(pending >= 1, "the withheld issuance's entry stays unsequenced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
