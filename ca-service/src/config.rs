@@ -123,7 +123,8 @@ pub struct StoreSection {
     /// PostgreSQL only: the bound on one store operation, in ms, covering the wait for a pooled
     /// connection, connecting, and every statement of the transaction (default 5000). Past it the
     /// request fails with UNAVAILABLE and nothing is written. An issuance makes up to three store
-    /// operations (pin read, rate-limit count, commit): keep three times this below callers' deadlines.
+    /// operations (pin read, rate-limit count, commit), then waits up to `audit.sequence_wait_ms`
+    /// for its log index and up to 1 s for its receipt: keep the sum below callers' deadlines.
     pub timeout_ms: Option<u64>,
 }
 
