@@ -1,7 +1,11 @@
 //! Compiles proto/e2ee/ca/v1 with protox (pure Rust, no system protoc) and generates tonic code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["e2ee/ca/v1/common.proto", "e2ee/ca/v1/identity.proto"];
+    let files = [
+        "e2ee/ca/v1/common.proto",
+        "e2ee/ca/v1/identity.proto",
+        "e2ee/ca/v1/transparency.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -101,6 +101,40 @@ fn root_ceremony_refuses_to_overwrite_or_reuse_a_label() {
 }
 
 #[test]
+fn root_ceremony_makes_the_audit_key_and_keeps_its_label_rules() {
+    let token = Token::new();
+    let body = format!(
+        "mode = \"root\"\nkey_label = \"ca-1\"\nkey_algorithm = \"rsa-2048\"\noutput = \"ca.pem\"\n\
+         audit_key_label = \"audit-1\"\n{ROOT_SUBJECT}"
+    );
+    let first = token.ceremony("root.toml", &body);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(text(&first).contains("audit key label: audit-1"), "{}", text(&first));
+    assert!(text(&first).contains("audit key SHA-256 (SPKI)"), "{}", text(&first));
+
+    // Another ceremony may not reuse the audit key's label, and then writes nothing.
+    let reused = token.ceremony("root2.toml", &body.replace("ca-1", "ca-2").replace("ca.pem", "ca2.pem"));
+    assert!(!reused.status.success());
+    assert!(
+        text(&reused).contains("already exists on the token"),
+        "{}",
+        text(&reused)
+    );
+    assert!(!token.path("ca2.pem").exists());
+
+    // The audit key is never the CA key.
+    let same = token.ceremony(
+        "root3.toml",
+        &body
+            .replace("audit-1", "ca-3")
+            .replace("ca-1", "ca-3")
+            .replace("ca.pem", "ca3.pem"),
+    );
+    assert!(!same.status.success());
+    assert!(text(&same).contains("differ from key_label"), "{}", text(&same));
+}
+
+#[test]
 fn ceremony_config_errors_are_clear() {
     let token = Token::new();
     let missing_subject = token.ceremony(

@@ -15,7 +15,13 @@ use std::time::{Duration, Instant};
 
 use common::{CA_SERVICE, DevServer, UserKey, UserKeyPair, ca_info, pem_der};
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
-use e2ee_ca_proto::v1::{GetCertificatesRequest, IssueCertificateRequest};
+use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
+use e2ee_ca_proto::v1::{
+    GetCertificatesRequest, GetCheckpointRequest, GetConsistencyProofRequest, IssueCertificateRequest,
+};
+use tlog::checkpoint::SignedCheckpoint;
+use tlog::key::VerifierKey;
+use tlog::note::SignedNote;
 use tonic::Code;
 use tonic::transport::Channel;
 use x509_parser::prelude::FromDer;
@@ -144,6 +150,19 @@ impl ProvisionedCa {
         );
         config.insert("store".to_owned(), store.into());
         let path = root.join("ca-service.toml");
+        std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
+        path
+    }
+
+    /// Replica 0's config with `audit.sequence_wait_ms` set to `millis`.
+    fn replica_config_with_sequence_wait(&self, url: &str, millis: i64) -> PathBuf {
+        let path = self.replica_config(0, url);
+        let mut config: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&path).expect("read config")).expect("config parses");
+        config["audit"]
+            .as_table_mut()
+            .expect("[audit] from dev mode")
+            .insert("sequence_wait_ms".to_owned(), millis.into());
         std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
         path
     }
@@ -314,6 +333,224 @@ async fn replicas_racing_enrollments_pin_one_key_per_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_one_linear_log_sequenced_by_one_of_them() {
+    const REPLICAS: usize = 3;
+    const PER_REPLICA: usize = 8;
+    let ca = ProvisionedCa::create();
+    let database = TestDatabase::create().await;
+    let replicas = ca.start_replicas(REPLICAS, &database.url);
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        clients.push(replica.client().await);
+    }
+    let info = ca_info(&mut clients[0]).await;
+    let verifiers: Vec<VerifierKey> = info
+        .checkpoint_verifier_keys
+        .iter()
+        .map(|vkey| VerifierKey::parse(vkey).expect("vkey"))
+        .collect();
+    assert_eq!(verifiers.len(), 1);
+
+    // Fresh users enroll through every replica at once; each answer carries a sequenced index.
+    let tasks: Vec<_> = (0..REPLICAS * PER_REPLICA)
+        .map(|request| {
+            let mut client = clients[request % REPLICAS].clone();
+            tokio::spawn(async move {
+                let user_id = format!("log-user-{request}");
+                let key = UserKeyPair::generate(UserKey::EcP256);
+                issue(&mut client, &user_id, key.csr(&user_id)).await
+            })
+        })
+        .collect();
+    let mut indices = HashSet::new();
+    for task in tasks {
+        let response = task.await.expect("task").expect("issued");
+        let index = response.log_entry.expect("sequenced entry").index;
+        assert!(indices.insert(index), "index {index} given twice");
+    }
+
+    // One replica holds the sequencer lock; the log has every entry once, without gaps.
+    let client = database.client().await;
+    let leaders: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&0x6361_0002u32],
+        )
+        .await
+        .expect("locks")
+        .get(0);
+    assert_eq!(leaders, 1, "exactly one sequencer");
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT leaf_index), min(leaf_index), max(leaf_index) FROM audit_entries",
+            &[],
+        )
+        .await
+        .expect("indices");
+    let total: i64 = row.get(0);
+    assert_eq!(total, i64::try_from(REPLICAS * PER_REPLICA).expect("small"));
+    assert_eq!(
+        (
+            row.get::<_, i64>(1),
+            row.get::<_, Option<i64>>(2),
+            row.get::<_, Option<i64>>(3)
+        ),
+        (total, Some(0), Some(total - 1)),
+        "indices are 0..n, each once"
+    );
+
+    // Every replica serves the same signed log: checkpoints verify and are mutually consistent.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut checkpoints = Vec::new();
+    for replica in &replicas {
+        let mut transparency = TransparencyClient::connect(replica.endpoint.clone())
+            .await
+            .expect("connect");
+        let checkpoint = loop {
+            let response = transparency
+                .get_checkpoint(GetCheckpointRequest {})
+                .await
+                .expect("checkpoint")
+                .into_inner();
+            let note = SignedNote::parse(&response.checkpoint).expect("note");
+            let opened = SignedCheckpoint::open(note, &info.log_origin, &verifiers).expect("verifies");
+            if opened.checkpoint().size() == u64::try_from(total).expect("positive") {
+                break opened;
+            }
+            assert!(Instant::now() < deadline, "no checkpoint covering every entry");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let proof = transparency
+            .get_consistency_proof(GetConsistencyProofRequest {
+                old_size: 1,
+                new_size: checkpoint.checkpoint().size(),
+            })
+            .await
+            .expect("consistency proof")
+            .into_inner();
+        let leaf = client
+            .query_one("SELECT entry FROM audit_entries WHERE leaf_index = 0", &[])
+            .await
+            .expect("entry 0")
+            .get::<_, Vec<u8>>(0);
+        let proof: Vec<[u8; 32]> = proof
+            .hashes
+            .iter()
+            .map(|hash| <[u8; 32]>::try_from(hash.as_slice()).expect("32 bytes"))
+            .collect();
+        tlog::proof::verify_consistency(
+            1,
+            checkpoint.checkpoint().size(),
+            &tlog::leaf_hash(&leaf),
+            checkpoint.checkpoint().root_hash(),
+            &proof,
+        )
+        .expect("the one-entry tree is a prefix of the signed tree");
+        checkpoints.push(checkpoint.checkpoint().clone());
+    }
+    assert!(
+        checkpoints.windows(2).all(|pair| pair[0] == pair[1]),
+        "one log, not one per replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issuance_fails_closed_when_the_log_cannot_sequence_within_the_bound() {
+    let ca = ProvisionedCa::create();
+    let database = TestDatabase::create().await;
+    let replica = DevServer::start_with_config(&ca.replica_config_with_sequence_wait(&database.url, 500));
+    let mut client = replica.client().await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    let first = issue(&mut client, "alice", key.csr("alice")).await.expect("issued");
+    assert!(first.log_entry.is_some());
+
+    // Block the sequencer: hold the log head's lock in a transaction of our own.
+    let mut blocker = database.client().await;
+    let transaction = blocker.transaction().await.expect("begin");
+    transaction
+        .batch_execute("LOCK TABLE audit_log_head IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the head");
+    let started = Instant::now();
+    let withheld = issue(&mut client, "alice", key.csr("alice"))
+        .await
+        .expect_err("no certificate without its log index");
+    assert_eq!(withheld.code(), Code::Unavailable, "{}", withheld.message());
+    assert!(withheld.message().contains("withheld"), "{}", withheld.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by audit.sequence_wait_ms, took {:?}",
+        started.elapsed()
+    );
+
+    // Once the log can move again, the retry is a renewal with a real index, after the
+    // withheld certificate's entry.
+    transaction.rollback().await.expect("release the head");
+    let renewed = issue(&mut client, "alice", key.csr("alice")).await.expect("renewed");
+    assert!(renewed.renewal);
+    let first_index = first.log_entry.expect("entry").index;
+    assert!(renewed.log_entry.expect("entry").index >= first_index + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolled_back_log_is_never_signed_and_issuance_fails_closed() {
+    let ca = ProvisionedCa::create();
+    let database = TestDatabase::create().await;
+    let replica = DevServer::start_with_config(&ca.replica_config_with_sequence_wait(&database.url, 500));
+    let mut client = replica.client().await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    issue(&mut client, "alice", key.csr("alice")).await.expect("issued");
+
+    // Someone with database access plants a checkpoint of a larger log, as if the real log had
+    // been truncated behind the CA's back, and makes the sequencer reload its state.
+    let admin = database.client().await;
+    admin
+        .execute(
+            "INSERT INTO audit_checkpoints (size, root, note, signed_at) VALUES (1000, $1, 'planted', now())",
+            &[&[7u8; 32].as_slice()],
+        )
+        .await
+        .expect("plant a checkpoint");
+    let signed_before: i64 = admin
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await
+        .expect("count")
+        .get(0);
+    database.terminate_connections(&admin).await;
+
+    // The sequencer refuses to sign a head that is behind (inconsistent with) the latest
+    // checkpoint, and sequences nothing more: issuance answers UNAVAILABLE within its bound.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        match issue(&mut client, "alice", key.csr("alice")).await {
+            Err(status) if status.code() == Code::Unavailable && status.message().contains("withheld") => break status,
+            Ok(_) | Err(_) => {
+                assert!(Instant::now() < deadline, "issuance never failed closed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::Unavailable);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let signed_after: i64 = admin
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await
+        .expect("count")
+        .get(0);
+    let pending: i64 = admin
+        .query_one("SELECT count(*) FROM audit_entries WHERE leaf_index IS NULL", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(
+        signed_after <= signed_before,
+        "no checkpoint was signed after the rollback"
+    );
+    assert!(pending >= 1, "the withheld issuance's entry stays unsequenced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_answer_unavailable_while_connections_drop_and_recover_without_restart() {
     let ca = ProvisionedCa::create();
     let database = TestDatabase::create().await;
@@ -437,18 +674,18 @@ async fn migrate_applies_once_and_an_unreachable_database_stops_startup_fast() {
             .expect("run migrate");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        assert!(stdout.contains("schema version 1"), "{stdout}");
+        assert!(stdout.contains("schema version 2"), "{stdout}");
     }
     let versions: Vec<i64> = database
         .client()
         .await
-        .query("SELECT version FROM schema_migrations", &[])
+        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
         .await
         .expect("versions")
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1], "applied once");
+    assert_eq!(versions, [1, 2], "each version applied once");
 
     let unreachable = ca.replica_config(1, "postgres://postgres:hunter2@127.0.0.1:1/ca");
     let started = Instant::now();

@@ -6,8 +6,14 @@
 //! logged and the caller gets a generic UNAVAILABLE or INTERNAL.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use e2ee_ca_proto::v1::identity_server::Identity;
+use e2ee_ca_proto::v1::transparency_server::Transparency;
+use e2ee_ca_proto::v1::{
+    ExportEntriesRequest, ExportEntriesResponse, GetCheckpointRequest, GetCheckpointResponse,
+    GetConsistencyProofRequest, GetConsistencyProofResponse, GetInclusionProofRequest, GetInclusionProofResponse,
+};
 use e2ee_ca_proto::v1::{
     GetCaInfoRequest, GetCaInfoResponse, GetCertificatesRequest, GetCertificatesResponse, IssueCertificateRequest,
     IssueCertificateResponse, LogEntryRef, RecoveryKeyStatus, UserCertificate,
@@ -19,6 +25,8 @@ use crate::hsm::HsmError;
 use crate::identity::UserId;
 use crate::issuer::{IdentityStore, IssueError, IssueRequest, Issuer};
 use crate::store::StoreError;
+use crate::transparency::signer::AuditKey;
+use crate::transparency::{LogStore, ProofError, StoredCheckpoint};
 
 /// Most user ids accepted in one `GetCertificates` call.
 pub const MAX_LOOKUP_USERS: usize = 1000;
@@ -29,14 +37,34 @@ const DEV_ACTOR: &str = "unauthenticated";
 /// The `Identity` service.
 pub struct IdentityService<S> {
     issuer: Arc<Issuer<S>>,
+    audit_key: Option<AuditKey>,
 }
 
 impl<S> IdentityService<S> {
-    /// Serves `issuer`.
-    pub fn new(issuer: Arc<Issuer<S>>) -> IdentityService<S> {
-        IdentityService { issuer }
+    /// Serves `issuer`; `audit_key` names the log and its checkpoint key in `GetCaInfo`.
+    pub fn new(issuer: Arc<Issuer<S>>, audit_key: Option<AuditKey>) -> IdentityService<S> {
+        IdentityService { issuer, audit_key }
     }
 }
+
+impl<S: IdentityStore + LogStore> IdentityService<S> {
+    /// The entry's tlog-proof if a checkpoint covers it within `RECEIPT_WAIT`, else empty. The
+    /// certificate is committed and indexed by now, so a missing receipt never fails the call.
+    async fn receipt(&self, index: u64) -> String {
+        match crate::transparency::receipt(self.issuer.store().as_ref(), index, RECEIPT_WAIT).await {
+            Ok(Some(receipt)) => receipt.to_string(),
+            Ok(None) => String::new(),
+            Err(error) => {
+                tracing::warn!(%error, index, "cannot build the entry's tlog-proof");
+                String::new()
+            }
+        }
+    }
+}
+
+/// How long `IssueCertificate` waits for a checkpoint covering the new entry, for its receipt.
+/// The sequencer signs right after each batch, so this is normally one HSM signature.
+const RECEIPT_WAIT: Duration = Duration::from_secs(1);
 
 fn certificate_pem(der: &[u8]) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
@@ -61,6 +89,11 @@ fn status(error: IssueError) -> Status {
             tracing::error!(%error, "issuance failed");
             Status::internal("the CA could not produce a valid certificate; nothing was issued")
         }
+        IssueError::LogLagging(bound) => Status::unavailable(format!(
+            "the audit log did not record the issuance within {} ms, so the certificate was withheld; \
+             retry later (the retry is a renewal of the same key)",
+            bound.as_millis()
+        )),
     }
 }
 
@@ -75,7 +108,7 @@ fn store_status(error: StoreError) -> Status {
 }
 
 #[tonic::async_trait]
-impl<S: IdentityStore> Identity for IdentityService<S> {
+impl<S: IdentityStore + LogStore> Identity for IdentityService<S> {
     async fn issue_certificate(
         &self,
         request: Request<IssueCertificateRequest>,
@@ -96,10 +129,14 @@ impl<S: IdentityStore> Identity for IdentityService<S> {
             serial_hex: issued.serial.to_hex(),
             key_fingerprint: issued.key_fingerprint.to_hex(),
             renewal: issued.renewal,
-            log_entry: Some(LogEntryRef {
-                index: issued.entry.index,
-                entry_hash: hex::encode(issued.entry.entry_hash),
-            }),
+            log_entry: match issued.log_index {
+                Some(index) => Some(LogEntryRef {
+                    index,
+                    entry_hash: hex::encode(issued.entry.entry_hash),
+                    tlog_proof: self.receipt(index).await,
+                }),
+                None => None,
+            },
         }))
     }
 
@@ -152,9 +189,168 @@ impl<S: IdentityStore> Identity for IdentityService<S> {
             ca_public_key_pem: ca.key.public_key_pem(),
             ca_certificate_fingerprint: hex::encode(Sha256::digest(&ca.certificate_der)),
             ca_key_algorithm: ca.key.algorithm().name().to_owned(),
-            log_origin: String::new(),
-            checkpoint_verifier_keys: Vec::new(),
+            log_origin: self
+                .audit_key
+                .as_ref()
+                .map(|key| key.origin().to_owned())
+                .unwrap_or_default(),
+            checkpoint_verifier_keys: self.audit_key.iter().map(|key| key.verifier().to_string()).collect(),
             recovery: Some(RecoveryKeyStatus::default()),
         }))
+    }
+}
+
+/// Entries per `ExportEntries` message (and per store read).
+const EXPORT_CHUNK: u64 = 256;
+
+/// The `Transparency` service: checkpoints and proofs from the log store.
+pub struct TransparencyService<L> {
+    store: Arc<L>,
+}
+
+impl<L> TransparencyService<L> {
+    /// Serves the log in `store`.
+    pub fn new(store: Arc<L>) -> TransparencyService<L> {
+        TransparencyService { store }
+    }
+}
+
+fn proof_status(error: ProofError) -> Status {
+    match error {
+        ProofError::OutOfRange(message) => Status::invalid_argument(message),
+        ProofError::Store(store_error) => store_status(store_error),
+        ProofError::Missing(..) | ProofError::BadCheckpoint(_) => {
+            tracing::error!(%error, "log store is missing a subtree hash");
+            Status::internal("the CA's log store is inconsistent; nothing was served")
+        }
+    }
+}
+
+impl<L: LogStore> TransparencyService<L> {
+    /// The latest checkpoint; proofs are only served up to its size (never against an unsigned tree).
+    async fn signed(&self) -> Result<StoredCheckpoint, Status> {
+        self.store
+            .latest_checkpoint()
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::unavailable("the audit log has no signed checkpoint yet; retry shortly"))
+    }
+}
+
+/// Checks `size <= signed`, naming the field.
+fn within_signed(field: &str, size: u64, signed: u64) -> Result<(), Status> {
+    if size > signed {
+        return Err(Status::invalid_argument(format!(
+            "{field} {size} is beyond the latest signed checkpoint (size {signed}); fetch GetCheckpoint first"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl<L: LogStore> Transparency for TransparencyService<L> {
+    async fn get_checkpoint(
+        &self,
+        _request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<GetCheckpointResponse>, Status> {
+        let checkpoint = self.signed().await?;
+        Ok(Response::new(GetCheckpointResponse {
+            checkpoint: checkpoint.note,
+            tree_size: checkpoint.size,
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<GetInclusionProofResponse>, Status> {
+        let request = request.into_inner();
+        let signed = self.signed().await?;
+        within_signed("tree_size", request.tree_size, signed.size)?;
+        if request.leaf_index >= request.tree_size {
+            return Err(Status::invalid_argument(format!(
+                "leaf_index {} is not below tree_size {}",
+                request.leaf_index, request.tree_size
+            )));
+        }
+        let hashes = crate::transparency::inclusion_proof(self.store.as_ref(), request.leaf_index, request.tree_size)
+            .await
+            .map_err(proof_status)?;
+        let entry = self
+            .store
+            .entries(request.leaf_index, request.leaf_index + 1)
+            .await
+            .map_err(store_status)?
+            .pop()
+            .ok_or_else(|| Status::internal("the CA's log store is inconsistent; nothing was served"))?;
+        Ok(Response::new(GetInclusionProofResponse {
+            leaf_index: request.leaf_index,
+            tree_size: request.tree_size,
+            hashes: hashes.iter().map(|hash| hash.to_vec()).collect(),
+            entry,
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<GetConsistencyProofResponse>, Status> {
+        let request = request.into_inner();
+        let signed = self.signed().await?;
+        within_signed("new_size", request.new_size, signed.size)?;
+        if request.old_size > request.new_size {
+            return Err(Status::invalid_argument(format!(
+                "old_size {} is larger than new_size {}",
+                request.old_size, request.new_size
+            )));
+        }
+        let hashes = crate::transparency::consistency_proof(self.store.as_ref(), request.old_size, request.new_size)
+            .await
+            .map_err(proof_status)?;
+        Ok(Response::new(GetConsistencyProofResponse {
+            old_size: request.old_size,
+            new_size: request.new_size,
+            hashes: hashes.iter().map(|hash| hash.to_vec()).collect(),
+        }))
+    }
+
+    type ExportEntriesStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ExportEntriesResponse, Status>> + Send + 'static>>;
+
+    async fn export_entries(
+        &self,
+        request: Request<ExportEntriesRequest>,
+    ) -> Result<Response<Self::ExportEntriesStream>, Status> {
+        let request = request.into_inner();
+        let signed = self.signed().await?;
+        within_signed("end", request.end, signed.size)?;
+        if request.start >= request.end {
+            return Err(Status::invalid_argument(format!(
+                "start {} is not below end {}",
+                request.start, request.end
+            )));
+        }
+        let store = Arc::clone(&self.store);
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut start = request.start;
+            while start < request.end {
+                let end = request.end.min(start.saturating_add(EXPORT_CHUNK));
+                let message = match store.entries(start, end).await {
+                    Ok(entries) if entries.len() as u64 == end - start => Ok(ExportEntriesResponse { start, entries }),
+                    Ok(_) => Err(Status::internal("the CA's log store is inconsistent; export stopped")),
+                    Err(error) => Err(store_status(error)),
+                };
+                let failed = message.is_err();
+                // A closed receiver means the caller went away: stop reading.
+                if sender.send(message).await.is_err() || failed {
+                    return;
+                }
+                start = end;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        ))))
     }
 }

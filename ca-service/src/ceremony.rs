@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use time::OffsetDateTime;
 
 use crate::config::{CeremonyConfig, CeremonyMode, SubjectSection};
-use crate::hsm::{Hsm, HsmKey};
+use crate::hsm::{Hsm, HsmKey, KeyAlgorithm};
 use crate::identity::{KeyFingerprint, SerialNumber};
 use crate::issuer::LeaseSigner;
 
@@ -22,10 +22,13 @@ pub struct CeremonyReport {
     pub key_fingerprint: KeyFingerprint,
     /// What was written.
     pub output: String,
+    /// The audit key generated with the CA key (`audit_key_label`): label and SPKI SHA-256.
+    pub audit_key: Option<(String, KeyFingerprint)>,
 }
 
 /// Runs the ceremony described by `config` on `hsm`.
 pub async fn run(hsm: &Hsm, config: &CeremonyConfig) -> anyhow::Result<CeremonyReport> {
+    let mut audit = None;
     let (key, pem) = match config.mode {
         CeremonyMode::Root | CeremonyMode::Csr => {
             let key = {
@@ -38,6 +41,18 @@ pub async fn run(hsm: &Hsm, config: &CeremonyConfig) -> anyhow::Result<CeremonyR
                     .with_context(|| format!("cannot generate CA key {:?}", config.key_label))?
             };
             let subject = config.subject.as_ref().context("[subject] is required")?;
+            if let Some(label) = &config.audit_key_label {
+                let hsm = hsm.clone();
+                let label = label.clone();
+                let audit_key = tokio::task::spawn_blocking(move || hsm.generate_key(&label, KeyAlgorithm::EcdsaP256))
+                    .await
+                    .context("key generation task failed")?
+                    .with_context(|| format!("cannot generate audit key {:?}", config.audit_key_label))?;
+                audit = Some((
+                    audit_key.label().to_owned(),
+                    KeyFingerprint::of_spki(audit_key.spki_der()),
+                ));
+            }
             let pem = if config.mode == CeremonyMode::Root {
                 self_signed(hsm, &key, subject, config.validity_days.unwrap_or(3650)).await?
             } else {
@@ -61,6 +76,7 @@ pub async fn run(hsm: &Hsm, config: &CeremonyConfig) -> anyhow::Result<CeremonyR
         key_label: key.label().to_owned(),
         key_fingerprint: KeyFingerprint::of_spki(key.spki_der()),
         output: config.output.display().to_string(),
+        audit_key: audit,
     })
 }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::hsm::{HsmConfig, KeyAlgorithm, Pin};
 use crate::issuer::Profile;
+use crate::transparency::sequencer::SequencerConfig;
 
 /// How to reach the token (shared by `serve` and `ceremony`).
 #[derive(Debug, Clone, Deserialize)]
@@ -122,7 +123,8 @@ pub struct StoreSection {
     /// PostgreSQL only: the bound on one store operation, in ms, covering the wait for a pooled
     /// connection, connecting, and every statement of the transaction (default 5000). Past it the
     /// request fails with UNAVAILABLE and nothing is written. An issuance makes up to three store
-    /// operations (pin read, rate-limit count, commit): keep three times this below callers' deadlines.
+    /// operations (pin read, rate-limit count, commit), then waits up to `audit.sequence_wait_ms`
+    /// for its log index and up to 1 s for its receipt: keep the sum below callers' deadlines.
     pub timeout_ms: Option<u64>,
 }
 
@@ -171,6 +173,66 @@ const DEFAULT_POSTGRES_POOL_SIZE: usize = 16;
 /// Default bound on one PostgreSQL store operation.
 const DEFAULT_STORE_TIMEOUT_MS: u64 = 5000;
 
+/// The audit (transparency) log: its checkpoint key and the sequencer's bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Label of the ECDSA P-256 checkpoint key on the token (made by the ceremony's
+    /// `audit_key_label`); separate from the CA key.
+    pub key_label: String,
+    /// The log's origin: the first line of every checkpoint and the signing key's name, a
+    /// schema-less URL such as `e2ee-ca.example/audit-log` (no spaces, no '+').
+    pub origin: String,
+    /// How long an issuance waits for the sequencer to index its entry before answering
+    /// UNAVAILABLE (certificate withheld), in ms (default 5000).
+    pub sequence_wait_ms: Option<u64>,
+    /// Most entries per sequencing batch: one transaction and one checkpoint signature (default 1024).
+    pub max_batch: Option<usize>,
+    /// How often the sequencer looks for entries committed by other replicas, in ms (default 200).
+    pub poll_interval_ms: Option<u64>,
+    /// How often the unchanged head is re-signed while idle, in seconds (default 60).
+    pub heartbeat_seconds: Option<u64>,
+}
+
+impl AuditSection {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.key_label.is_empty() {
+            bail!("audit.key_label must not be empty");
+        }
+        if tlog::note::KeyName::new(&self.origin).is_err() || self.origin.contains('\n') {
+            bail!("audit.origin must be non-empty without spaces or '+', e.g. \"e2ee-ca.example/audit-log\"");
+        }
+        if !(100..=300_000).contains(&self.sequence_wait_ms.unwrap_or(5000)) {
+            bail!("audit.sequence_wait_ms must be between 100 and 300000");
+        }
+        if !(1..=65_536).contains(&self.max_batch.unwrap_or(1024)) {
+            bail!("audit.max_batch must be between 1 and 65536");
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms.unwrap_or(200)) {
+            bail!("audit.poll_interval_ms must be between 10 and 60000");
+        }
+        if !(1..=86_400).contains(&self.heartbeat_seconds.unwrap_or(60)) {
+            bail!("audit.heartbeat_seconds must be between 1 and 86400");
+        }
+        Ok(())
+    }
+
+    /// The sequencer's settings.
+    pub fn sequencer(&self) -> SequencerConfig {
+        SequencerConfig {
+            max_batch: self.max_batch.unwrap_or(1024),
+            poll_interval: Duration::from_millis(self.poll_interval_ms.unwrap_or(200)),
+            heartbeat: Duration::from_secs(self.heartbeat_seconds.unwrap_or(60)),
+            lead_retry: Duration::from_secs(2),
+        }
+    }
+
+    /// How long an issuance waits for its log index.
+    pub fn sequence_wait(&self) -> Duration {
+        Duration::from_millis(self.sequence_wait_ms.unwrap_or(5000))
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -205,6 +267,9 @@ pub struct ServeConfig {
     pub issuance: IssuanceSection,
     /// The store.
     pub store: StoreSection,
+    /// The audit log. Without it entries are written but never sequenced or signed, and
+    /// issuance answers without a log index: every production CA should set it.
+    pub audit: Option<AuditSection>,
 }
 
 impl ServeConfig {
@@ -253,6 +318,12 @@ impl ServeConfig {
             bail!("max_message_bytes must be at least 81920 so that a 64 KiB CSR fits");
         }
         self.store_location()?;
+        if let Some(audit) = &self.audit {
+            audit.validate()?;
+            if audit.key_label == self.ca.key_label {
+                bail!("audit.key_label must name a key of its own, not the CA key");
+            }
+        }
         Ok(())
     }
 
@@ -350,6 +421,9 @@ pub struct CeremonyConfig {
     pub signed_certificate: Option<PathBuf>,
     /// Import only: the external chain above it (PEM), nearest first.
     pub chain: Option<PathBuf>,
+    /// Root and csr: also generate the audit log's checkpoint key (ECDSA P-256) with this label,
+    /// for `[audit] key_label` of the serve config. Refused if the label exists.
+    pub audit_key_label: Option<String>,
 }
 
 impl CeremonyConfig {
@@ -393,8 +467,16 @@ impl CeremonyConfig {
                 if self.signed_certificate.is_some() || self.chain.is_some() {
                     bail!("signed_certificate and chain belong to mode import only");
                 }
+                if let Some(label) = &self.audit_key_label
+                    && (label.is_empty() || *label == self.key_label)
+                {
+                    bail!("audit_key_label must be non-empty and differ from key_label");
+                }
             }
             CeremonyMode::Import => {
+                if self.audit_key_label.is_some() {
+                    bail!("audit_key_label belongs to mode root and csr, which generate keys");
+                }
                 if self.signed_certificate.is_none() {
                     bail!("mode import needs signed_certificate");
                 }
@@ -511,6 +593,48 @@ url = "sqlite:state/ca.sqlite3"
             let error = format!("{:#}", load(&text).expect_err("must be refused"));
             assert!(error.contains(expected), "{error:?} should mention {expected:?}");
             assert!(!error.contains("hunter2"), "{error:?} must not echo a password");
+        }
+    }
+
+    const AUDIT: &str = "\n[audit]\nkey_label = \"audit-key\"\norigin = \"e2ee-ca.example/audit-log\"\n";
+
+    #[test]
+    fn audit_sections_are_validated() {
+        let config = load(&format!("{VALID}{AUDIT}")).expect("valid");
+        let audit = config.audit.expect("audit section");
+        assert_eq!(audit.sequence_wait(), Duration::from_secs(5));
+        assert_eq!(audit.sequencer().max_batch, 1024);
+        assert!(load(VALID).expect("valid").audit.is_none(), "the section is optional");
+        let cases = [
+            (AUDIT.replace("e2ee-ca.example/audit-log", "has space"), "audit.origin"),
+            (AUDIT.replace("e2ee-ca.example/audit-log", "a+b"), "audit.origin"),
+            (AUDIT.replace("e2ee-ca.example/audit-log", ""), "audit.origin"),
+            (AUDIT.replace("\"audit-key\"", "\"ca-key\""), "not the CA key"),
+            (format!("{AUDIT}sequence_wait_ms = 5\n"), "sequence_wait_ms"),
+            (format!("{AUDIT}max_batch = 0\n"), "max_batch"),
+            (format!("{AUDIT}surprise = 1\n"), "unknown field"),
+        ];
+        for (audit, expected) in cases {
+            let error = format!("{:#}", load(&format!("{VALID}{audit}")).expect_err("must be refused"));
+            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+        }
+    }
+
+    #[test]
+    fn deploy_examples_are_valid() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let serve = directory.path().join("ca-service.toml");
+        std::fs::write(&serve, include_str!("../../deploy/ca-service.example.toml")).expect("write");
+        let config = ServeConfig::load(&serve).expect("the serve example is valid");
+        assert_eq!(config.audit.expect("audit").origin, "e2ee-ca.example/audit-log");
+        for (name, text) in [
+            ("root", include_str!("../../deploy/ceremony-root.example.toml")),
+            ("csr", include_str!("../../deploy/ceremony-csr.example.toml")),
+        ] {
+            let path = directory.path().join(format!("ceremony-{name}.toml"));
+            std::fs::write(&path, text).expect("write");
+            let ceremony = CeremonyConfig::load(&path).unwrap_or_else(|error| panic!("{name}: {error:#}"));
+            assert_eq!(ceremony.audit_key_label.as_deref(), Some("e2ee-ca-audit-2026"));
         }
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Layout of the data directory:
 //! `softhsm/` (token directory and `softhsm2.conf`), `hsm-user-pin` and `hsm-so-pin` (mode 0600),
-//! `ceremony-*.toml` (the ceremony input that made the CA), `ca.pem`, `ca-service.toml` (the serve
-//! config, written once the CA exists), `ca.sqlite3` (the store).
+//! `ceremony-*.toml` (the ceremony input that made the CA and the audit key), `ca.pem`,
+//! `ca-service.toml` (the serve config with its `[audit]` section, written once the CA exists),
+//! `ca.sqlite3` (the store). Data directories made before the audit log existed keep working
+//! without a log; remove them to get one.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,9 @@ use hsm_sim::TokenDirectory;
 use crate::ceremony::{self, CeremonyReport};
 use crate::config::CeremonyConfig;
 use crate::hsm::{Hsm, KeyAlgorithm};
+
+/// The dev CA's audit-log origin.
+pub const DEV_LOG_ORIGIN: &str = "localhost/e2ee-ca-dev/audit-log";
 
 /// Label of the dev token.
 pub const DEV_TOKEN_LABEL: &str = "e2ee-ca-dev";
@@ -87,7 +92,9 @@ pub async fn ensure_ca(paths: &DevPaths, hsm: &Hsm, algorithm: KeyAlgorithm) -> 
         return Ok(None);
     }
     // A fresh label per attempt: a ceremony interrupted after key generation never blocks the next one.
-    let key_label = format!("e2ee-ca-dev-{}", hex::encode(rand::random::<[u8; 4]>()));
+    let suffix = hex::encode(rand::random::<[u8; 4]>());
+    let key_label = format!("e2ee-ca-dev-{suffix}");
+    let audit_key_label = format!("e2ee-ca-dev-audit-{suffix}");
     if paths.ca_certificate.exists() {
         anyhow::bail!(
             "{} exists but {} does not: the data directory is incomplete; remove {} to start over",
@@ -99,7 +106,8 @@ pub async fn ensure_ca(paths: &DevPaths, hsm: &Hsm, algorithm: KeyAlgorithm) -> 
     let ceremony_path = paths.root.join(format!("ceremony-{key_label}.toml"));
     let ceremony_text = format!(
         "# Dev-mode ceremony, written by `ca-service serve --dev`.\nmode = \"root\"\nkey_label = {key_label:?}\n\
-         key_algorithm = {algorithm:?}\nvalidity_days = 3650\noutput = {output:?}\n\n{hsm}\n\
+         key_algorithm = {algorithm:?}\nvalidity_days = 3650\noutput = {output:?}\n\
+         audit_key_label = {audit_key_label:?}\n\n{hsm}\n\
          [subject]\ncommon_name = \"e2ee-ca Dev CA\"\norganization = \"e2ee-ca dev mode\"\n",
         algorithm = algorithm.name(),
         output = paths.ca_certificate.display().to_string(),
@@ -111,7 +119,8 @@ pub async fn ensure_ca(paths: &DevPaths, hsm: &Hsm, algorithm: KeyAlgorithm) -> 
     let serve_text = format!(
         "# Dev-mode serve config, written by `ca-service serve --dev`.\nlisten = \"127.0.0.1:50051\"\n\n{hsm}\n\
          [ca]\nkey_label = {key_label:?}\nkey_algorithm = {algorithm:?}\ncertificate = \"ca.pem\"\n\n\
-         [issuance]\nvalidity_days = 365\n# Generous for dev: the demo renews on every run.\nmax_certificates_per_user_per_day = 1000\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+         [issuance]\nvalidity_days = 365\n# Generous for dev: the demo renews on every run.\nmax_certificates_per_user_per_day = 1000\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n\n\
+         [audit]\nkey_label = {audit_key_label:?}\norigin = {DEV_LOG_ORIGIN:?}\n",
         hsm = hsm_section(paths)?,
         algorithm = algorithm.name(),
     );

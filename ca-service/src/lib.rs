@@ -15,3 +15,4 @@ pub mod identity;
 pub mod issuer;
 pub mod server;
 pub mod store;
+pub mod transparency;

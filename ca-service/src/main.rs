@@ -11,6 +11,7 @@ use ca_service::hsm::{Hsm, HsmConfig, KeyAlgorithm};
 use ca_service::issuer::IdentityStore;
 use ca_service::store::postgres::{self, PostgresStore};
 use ca_service::store::sqlite::{self, SqliteStore};
+use ca_service::transparency::LogStore;
 use ca_service::{ceremony, dev, server};
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
@@ -191,6 +192,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  key label: {}", report.key_label);
                 println!("  key SHA-256 (SPKI): {}", report.key_fingerprint);
                 println!("  written: {}", report.output);
+                if let Some((label, fingerprint)) = &report.audit_key {
+                    println!("  audit key label: {label}");
+                    println!("  audit key SHA-256 (SPKI): {fingerprint}");
+                }
                 Ok(())
             })
         }
@@ -223,13 +228,14 @@ async fn serve(config: ServeConfig, hsm: Hsm, dev_banner: Option<Vec<String>>) -
 }
 
 /// Builds the issuer over `store`, binds and serves until Ctrl-C or SIGTERM.
-async fn serve_with<S: IdentityStore>(
+async fn serve_with<S: IdentityStore + LogStore>(
     config: ServeConfig,
     hsm: Hsm,
     dev_banner: Option<Vec<String>>,
     store: S,
 ) -> anyhow::Result<()> {
     let issuer = server::build_issuer(&config, hsm, store).await?;
+    let (issuer, audit_log) = server::start_audit_log(&config, issuer).await?;
     let ca_fingerprint = hex::encode(Sha256::digest(&issuer.ca().certificate_der));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -243,11 +249,20 @@ async fn serve_with<S: IdentityStore>(
     println!("  CA certificate SHA-256: {ca_fingerprint}");
     println!("listening on {address}");
     println!("Try: grpcurl -plaintext {address} e2ee.ca.v1.Identity/GetCaInfo");
+    println!("     grpcurl -plaintext {address} e2ee.ca.v1.Transparency/GetCheckpoint");
     println!("     cargo run -p e2ee-client -- --ca http://{address} enroll --user alice --dir ./alice");
     tracing::info!(%address, ca_fingerprint, "serving");
+    if let Some(audit_log) = &audit_log {
+        println!(
+            "  audit log {}: checkpoint key {}",
+            audit_log.key.origin(),
+            audit_log.key.verifier()
+        );
+    }
     server::run(
         listener,
         std::sync::Arc::new(issuer),
+        audit_log.as_ref().map(|audit_log| audit_log.key.clone()),
         config.max_message_bytes,
         shutdown_signal(),
     )

@@ -1,4 +1,4 @@
-//! Wiring: builds the issuer from config and serves the gRPC services until shutdown.
+//! Wiring: builds the issuer and the audit log from config and serves the gRPC services until shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,11 +9,15 @@ use e2ee_ca_proto::v1::identity_server::IdentityServer;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
-use crate::api::IdentityService;
+use crate::api::{IdentityService, TransparencyService};
 use crate::ceremony::read_pem_certificates;
 use crate::config::ServeConfig;
-use crate::hsm::Hsm;
-use crate::issuer::{CaIdentity, IdentityStore, Issuer};
+use crate::hsm::{Hsm, KeyAlgorithm};
+use crate::issuer::{CaIdentity, IdentityStore, Issuer, LogWait};
+use crate::transparency::LogStore;
+use crate::transparency::sequencer;
+use crate::transparency::signer::AuditKey;
+use e2ee_ca_proto::v1::transparency_server::TransparencyServer;
 
 /// How often the health probe signs and verifies a message and pings the store.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -44,10 +48,56 @@ pub async fn build_issuer<S: IdentityStore>(config: &ServeConfig, hsm: Hsm, stor
     Issuer::new(hsm, ca, config.profile(), Arc::new(store)).map_err(anyhow::Error::msg)
 }
 
-/// Serves Identity, health and reflection on `listener` until `shutdown` completes.
-pub async fn run<S: IdentityStore>(
+/// The running audit log: its key and the sequencer task (aborted when this is dropped).
+pub struct AuditLog {
+    /// The checkpoint key.
+    pub key: AuditKey,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Loads the audit key named by `[audit]`, starts the sequencer over the issuer's store and makes
+/// issuance wait for log indices. Without `[audit]`, returns the issuer unchanged.
+pub async fn start_audit_log<S: IdentityStore + LogStore>(
+    config: &ServeConfig,
+    issuer: Issuer<S>,
+) -> anyhow::Result<(Issuer<S>, Option<AuditLog>)> {
+    let Some(audit) = &config.audit else {
+        tracing::warn!("no [audit] section: the audit log is not sequenced or signed");
+        return Ok((issuer, None));
+    };
+    let key = {
+        let hsm = issuer.hsm().clone();
+        let label = audit.key_label.clone();
+        tokio::task::spawn_blocking(move || hsm.load_key(&label, KeyAlgorithm::EcdsaP256))
+            .await
+            .context("key lookup task failed")?
+            .with_context(|| format!("cannot load audit key {:?} (ECDSA P-256)", audit.key_label))?
+    };
+    let key = AuditKey::new(key, &audit.origin)?;
+    let (handle, task) = sequencer::spawn(
+        Arc::clone(issuer.store()),
+        issuer.hsm().clone(),
+        key.clone(),
+        audit.sequencer(),
+    );
+    let issuer = issuer.with_log_wait(LogWait {
+        sequencer: handle,
+        bound: audit.sequence_wait(),
+    });
+    Ok((issuer, Some(AuditLog { key, task })))
+}
+
+/// Serves Identity, Transparency, health and reflection on `listener` until `shutdown` completes.
+pub async fn run<S: IdentityStore + LogStore>(
     listener: TcpListener,
     issuer: Arc<Issuer<S>>,
+    audit_key: Option<AuditKey>,
     max_message_bytes: Option<usize>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -59,13 +109,16 @@ pub async fn run<S: IdentityStore>(
         .build_v1()
         .context("cannot build the reflection service")?;
     let max_message_bytes = max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
-    let identity = IdentityServer::new(IdentityService::new(issuer)).max_decoding_message_size(max_message_bytes);
+    let transparency = TransparencyServer::new(TransparencyService::new(Arc::clone(issuer.store())));
+    let identity =
+        IdentityServer::new(IdentityService::new(issuer, audit_key)).max_decoding_message_size(max_message_bytes);
     // Without TCP_NODELAY, small responses wait for the peer's delayed ACK (about 40 ms per call).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(identity)
+        .add_service(transparency)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("gRPC server failed");
@@ -95,6 +148,7 @@ async fn probe_health<S: IdentityStore>(issuer: Arc<Issuer<S>>, reporter: tonic_
             };
             reporter.set_service_status("", status).await;
             reporter.set_service_status("e2ee.ca.v1.Identity", status).await;
+            reporter.set_service_status("e2ee.ca.v1.Transparency", status).await;
             last = Some(healthy);
         }
         tokio::time::sleep(PROBE_INTERVAL).await;

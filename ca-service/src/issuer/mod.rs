@@ -9,7 +9,9 @@
 //! 5. verify the signature with the CA public key;
 //! 6. commit pin, certificate and audit entry in one transaction; the store's constraints decide
 //!    races (one key per user, one user per key, unique serials), so step 3 is only a fast path;
-//! 7. only then release the certificate.
+//! 7. wait (bounded) until the sequencer has given the audit entry its log index; past the bound
+//!    the certificate stays committed but is not released (`LogLagging`, UNAVAILABLE: fail closed);
+//! 8. only then release the certificate, with its log index.
 
 pub mod csr;
 
@@ -25,13 +27,15 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::hsm::{Hsm, HsmError, HsmKey, SessionLease};
 use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId, UserIdError};
 use crate::store::StoreError;
+use crate::transparency::sequencer::SequencerHandle;
 pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES};
 
-/// Where an audit entry landed.
+/// Where an audit entry landed: its row in the store's outbox. Its log index is assigned later,
+/// by the sequencer (`IdentityStore::log_index`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntryRef {
-    /// The entry's index in the audit log (0-based).
-    pub index: u64,
+    /// The store's id of the entry (`audit_entries.id`): opaque, unique, not the log index.
+    pub entry_id: i64,
     /// SHA-256 of the stored entry bytes.
     pub entry_hash: [u8; 32],
 }
@@ -118,9 +122,25 @@ pub trait IdentityStore: Send + Sync + 'static {
         users: Vec<UserId>,
     ) -> impl Future<Output = Result<Vec<StoredCertificate>, StoreError>> + Send;
 
+    /// The log index the sequencer gave `entry`, or `None` while it is pending.
+    fn log_index(&self, entry: &LogEntryRef) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
     /// Checks that the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// How the issuer waits for the sequencer (step 7).
+#[derive(Debug, Clone)]
+pub struct LogWait {
+    /// The local sequencer, woken after each commit.
+    pub sequencer: SequencerHandle,
+    /// The longest the issuer waits for an index before answering UNAVAILABLE.
+    pub bound: Duration,
+}
+
+/// How often the issuer re-reads an entry's index when no local sequencer progress is signalled
+/// (another replica may be the sequencer).
+const LOG_INDEX_POLL: Duration = Duration::from_millis(50);
 
 /// The certificate profile, from config.
 #[derive(Debug, Clone)]
@@ -178,6 +198,8 @@ pub struct Issued {
     pub renewal: bool,
     /// The audit entry recording it.
     pub entry: LogEntryRef,
+    /// The entry's log index, when the log is enabled (`None` without `[audit]`).
+    pub log_index: Option<u64>,
 }
 
 /// Why an issuance did not happen. `api` maps these to gRPC codes in one place.
@@ -214,6 +236,10 @@ pub enum IssueError {
     /// The signed certificate did not verify with the CA key; nothing was released.
     #[error("the signed certificate failed verification with the CA public key")]
     SignatureCheck,
+    /// The audit log did not sequence the entry within the bound: the certificate is committed but
+    /// not released (a retry with the same key is a renewal).
+    #[error("the audit log did not record the issuance within {0:?}")]
+    LogLagging(Duration),
 }
 
 /// The issuer: policy, profile, HSM and store.
@@ -222,6 +248,7 @@ pub struct Issuer<S> {
     ca: Arc<CaIdentity>,
     profile: Profile,
     store: Arc<S>,
+    log_wait: Option<LogWait>,
 }
 
 impl<S: IdentityStore> Issuer<S> {
@@ -240,7 +267,16 @@ impl<S: IdentityStore> Issuer<S> {
             ca: Arc::new(ca),
             profile,
             store,
+            log_wait: None,
         })
+    }
+
+    /// Makes issuance wait (bounded) for the sequencer to index each entry (step 7).
+    pub fn with_log_wait(self, log_wait: LogWait) -> Issuer<S> {
+        Issuer {
+            log_wait: Some(log_wait),
+            ..self
+        }
     }
 
     /// The CA identity.
@@ -313,15 +349,17 @@ impl<S: IdentityStore> Issuer<S> {
         let serial = certificate.serial.clone();
         let certificate_der = certificate.certificate_der.clone();
         match self.store.commit_issuance(certificate, event).await? {
-            // 7. Release.
             CommitOutcome::Committed { renewal, entry } => {
-                tracing::info!(user = %user_id, serial = %serial.to_hex(), renewal, index = entry.index, "certificate issued");
+                // 7. Wait for the log index; 8. release.
+                let log_index = self.wait_for_log_index(&entry).await?;
+                tracing::info!(user = %user_id, serial = %serial.to_hex(), renewal, ?log_index, "certificate issued");
                 Ok(Issued {
                     certificate_der,
                     serial,
                     key_fingerprint: checked.fingerprint,
                     renewal,
                     entry,
+                    log_index,
                 })
             }
             CommitOutcome::PinnedToOtherKey(pinned) => Err(self
@@ -330,6 +368,37 @@ impl<S: IdentityStore> Issuer<S> {
             CommitOutcome::KeyPinnedElsewhere => Err(self
                 .refuse(&request.actor, &user_id, &checked, IssueError::KeyPinnedElsewhere)
                 .await),
+        }
+    }
+
+    /// Step 7: wakes the sequencer and waits until `entry` has a log index, at most the bound.
+    async fn wait_for_log_index(&self, entry: &LogEntryRef) -> Result<Option<u64>, IssueError> {
+        let Some(log_wait) = &self.log_wait else {
+            return Ok(None);
+        };
+        log_wait.sequencer.wake();
+        let mut sequenced = log_wait.sequencer.sequenced();
+        let deadline = tokio::time::Instant::now() + log_wait.bound;
+        loop {
+            if let Some(index) = self.store.log_index(entry).await? {
+                return Ok(Some(index));
+            }
+            let progressed = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    changed = sequenced.changed() => {
+                        // A stopped sequencer: fall back to polling rather than spinning.
+                        if changed.is_err() {
+                            tokio::time::sleep(LOG_INDEX_POLL).await;
+                        }
+                    }
+                    () = tokio::time::sleep(LOG_INDEX_POLL) => {}
+                }
+            })
+            .await;
+            if progressed.is_err() {
+                tracing::error!(entry_id = entry.entry_id, bound = ?log_wait.bound, "audit log lagging: certificate withheld");
+                return Err(IssueError::LogLagging(log_wait.bound));
+            }
         }
     }
 

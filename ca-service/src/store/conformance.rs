@@ -18,11 +18,14 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::config::PostgresLocation;
 use crate::identity::{KeyFingerprint, SerialNumber, UserId};
 use crate::issuer::{CommitOutcome, IdentityStore, LogEntryRef, NewCertificate, PinState};
+use crate::transparency::{LogHead, LogStore, SequenceOutcome, StoredCheckpoint};
+use sha2::Digest;
+use tlog::merkle::Hash;
 
 /// A fresh, empty database for one store implementation.
 pub(crate) trait Harness: Sized {
     /// The store under test.
-    type Store: IdentityStore + Clone + std::fmt::Debug;
+    type Store: IdentityStore + LogStore + Clone + std::fmt::Debug;
 
     /// Creates an empty database (nothing migrated yet).
     async fn create() -> Self;
@@ -207,9 +210,10 @@ async fn committed(store: &impl IdentityStore, certificate: NewCertificate) -> (
     }
 }
 
-/// The next audit index: appends an event and returns where it landed.
-async fn next_index(store: &impl IdentityStore) -> u64 {
-    store.append_event(event("probe")).await.expect("append").index
+/// How many audit entries were written before: appends a probe and counts from its id (ids start
+/// at 1 and these tests never burn one).
+async fn next_index(store: &impl IdentityStore) -> i64 {
+    store.append_event(event("probe")).await.expect("append").entry_id - 1
 }
 
 async fn pins_are_unique_both_ways<H: Harness>() {
@@ -217,7 +221,7 @@ async fn pins_are_unique_both_ways<H: Harness>() {
     let store = harness.open().await.expect("open");
     let (renewal, entry) = committed(&store, certificate("alice", 1, 1)).await;
     assert!(!renewal, "the first certificate pins the key");
-    assert_eq!(entry.index, 0);
+    assert_eq!(entry.entry_id, 1);
 
     let other_key = store.commit_issuance(certificate("alice", 2, 2), event("alice")).await;
     assert_eq!(other_key.expect("commit"), CommitOutcome::PinnedToOtherKey(key(1)));
@@ -369,9 +373,38 @@ async fn certificates_since_counts_a_users_window<H: Harness>() {
     );
 }
 
-async fn append_event_indices_are_contiguous<H: Harness>() {
+/// Sequences everything pending in batches of `batch`, returning the head after each batch.
+async fn sequence_all(store: &impl LogStore, batch: usize) -> Vec<LogHead> {
+    let mut head = store.log_head().await.expect("head");
+    let mut heads = Vec::new();
+    loop {
+        match store.sequence(head, batch).await.expect("sequence") {
+            SequenceOutcome::Sequenced(new_head) => {
+                heads.push(new_head);
+                head = new_head;
+            }
+            SequenceOutcome::Idle(current) => {
+                assert_eq!(current, head);
+                return heads;
+            }
+            SequenceOutcome::HeadMoved(actual) => {
+                panic!("nobody else sequences here, yet the head moved to {actual:?}")
+            }
+        }
+    }
+}
+
+/// The leaf hashes of the sequenced entries `[0, size)`, read back as exported.
+async fn leaf_hashes(store: &impl LogStore, size: u64) -> Vec<Hash> {
+    let entries = store.entries(0, size).await.expect("entries");
+    assert_eq!(entries.len() as u64, size, "every index below the head has its entry");
+    entries.iter().map(|entry| tlog::leaf_hash(entry)).collect()
+}
+
+async fn sequencing_gives_contiguous_indices_in_batches<H: Harness>() {
     let harness = H::create().await;
     let store = harness.open().await.expect("open");
+    assert_eq!(store.log_head().await.expect("head"), LogHead::empty());
     let mut entries = Vec::new();
     for round in 0..5u8 {
         entries.push(store.append_event(event("refused")).await.expect("append"));
@@ -381,10 +414,181 @@ async fn append_event_indices_are_contiguous<H: Harness>() {
                 .1,
         );
     }
-    let indices: Vec<u64> = entries.iter().map(|entry| entry.index).collect();
-    assert_eq!(indices, (0..10).collect::<Vec<u64>>());
+    for entry in &entries {
+        assert_eq!(
+            store.log_index(entry).await.expect("index"),
+            None,
+            "pending until sequenced"
+        );
+    }
+    let sizes: Vec<u64> = sequence_all(&store, 3).await.iter().map(|head| head.size).collect();
+    assert_eq!(sizes, [3, 6, 9, 10], "batches of at most 3, one head per batch");
+    let mut indices = Vec::new();
+    for entry in &entries {
+        indices.push(store.log_index(entry).await.expect("index").expect("sequenced"));
+    }
+    assert_eq!(indices, (0..10).collect::<Vec<u64>>(), "contiguous, in commit order");
     let hashes: HashSet<[u8; 32]> = entries.iter().map(|entry| entry.entry_hash).collect();
     assert_eq!(hashes.len(), entries.len(), "every entry is distinct (nonce)");
+    // The head is the RFC 6962 root of exactly the stored entry bytes.
+    let head = store.log_head().await.expect("head");
+    assert_eq!(head.size, 10);
+    assert_eq!(head.root, tlog::merkle::tree_root(&leaf_hashes(&store, 10).await));
+    let exported = store.entries(0, 10).await.expect("entries");
+    for (entry, bytes) in entries.iter().zip(&exported) {
+        assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(bytes)), entry.entry_hash);
+    }
+    // Entries written later continue the sequence.
+    let later = store.append_event(event("later")).await.expect("append");
+    assert_eq!(sequence_all(&store, 100).await.len(), 1);
+    assert_eq!(store.log_index(&later).await.expect("index"), Some(10));
+}
+
+async fn proofs_from_stored_nodes_verify<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    for _ in 0..13 {
+        store.append_event(event("entry")).await.expect("append");
+    }
+    sequence_all(&store, 5).await;
+    let leaves = leaf_hashes(&store, 13).await;
+    for size in 1..=13u64 {
+        let root = tlog::merkle::tree_root(&leaves[..size as usize]);
+        for index in 0..size {
+            let proof = crate::transparency::inclusion_proof(&store, index, size)
+                .await
+                .expect("inclusion proof");
+            tlog::proof::verify_inclusion(&leaves[index as usize], index, size, &proof, &root)
+                .unwrap_or_else(|error| panic!("inclusion of {index} in {size}: {error}"));
+        }
+        for old_size in 0..=size {
+            let old_root = tlog::merkle::tree_root(&leaves[..old_size as usize]);
+            let proof = crate::transparency::consistency_proof(&store, old_size, size)
+                .await
+                .expect("consistency proof");
+            tlog::proof::verify_consistency(old_size, size, &old_root, &root, &proof)
+                .unwrap_or_else(|error| panic!("consistency {old_size} -> {size}: {error}"));
+        }
+    }
+    let beyond = crate::transparency::inclusion_proof(&store, 3, 14).await;
+    assert!(
+        matches!(beyond, Err(crate::transparency::ProofError::Missing(..))),
+        "{beyond:?}"
+    );
+}
+
+async fn a_stale_head_is_refused_and_nothing_is_written<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let first = store.append_event(event("first")).await.expect("append");
+    sequence_all(&store, 10).await;
+    let head = store.log_head().await.expect("head");
+    let second = store.append_event(event("second")).await.expect("append");
+    // A sequencer that still believes the log is empty (it lost a race or was partitioned).
+    let outcome = store.sequence(LogHead::empty(), 10).await.expect("sequence");
+    assert_eq!(outcome, SequenceOutcome::HeadMoved(head));
+    let forged = LogHead { size: 1, root: [9; 32] };
+    assert_eq!(
+        store.sequence(forged, 10).await.expect("sequence"),
+        SequenceOutcome::HeadMoved(head)
+    );
+    assert_eq!(store.log_head().await.expect("head"), head, "the head did not move");
+    assert_eq!(
+        store.log_index(&second).await.expect("index"),
+        None,
+        "nothing was sequenced"
+    );
+    assert_eq!(store.log_index(&first).await.expect("index"), Some(0));
+    assert_eq!(sequence_all(&store, 10).await.last().map(|head| head.size), Some(2));
+}
+
+async fn concurrent_sequencers_never_fork<H: Harness>() {
+    let harness = H::create().await;
+    // Two handles on one database, like two replicas that both believe they lead.
+    let stores = [harness.open().await.expect("open"), harness.open().await.expect("open")];
+    let writer = {
+        let store = stores[0].clone();
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for _ in 0..40 {
+                written.push(store.append_event(event("racing")).await.expect("append"));
+            }
+            written
+        })
+    };
+    let sequencers: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| {
+            tokio::spawn(async move {
+                let mut head = LogHead::empty();
+                let mut moved = 0;
+                for _ in 0..400 {
+                    match store.sequence(head, 3).await.expect("sequence") {
+                        SequenceOutcome::Sequenced(new_head) | SequenceOutcome::Idle(new_head) => head = new_head,
+                        SequenceOutcome::HeadMoved(actual) => {
+                            moved += 1;
+                            head = actual;
+                        }
+                    }
+                    if head.size == 40 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                moved
+            })
+        })
+        .collect();
+    let written = writer.await.expect("writer");
+    for sequencer in sequencers {
+        sequencer.await.expect("sequencer");
+    }
+    sequence_all(&stores[0], 100).await;
+    let head = stores[1].log_head().await.expect("head");
+    assert_eq!(head.size, 40, "every entry sequenced exactly once");
+    let mut indices = Vec::new();
+    for entry in &written {
+        indices.push(stores[0].log_index(entry).await.expect("index").expect("sequenced"));
+    }
+    indices.sort_unstable();
+    assert_eq!(indices, (0..40).collect::<Vec<u64>>(), "no gap, no duplicate");
+    assert_eq!(head.root, tlog::merkle::tree_root(&leaf_hashes(&stores[1], 40).await));
+}
+
+async fn checkpoints_keep_history_and_refuse_a_fork<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    assert_eq!(store.latest_checkpoint().await.expect("latest"), None);
+    let checkpoint = |size: u64, root: u8, note: &str| StoredCheckpoint {
+        size,
+        root: [root; 32],
+        note: note.to_owned(),
+    };
+    store.store_checkpoint(checkpoint(0, 0, "empty")).await.expect("store");
+    store.store_checkpoint(checkpoint(3, 3, "three")).await.expect("store");
+    store.store_checkpoint(checkpoint(2, 2, "two")).await.expect("store");
+    assert_eq!(
+        store.latest_checkpoint().await.expect("latest"),
+        Some(checkpoint(3, 3, "three")),
+        "the largest size is the latest"
+    );
+    // A heartbeat re-signature of the same tree replaces the note.
+    store
+        .store_checkpoint(checkpoint(3, 3, "three again"))
+        .await
+        .expect("store");
+    assert_eq!(
+        store.latest_checkpoint().await.expect("latest").expect("some").note,
+        "three again"
+    );
+    // Another root at a signed size is a fork: refused, and the signed one stays.
+    let fork = store.store_checkpoint(checkpoint(3, 4, "fork")).await;
+    assert!(matches!(fork, Err(StoreError::Integrity(_))), "{fork:?}");
+    assert_eq!(
+        store.latest_checkpoint().await.expect("latest").expect("some").note,
+        "three again"
+    );
 }
 
 async fn migrations_are_idempotent_and_refuse_newer_schemas<H: Harness>() {
@@ -481,7 +685,11 @@ macro_rules! conformance_suite {
                 duplicate_serial_is_an_integrity_error_and_writes_nothing,
                 latest_certificates_returns_the_newest_per_known_user,
                 certificates_since_counts_a_users_window,
-                append_event_indices_are_contiguous,
+                sequencing_gives_contiguous_indices_in_batches,
+                proofs_from_stored_nodes_verify,
+                a_stale_head_is_refused_and_nothing_is_written,
+                concurrent_sequencers_never_fork,
+                checkpoints_keep_history_and_refuse_a_fork,
                 migrations_are_idempotent_and_refuse_newer_schemas,
                 concurrent_commits_for_one_user_pin_exactly_one_key,
                 concurrent_commits_of_one_key_pin_it_to_exactly_one_user,

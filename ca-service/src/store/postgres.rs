@@ -26,15 +26,25 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::config::PostgresLocation;
 use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
 use crate::issuer::{CommitOutcome, IdentityStore, LogEntryRef, NewCertificate, PinState};
+use crate::transparency::{
+    LogHead, LogStore, NodeKey, PendingEntry, SequenceOutcome, StoredCheckpoint, frontier_keys, plan_batch,
+};
+use tlog::merkle::Hash;
 
 /// Versioned migrations, applied in order; a version is never edited once released.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_identities.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_identities.sql")),
+    (2, include_str!("migrations/postgres/0002_transparency_log.sql")),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Advisory lock key that serialises the migrations of replicas starting together ("e2eeca" + 1).
 const MIGRATION_LOCK: i64 = 0x6532_6565_6361_0001;
+
+/// Advisory lock key held by the one replica that sequences the audit log ("e2eeca" + 2).
+const SEQUENCER_LOCK: i64 = 0x6532_6565_6361_0002;
 
 /// The PostgreSQL store. Cheap to clone (the pool is shared).
 #[derive(Clone)]
@@ -349,15 +359,13 @@ async fn append_entry(
         .prepare_cached("INSERT INTO audit_entries (entry, entry_hash) VALUES ($1, $2) RETURNING id")
         .await
         .map_err(store_error)?;
-    let id: i64 = client
+    let entry_id: i64 = client
         .query_one(&statement, &[&entry.bytes, &entry.hash.as_slice()])
         .await
         .map_err(store_error)?
         .get(0);
-    // Identity values start at 1.
-    let index = u64::try_from(id - 1).map_err(|_| StoreError::Corrupt(format!("audit entry id {id}")))?;
     Ok(LogEntryRef {
-        index,
+        entry_id,
         entry_hash: entry.hash,
     })
 }
@@ -435,11 +443,312 @@ impl IdentityStore for PostgresStore {
         finish(client, outcome)
     }
 
+    async fn log_index(&self, entry: &LogEntryRef) -> Result<Option<u64>, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, async {
+            let statement = client
+                .prepare_cached("SELECT leaf_index FROM audit_entries WHERE id = $1")
+                .await
+                .map_err(store_error)?;
+            let row = client
+                .query_opt(&statement, &[&entry.entry_id])
+                .await
+                .map_err(store_error)?;
+            row.and_then(|row| row.get::<_, Option<i64>>(0)).map(to_u64).transpose()
+        })
+        .await;
+        finish(client, outcome)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let deadline = self.deadline();
         let client = self.client(deadline).await?;
         let outcome = timeout_at(deadline, async {
             client.simple_query("SELECT 1").await.map(|_| ()).map_err(store_error)
+        })
+        .await;
+        finish(client, outcome)
+    }
+}
+
+fn to_u64(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative log value {value}")))
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("log value {value} out of range")))
+}
+
+fn to_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
+    Hash::try_from(bytes).map_err(|_| StoreError::Corrupt("stored hash is not 32 bytes".to_owned()))
+}
+
+async fn read_head(client: &impl deadpool_postgres::GenericClient, lock: bool) -> Result<LogHead, StoreError> {
+    let query = if lock {
+        "SELECT size, root FROM audit_log_head WHERE id = 1 FOR UPDATE"
+    } else {
+        "SELECT size, root FROM audit_log_head WHERE id = 1"
+    };
+    let row = client.query_one(query, &[]).await.map_err(store_error)?;
+    Ok(LogHead {
+        size: to_u64(row.get(0))?,
+        root: to_hash(row.get(1))?,
+    })
+}
+
+/// The hashes of `keys` in one query (an index probe per key), in the order of `keys`.
+async fn read_nodes(
+    client: &impl deadpool_postgres::GenericClient,
+    keys: &[NodeKey],
+) -> Result<Vec<Option<Hash>>, StoreError> {
+    // Levels are at most 63 (a tree of at most 2^63 leaves), so they fit a SMALLINT.
+    let levels: Vec<i16> = keys.iter().map(|(level, _)| *level as i16).collect();
+    let indices: Vec<i64> = keys.iter().map(|(_, index)| to_i64(*index)).collect::<Result<_, _>>()?;
+    let statement = client
+        .prepare_cached(
+            "SELECT wanted.position, node.hash
+             FROM unnest($1::smallint[], $2::bigint[]) WITH ORDINALITY AS wanted (level, node_index, position)
+             LEFT JOIN audit_tree_nodes AS node
+               ON node.level = wanted.level AND node.node_index = wanted.node_index
+             ORDER BY wanted.position",
+        )
+        .await
+        .map_err(store_error)?;
+    let rows = client
+        .query(&statement, &[&levels, &indices])
+        .await
+        .map_err(store_error)?;
+    rows.iter()
+        .map(|row| row.get::<_, Option<&[u8]>>(1).map(to_hash).transpose())
+        .collect()
+}
+
+/// One sequencing transaction (the `LogStore::sequence` contract): the head row is locked
+/// (`FOR UPDATE`), pending entries are taken with `SKIP LOCKED`, and the head moves by a
+/// compare-and-swap on (size, root).
+async fn sequence(client: &mut Object, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
+    let transaction = client.transaction().await.map_err(store_error)?;
+    let head = read_head(&transaction, true).await?;
+    if head != expected {
+        transaction.rollback().await.map_err(store_error)?;
+        return Ok(SequenceOutcome::HeadMoved(head));
+    }
+    let limit = i64::try_from(max_entries).unwrap_or(i64::MAX);
+    let pending: Vec<PendingEntry> = transaction
+        .query(
+            "SELECT id, entry FROM audit_entries WHERE leaf_index IS NULL
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| PendingEntry {
+            entry_id: row.get(0),
+            bytes: row.get(1),
+        })
+        .collect();
+    if pending.is_empty() {
+        transaction.rollback().await.map_err(store_error)?;
+        return Ok(SequenceOutcome::Idle(head));
+    }
+    let frontier = read_nodes(&transaction, &frontier_keys(head.size))
+        .await?
+        .into_iter()
+        .collect::<Option<Vec<Hash>>>()
+        .ok_or_else(|| StoreError::Corrupt(format!("right-edge nodes of size {} are missing", head.size)))?;
+    let planned = plan_batch(head, frontier, &pending).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    let levels: Vec<i16> = planned.nodes.iter().map(|((level, _), _)| *level as i16).collect();
+    let indices: Vec<i64> = planned
+        .nodes
+        .iter()
+        .map(|((_, index), _)| to_i64(*index))
+        .collect::<Result<_, _>>()?;
+    let hashes: Vec<&[u8]> = planned.nodes.iter().map(|(_, hash)| hash.as_slice()).collect();
+    // The primary key refuses a node written twice: a second sequencer could not slip through.
+    transaction
+        .execute(
+            "INSERT INTO audit_tree_nodes (level, node_index, hash)
+             SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
+            &[&levels, &indices, &hashes],
+        )
+        .await
+        .map_err(store_error)?;
+    let entry_ids: Vec<i64> = planned.assignments.iter().map(|(entry_id, _)| *entry_id).collect();
+    let leaf_indices: Vec<i64> = planned
+        .assignments
+        .iter()
+        .map(|(_, index)| to_i64(*index))
+        .collect::<Result<_, _>>()?;
+    let assigned = transaction
+        .execute(
+            "UPDATE audit_entries SET leaf_index = assignment.leaf_index
+             FROM unnest($1::bigint[], $2::bigint[]) AS assignment (id, leaf_index)
+             WHERE audit_entries.id = assignment.id AND audit_entries.leaf_index IS NULL",
+            &[&entry_ids, &leaf_indices],
+        )
+        .await
+        .map_err(store_error)?;
+    if assigned != entry_ids.len() as u64 {
+        return Err(StoreError::Integrity("an entry was sequenced twice".to_owned()));
+    }
+    let swapped = transaction
+        .execute(
+            "UPDATE audit_log_head SET size = $1, root = $2 WHERE id = 1 AND size = $3 AND root = $4",
+            &[
+                &to_i64(planned.head.size)?,
+                &planned.head.root.as_slice(),
+                &to_i64(head.size)?,
+                &head.root.as_slice(),
+            ],
+        )
+        .await
+        .map_err(store_error)?;
+    if swapped != 1 {
+        return Err(StoreError::Integrity(
+            "the log head changed during sequencing".to_owned(),
+        ));
+    }
+    transaction.commit().await.map_err(store_error)?;
+    Ok(SequenceOutcome::Sequenced(planned.head))
+}
+
+/// The sequencer's advisory lock, held by a connection taken out of the pool for good: the lock
+/// ends when this is dropped (the connection closes) or when the connection dies.
+pub struct PostgresLeadership {
+    client: deadpool_postgres::ClientWrapper,
+}
+
+impl std::fmt::Debug for PostgresLeadership {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("PostgresLeadership")
+    }
+}
+
+impl LogStore for PostgresStore {
+    type Leadership = PostgresLeadership;
+
+    async fn try_lead(&self) -> Result<Option<PostgresLeadership>, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, async {
+            let row = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&SEQUENCER_LOCK])
+                .await
+                .map_err(store_error)?;
+            Ok(row.get::<_, bool>(0))
+        })
+        .await;
+        // A lock holder leaves the pool for good (it must never be handed out, and the lock ends
+        // with its session); a connection that did not get the lock holds nothing and goes back.
+        let acquired = match outcome {
+            Ok(Ok(acquired)) => acquired,
+            Ok(Err(error)) => {
+                drop(Object::take(client));
+                return Err(error);
+            }
+            Err(_) => {
+                drop(Object::take(client));
+                return Err(StoreError::Unavailable("store operation timed out".to_owned()));
+            }
+        };
+        if acquired {
+            Ok(Some(PostgresLeadership {
+                client: Object::take(client),
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn still_leading(&self, leadership: &PostgresLeadership) -> bool {
+        !leadership.client.is_closed()
+    }
+
+    async fn log_head(&self) -> Result<LogHead, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, read_head(&client, false)).await;
+        finish(client, outcome)
+    }
+
+    async fn sequence(&self, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
+        let deadline = self.deadline();
+        let mut client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, sequence(&mut client, expected, max_entries)).await;
+        finish(client, outcome)
+    }
+
+    async fn subtree_hashes(&self, keys: Vec<NodeKey>) -> Result<Vec<Option<Hash>>, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, read_nodes(&client, &keys)).await;
+        finish(client, outcome)
+    }
+
+    async fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, async {
+            let rows = client
+                .query(
+                    "SELECT entry FROM audit_entries WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index",
+                    &[&to_i64(start)?, &to_i64(end)?],
+                )
+                .await
+                .map_err(store_error)?;
+            Ok(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect())
+        })
+        .await;
+        finish(client, outcome)
+    }
+
+    async fn store_checkpoint(&self, checkpoint: StoredCheckpoint) -> Result<(), StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, async {
+            let written = client
+                .execute(
+                    "INSERT INTO audit_checkpoints (size, root, note, signed_at) VALUES ($1, $2, $3, now())
+                     ON CONFLICT (size) DO UPDATE SET note = excluded.note, signed_at = excluded.signed_at
+                     WHERE audit_checkpoints.root = excluded.root",
+                    &[&to_i64(checkpoint.size)?, &checkpoint.root.as_slice(), &checkpoint.note],
+                )
+                .await
+                .map_err(store_error)?;
+            // A different root for a signed size would be a fork: never stored.
+            if written != 1 {
+                return Err(StoreError::Integrity(format!(
+                    "a checkpoint of size {} with another root exists",
+                    checkpoint.size
+                )));
+            }
+            Ok(())
+        })
+        .await;
+        finish(client, outcome)
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let deadline = self.deadline();
+        let client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, async {
+            let row = client
+                .query_opt(
+                    "SELECT size, root, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(store_error)?;
+            row.map(|row| {
+                Ok(StoredCheckpoint {
+                    size: to_u64(row.get(0))?,
+                    root: to_hash(row.get(1))?,
+                    note: row.get(2),
+                })
+            })
+            .transpose()
         })
         .await;
         finish(client, outcome)
@@ -454,6 +763,7 @@ mod tests {
 
     use super::*;
     use crate::store::conformance::{Harness, PostgresHarness, certificate, event, key, user};
+    use crate::transparency::LogStore;
 
     fn with_timeout(harness: &PostgresHarness, timeout: Duration) -> PostgresLocation {
         PostgresLocation {
@@ -561,5 +871,47 @@ mod tests {
             matches!(retried, Ok(CommitOutcome::Committed { renewal: false, .. })),
             "{retried:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_replica_leads_the_sequencer_until_its_connection_ends() {
+        let harness = PostgresHarness::create().await;
+        let first = harness.open().await.expect("open");
+        let second = harness.open().await.expect("open");
+        let leadership = first.try_lead().await.expect("try").expect("the first replica leads");
+        assert!(first.still_leading(&leadership));
+        assert!(second.try_lead().await.expect("try").is_none(), "one leader at a time");
+        assert!(
+            first.try_lead().await.expect("try").is_none(),
+            "even for another connection of the leader"
+        );
+        // The lock lives and dies with the leader's session.
+        harness
+            .raw_client()
+            .await
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[&((SEQUENCER_LOCK & 0xffff_ffff) as u32)],
+            )
+            .await
+            .expect("terminate the leader's session");
+        let started = StdInstant::now();
+        let taken_over = loop {
+            if let Some(leadership) = second.try_lead().await.expect("try") {
+                break leadership;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the lock was not released");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(second.still_leading(&taken_over));
+        let deadline = StdInstant::now() + Duration::from_secs(5);
+        while first.still_leading(&leadership) {
+            assert!(
+                StdInstant::now() < deadline,
+                "the old leader notices its connection died"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -14,9 +14,16 @@ use super::StoreError;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
 use crate::issuer::{CommitOutcome, IdentityStore, LogEntryRef, NewCertificate, PinState};
+use crate::transparency::{
+    LogHead, LogStore, NodeKey, PendingEntry, SequenceOutcome, StoredCheckpoint, frontier_keys, plan_batch,
+};
+use tlog::merkle::Hash;
 
 /// Versioned migrations, applied in order; a version is never edited once released.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_identities.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_identities.sql")),
+    (2, include_str!("migrations/sqlite/0002_transparency_log.sql")),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -137,9 +144,8 @@ fn append_entry(connection: &Connection, event: &AuditEvent) -> Result<LogEntryR
             params![entry.bytes, entry.hash.as_slice()],
         )
         .map_err(store_error)?;
-    let id = connection.last_insert_rowid();
     Ok(LogEntryRef {
-        index: (id - 1) as u64,
+        entry_id: connection.last_insert_rowid(),
         entry_hash: entry.hash,
     })
 }
@@ -294,6 +300,22 @@ impl IdentityStore for SqliteStore {
         .await
     }
 
+    async fn log_index(&self, entry: &LogEntryRef) -> Result<Option<u64>, StoreError> {
+        let entry_id = entry.entry_id;
+        self.with_connection(move |connection| {
+            let index: Option<Option<i64>> = connection
+                .query_row(
+                    "SELECT leaf_index FROM audit_entries WHERE id = ?1",
+                    params![entry_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(store_error)?;
+            index.flatten().map(to_u64).transpose()
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_connection(|connection| {
             connection
@@ -302,5 +324,272 @@ impl IdentityStore for SqliteStore {
                 .map_err(store_error)
         })
         .await
+    }
+}
+
+fn to_u64(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative log value {value}")))
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("log value {value} out of range")))
+}
+
+fn to_hash(bytes: Vec<u8>) -> Result<Hash, StoreError> {
+    Hash::try_from(bytes.as_slice()).map_err(|_| StoreError::Corrupt("stored hash is not 32 bytes".to_owned()))
+}
+
+fn read_head(connection: &Connection) -> Result<LogHead, StoreError> {
+    let (size, root): (i64, Vec<u8>) = connection
+        .query_row("SELECT size, root FROM audit_log_head WHERE id = 1", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .map_err(store_error)?;
+    Ok(LogHead {
+        size: to_u64(size)?,
+        root: to_hash(root)?,
+    })
+}
+
+fn read_nodes(connection: &Connection, keys: &[NodeKey]) -> Result<Vec<Option<Hash>>, StoreError> {
+    let mut statement = connection
+        .prepare_cached("SELECT hash FROM audit_tree_nodes WHERE level = ?1 AND node_index = ?2")
+        .map_err(store_error)?;
+    keys.iter()
+        .map(|(level, index)| {
+            let hash: Option<Vec<u8>> = statement
+                .query_row(params![level, to_i64(*index)?], |row| row.get(0))
+                .optional()
+                .map_err(store_error)?;
+            hash.map(to_hash).transpose()
+        })
+        .collect()
+}
+
+/// One sequencing transaction (the `LogStore::sequence` contract). `BEGIN IMMEDIATE` takes the
+/// write lock first, so the head read here is the head the update replaces.
+fn sequence(connection: &mut Connection, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(store_error)?;
+    let head = read_head(&transaction)?;
+    if head != expected {
+        return Ok(SequenceOutcome::HeadMoved(head));
+    }
+    let pending = {
+        let mut statement = transaction
+            .prepare_cached("SELECT id, entry FROM audit_entries WHERE leaf_index IS NULL ORDER BY id LIMIT ?1")
+            .map_err(store_error)?;
+        let rows = statement
+            .query_map(params![max_entries as i64], |row| {
+                Ok(PendingEntry {
+                    entry_id: row.get(0)?,
+                    bytes: row.get(1)?,
+                })
+            })
+            .map_err(store_error)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(store_error)?
+    };
+    if pending.is_empty() {
+        return Ok(SequenceOutcome::Idle(head));
+    }
+    let frontier = read_nodes(&transaction, &frontier_keys(head.size))?
+        .into_iter()
+        .collect::<Option<Vec<Hash>>>()
+        .ok_or_else(|| StoreError::Corrupt(format!("right-edge nodes of size {} are missing", head.size)))?;
+    let planned = plan_batch(head, frontier, &pending).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    {
+        let mut insert_node = transaction
+            .prepare_cached("INSERT INTO audit_tree_nodes (level, node_index, hash) VALUES (?1, ?2, ?3)")
+            .map_err(store_error)?;
+        for ((level, index), hash) in &planned.nodes {
+            insert_node
+                .execute(params![level, to_i64(*index)?, hash.as_slice()])
+                .map_err(store_error)?;
+        }
+        let mut assign = transaction
+            .prepare_cached("UPDATE audit_entries SET leaf_index = ?2 WHERE id = ?1 AND leaf_index IS NULL")
+            .map_err(store_error)?;
+        for (entry_id, index) in &planned.assignments {
+            if assign
+                .execute(params![entry_id, to_i64(*index)?])
+                .map_err(store_error)?
+                != 1
+            {
+                return Err(StoreError::Integrity(format!("entry {entry_id} was sequenced twice")));
+            }
+        }
+    }
+    // The compare-and-swap: only the head this transaction read may be replaced.
+    let swapped = transaction
+        .execute(
+            "UPDATE audit_log_head SET size = ?1, root = ?2 WHERE id = 1 AND size = ?3 AND root = ?4",
+            params![
+                to_i64(planned.head.size)?,
+                planned.head.root.as_slice(),
+                to_i64(head.size)?,
+                head.root.as_slice()
+            ],
+        )
+        .map_err(store_error)?;
+    if swapped != 1 {
+        return Err(StoreError::Integrity(
+            "the log head changed during sequencing".to_owned(),
+        ));
+    }
+    transaction.commit().map_err(store_error)?;
+    Ok(SequenceOutcome::Sequenced(planned.head))
+}
+
+/// The embedded store has one process: it always leads.
+#[derive(Debug)]
+pub struct SqliteLeadership;
+
+impl LogStore for SqliteStore {
+    type Leadership = SqliteLeadership;
+
+    async fn try_lead(&self) -> Result<Option<SqliteLeadership>, StoreError> {
+        Ok(Some(SqliteLeadership))
+    }
+
+    fn still_leading(&self, _leadership: &SqliteLeadership) -> bool {
+        true
+    }
+
+    async fn log_head(&self) -> Result<LogHead, StoreError> {
+        self.with_connection(|connection| read_head(connection)).await
+    }
+
+    async fn sequence(&self, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
+        self.with_connection(move |connection| sequence(connection, expected, max_entries))
+            .await
+    }
+
+    async fn subtree_hashes(&self, keys: Vec<NodeKey>) -> Result<Vec<Option<Hash>>, StoreError> {
+        self.with_connection(move |connection| read_nodes(connection, &keys))
+            .await
+    }
+
+    async fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.with_connection(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT entry FROM audit_entries WHERE leaf_index >= ?1 AND leaf_index < ?2 ORDER BY leaf_index",
+                )
+                .map_err(store_error)?;
+            let rows = statement
+                .query_map(params![to_i64(start)?, to_i64(end)?], |row| row.get(0))
+                .map_err(store_error)?;
+            rows.collect::<Result<Vec<Vec<u8>>, _>>().map_err(store_error)
+        })
+        .await
+    }
+
+    async fn store_checkpoint(&self, checkpoint: StoredCheckpoint) -> Result<(), StoreError> {
+        self.with_connection(move |connection| {
+            let written = connection
+                .execute(
+                    "INSERT INTO audit_checkpoints (size, root, note, signed_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (size) DO UPDATE SET note = excluded.note, signed_at = excluded.signed_at
+                     WHERE audit_checkpoints.root = excluded.root",
+                    params![
+                        to_i64(checkpoint.size)?,
+                        checkpoint.root.as_slice(),
+                        checkpoint.note,
+                        unix(OffsetDateTime::now_utc())
+                    ],
+                )
+                .map_err(store_error)?;
+            // A different root for a signed size would be a fork: never stored.
+            if written != 1 {
+                return Err(StoreError::Integrity(format!(
+                    "a checkpoint of size {} with another root exists",
+                    checkpoint.size
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.with_connection(|connection| {
+            let row: Option<(i64, Vec<u8>, String)> = connection
+                .query_row(
+                    "SELECT size, root, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+                .map_err(store_error)?;
+            row.map(|(size, root, note)| {
+                Ok(StoredCheckpoint {
+                    size: to_u64(size)?,
+                    root: to_hash(root)?,
+                    note,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Behaviour specific to the embedded store; the shared behaviours are in `conformance`.
+
+    use super::*;
+
+    #[tokio::test]
+    async fn entries_written_before_the_log_existed_are_sequenced_first() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("ca.sqlite3");
+        let old_entries: Vec<Vec<u8>> = (0..3)
+            .map(|number| format!("old entry {number}\n").into_bytes())
+            .collect();
+        {
+            // A database at schema version 1, with audit entries and no log.
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch(
+                    "CREATE TABLE schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT;
+                     INSERT INTO schema_migrations VALUES (1, 0);",
+                )
+                .expect("version table");
+            connection.execute_batch(MIGRATIONS[0].1).expect("version 1");
+            for entry in &old_entries {
+                connection
+                    .execute(
+                        "INSERT INTO audit_entries (entry, entry_hash) VALUES (?1, ?2)",
+                        params![entry, [0u8; 32].as_slice()],
+                    )
+                    .expect("old entry");
+            }
+        }
+        let store = SqliteStore::open(&path).expect("migrates to version 2");
+        let new_entry = store
+            .append_event(AuditEvent {
+                kind: AuditKind::Ceremony,
+                actor: "test".to_owned(),
+                subject: "new".to_owned(),
+                details: vec![],
+            })
+            .await
+            .expect("append");
+        let head = match store.sequence(LogHead::empty(), 100).await.expect("sequence") {
+            SequenceOutcome::Sequenced(head) => head,
+            other => panic!("expected a batch, got {other:?}"),
+        };
+        assert_eq!(head.size, 4);
+        assert_eq!(store.log_index(&new_entry).await.expect("index"), Some(3));
+        let entries = store.entries(0, 4).await.expect("entries");
+        assert_eq!(
+            &entries[..3],
+            old_entries.as_slice(),
+            "old entries keep their order, first"
+        );
+        let leaves: Vec<Hash> = entries.iter().map(|entry| tlog::leaf_hash(entry)).collect();
+        assert_eq!(head.root, tlog::merkle::tree_root(&leaves));
     }
 }
