@@ -5,7 +5,7 @@
 //! 1. the raw rate of `Hsm::sign` through the service's own session pool, same token and keys, with
 //!    no gRPC, parsing or storage (the physical limit), for each CA key type;
 //! 2. `IssueCertificate` over gRPC from CLIENTS concurrent clients against `serve --config` on the
-//!    embedded store, with pre-generated RSA-2048 CSRs (as Nextcloud clients use) for USERS users:
+//!    embedded store with the transparency log on (each answer waits for its log index), with pre-generated RSA-2048 CSRs (as Nextcloud clients use) for USERS users:
 //!    the first round pins, later rounds renew; rate, p50/p95/p99 latency, errors by code, the
 //!    ratio to the raw rate, the service's peak RSS and its startup time;
 //! 3. the same at half the maximum rate (paced), for the p99 latency target;
@@ -190,8 +190,8 @@ fn ceremony(directory: &Path, tokens: &hsm_sim::TokenDirectory, algorithm: KeyAl
     std::fs::write(
         &config,
         format!(
-            "mode = \"root\"\nkey_label = {:?}\nkey_algorithm = {:?}\noutput = \"ca-{algorithm}.pem\"\n\
-             [subject]\ncommon_name = \"Bench CA\"\n{}",
+            "mode = \"root\"\nkey_label = {:?}\naudit_key_label = \"bench-audit-{algorithm}\"\nkey_algorithm = {:?}\n\
+             output = \"ca-{algorithm}.pem\"\n[subject]\ncommon_name = \"Bench CA\"\n{}",
             key_label(algorithm),
             algorithm.name(),
             hsm_section(tokens),
@@ -234,7 +234,8 @@ fn serve_config(
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = {:?}\nkey_algorithm = {:?}\ncertificate = \"ca-{algorithm}.pem\"\n\
-             [issuance]\nvalidity_days = 365\nmax_certificates_per_user_per_day = 4000000000\n[store]\nurl = \"sqlite:{}\"\n",
+             [issuance]\nvalidity_days = 365\nmax_certificates_per_user_per_day = 4000000000\n[store]\nurl = \"sqlite:{}\"\n\
+             [audit]\nkey_label = \"bench-audit-{algorithm}\"\norigin = \"bench.example/audit-log\"\n",
             hsm_section(tokens),
             key_label(algorithm),
             algorithm.name(),
