@@ -56,6 +56,16 @@ fn run(command: &mut Command) -> Output {
     command.env("RUST_LOG", "warn").output().expect("run ca-service")
 }
 
+/// Asserts that a run failed and said `fragment`.
+fn assert_fails_with(output: &Output, fragment: &str) {
+    assert!(!output.status.success(), "expected a failure mentioning {fragment:?}");
+    assert!(
+        text(output).contains(fragment),
+        "expected {fragment:?} in: {}",
+        text(output)
+    );
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -82,8 +92,7 @@ fn root_ceremony_refuses_to_overwrite_or_reuse_a_label() {
     certificate.verify_signature(None).expect("self-signed by the HSM key");
 
     let again = token.ceremony("root.toml", &body);
-    assert!(!again.status.success());
-    assert!(text(&again).contains("never overwrites"), "{}", text(&again));
+    assert_fails_with(&again, "never overwrites");
     assert_eq!(
         std::fs::read_to_string(token.path("ca.pem")).expect("still there"),
         ca_pem,
@@ -91,12 +100,7 @@ fn root_ceremony_refuses_to_overwrite_or_reuse_a_label() {
     );
 
     let same_label = token.ceremony("root2.toml", &body.replace("ca.pem", "ca2.pem"));
-    assert!(!same_label.status.success());
-    assert!(
-        text(&same_label).contains("already exists on the token"),
-        "{}",
-        text(&same_label)
-    );
+    assert_fails_with(&same_label, "already exists on the token");
     assert!(!token.path("ca2.pem").exists());
 }
 
@@ -114,12 +118,7 @@ fn root_ceremony_makes_the_audit_key_and_keeps_its_label_rules() {
 
     // Another ceremony may not reuse the audit key's label, and then writes nothing.
     let reused = token.ceremony("root2.toml", &body.replace("ca-1", "ca-2").replace("ca.pem", "ca2.pem"));
-    assert!(!reused.status.success());
-    assert!(
-        text(&reused).contains("already exists on the token"),
-        "{}",
-        text(&reused)
-    );
+    assert_fails_with(&reused, "already exists on the token");
     assert!(!token.path("ca2.pem").exists());
 
     // The audit key is never the CA key.
@@ -130,8 +129,7 @@ fn root_ceremony_makes_the_audit_key_and_keeps_its_label_rules() {
             .replace("ca-1", "ca-3")
             .replace("ca.pem", "ca3.pem"),
     );
-    assert!(!same.status.success());
-    assert!(text(&same).contains("differ from key_label"), "{}", text(&same));
+    assert_fails_with(&same, "differ from key_label");
 }
 
 #[test]
@@ -141,24 +139,14 @@ fn ceremony_config_errors_are_clear() {
         "bad.toml",
         "mode = \"root\"\nkey_label = \"ca-1\"\nkey_algorithm = \"ecdsa-p256\"\noutput = \"ca.pem\"\n",
     );
-    assert!(!missing_subject.status.success());
-    assert!(
-        text(&missing_subject).contains("[subject] is required"),
-        "{}",
-        text(&missing_subject)
-    );
+    assert_fails_with(&missing_subject, "[subject] is required");
     let bad_algorithm = token.ceremony(
         "bad2.toml",
         &format!(
             "mode = \"root\"\nkey_label = \"ca-1\"\nkey_algorithm = \"rsa-1024\"\noutput = \"ca.pem\"\n{ROOT_SUBJECT}"
         ),
     );
-    assert!(!bad_algorithm.status.success());
-    assert!(
-        text(&bad_algorithm).contains("unknown variant"),
-        "{}",
-        text(&bad_algorithm)
-    );
+    assert_fails_with(&bad_algorithm, "unknown variant");
 }
 
 /// CSR for an external root, signed by a software root here, imported, then served with
@@ -204,12 +192,7 @@ async fn external_root_csr_import_and_serve() {
         "mode = \"import\"\nkey_label = \"issuing\"\nkey_algorithm = \"rsa-3072\"\noutput = \"x.pem\"\n\
          signed_certificate = \"stranger.pem\"\nchain = \"root.pem\"\n",
     );
-    assert!(!wrong.status.success());
-    assert!(
-        text(&wrong).contains("does not carry the public key"),
-        "{}",
-        text(&wrong)
-    );
+    assert_fails_with(&wrong, "does not carry the public key");
 
     let imported = token.ceremony(
         "import.toml",
@@ -342,8 +325,7 @@ fn serve_refuses_inconsistent_configs() {
     let output = run(Command::new(CA_SERVICE)
         .args(["serve", "--config"])
         .arg(token.path("serve.toml")));
-    assert!(!output.status.success());
-    assert!(text(&output).contains("not a loopback address"), "{}", text(&output));
+    assert_fails_with(&output, "not a loopback address");
 
     let missing_certificate = base.replace("0.0.0.0", "127.0.0.1");
     std::fs::write(token.path("serve.toml"), missing_certificate).expect("write");
