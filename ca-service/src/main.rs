@@ -11,10 +11,11 @@ use ca_service::hsm::{Hsm, HsmConfig, KeyAlgorithm};
 use ca_service::issuer::IdentityStore;
 use ca_service::store::postgres::{self, PostgresStore};
 use ca_service::store::sqlite::{self, SqliteStore};
-use ca_service::transparency::LogStore;
+use ca_service::transparency::{LogStore, export};
 use ca_service::{ceremony, dev, server};
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
+use tlog::key::VerifierKey;
 
 /// The e2ee-ca certificate authority.
 #[derive(Debug, Parser)]
@@ -58,6 +59,42 @@ enum Command {
         /// The ceremony config (TOML; see deploy/ceremony.example.toml): the ceremony's only input.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Offline audit of the transparency log: export it from the store, verify an export.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Write the latest signed checkpoint and the entries it covers from the store (no HSM needed).
+    Export {
+        /// The serve config whose [store] holds the log.
+        #[arg(long)]
+        config: PathBuf,
+        /// The output directory (entries.bin, checkpoint.txt, vkey.txt).
+        #[arg(long)]
+        out: PathBuf,
+        /// The log's verifier key (text or a file holding it), copied to vkey.txt for the auditor.
+        #[arg(long)]
+        vkey: Option<String>,
+    },
+    /// Verify an export with no database and no HSM; exits non-zero on any failure.
+    Verify {
+        /// The export directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The log's verifier key as the auditor trusts it (text or a file holding it).
+        #[arg(long)]
+        trusted_key: String,
+        /// An earlier checkpoint the auditor pinned (signed note file): must be consistent.
+        #[arg(long)]
+        pinned_checkpoint: Option<PathBuf>,
+        /// How far (ms) an entry's time may be behind an earlier entry's (concurrent commits).
+        #[arg(long, default_value_t = 1000)]
+        time_tolerance_ms: u64,
     },
 }
 
@@ -199,7 +236,87 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Audit {
+            command: AuditCommand::Export { config, out, vkey },
+        } => {
+            let config = ServeConfig::load(&config)?;
+            init_logging(cli.log_format.as_deref(), config.log_format)?;
+            let vkey = vkey.as_deref().map(parse_vkey).transpose()?;
+            runtime()?.block_on(async {
+                let summary = match config.store_location()? {
+                    StoreLocation::Sqlite(path) => {
+                        let store = open_sqlite(path).await?;
+                        export::export(&store, &out, vkey.as_ref()).await?
+                    }
+                    StoreLocation::Postgres(location) => {
+                        let store = PostgresStore::connect(&location)
+                            .await
+                            .with_context(|| format!("cannot open the PostgreSQL store at {}", location.describe()))?;
+                        export::export(&store, &out, vkey.as_ref()).await?
+                    }
+                };
+                println!(
+                    "exported {} entries and the checkpoint of size {} to {}",
+                    summary.entries,
+                    summary.entries,
+                    out.display()
+                );
+                if !summary.vkey_written {
+                    println!("  no --vkey given: vkey.txt not written");
+                }
+                Ok(())
+            })
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    dir,
+                    trusted_key,
+                    pinned_checkpoint,
+                    time_tolerance_ms,
+                },
+        } => {
+            let trusted_key = parse_vkey(&trusted_key)?;
+            let pinned = match pinned_checkpoint {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read the pinned checkpoint {}", path.display()))?;
+                    Some((path, text))
+                }
+                None => None,
+            };
+            let options = export::VerifyOptions {
+                trusted_key,
+                pinned,
+                time_tolerance: std::time::Duration::from_millis(time_tolerance_ms),
+            };
+            match export::verify(&dir, &options) {
+                Ok(report) => {
+                    for line in &report.passed {
+                        println!("PASS {line}");
+                    }
+                    println!("OK: the export of {} entries verifies", report.size);
+                    Ok(())
+                }
+                Err(failure) => {
+                    println!("FAIL {failure}");
+                    Err(anyhow::Error::new(failure).context(format!("verification of {} failed", dir.display())))
+                }
+            }
+        }
     }
+}
+
+/// A verifier key given as text, or as the path of a file holding it.
+fn parse_vkey(text_or_file: &str) -> anyhow::Result<VerifierKey> {
+    let path = Path::new(text_or_file);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the verifier key {}", path.display()))?
+    } else {
+        text_or_file.to_owned()
+    };
+    VerifierKey::parse(text.trim())
+        .with_context(|| format!("{:?} is not a verifier key (name+keyid+base64)", text.trim()))
 }
 
 /// Opens (and migrates) the embedded store.

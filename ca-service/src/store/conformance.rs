@@ -591,6 +591,85 @@ async fn checkpoints_keep_history_and_refuse_a_fork<H: Harness>() {
     );
 }
 
+/// A software Ed25519 checkpoint signer (the service signs on the HSM; the export does not care).
+struct TestSigner {
+    key_pair: ring::signature::Ed25519KeyPair,
+    verifier: tlog::key::VerifierKey,
+}
+
+impl TestSigner {
+    fn new(origin: &str) -> TestSigner {
+        use ring::signature::KeyPair;
+        let key_pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[9; 32]).expect("seed");
+        let public_key: [u8; 32] = key_pair.public_key().as_ref().try_into().expect("32 bytes");
+        let name = tlog::note::KeyName::new(origin).expect("name");
+        TestSigner {
+            key_pair,
+            verifier: tlog::key::VerifierKey::ed25519(name, public_key),
+        }
+    }
+}
+
+impl tlog::note::NoteSigner for TestSigner {
+    type Error = std::convert::Infallible;
+
+    fn key_name(&self) -> &tlog::note::KeyName {
+        self.verifier.name()
+    }
+
+    fn key_id(&self) -> tlog::note::KeyId {
+        self.verifier.key_id()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Self::Error> {
+        Ok(self.key_pair.sign(message).as_ref().to_vec())
+    }
+}
+
+async fn exports_hold_the_latest_checkpoint_and_its_entries<H: Harness>() {
+    use crate::transparency::export;
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let out = tempfile::tempdir().expect("tempdir");
+    assert!(matches!(
+        export::export(&store, out.path(), None).await,
+        Err(export::ExportError::NoCheckpoint)
+    ));
+    for round in 0..5u8 {
+        committed(&store, certificate(&format!("user-{round}"), round + 1, round + 1)).await;
+    }
+    let head = *sequence_all(&store, 3).await.last().expect("sequenced");
+    let signer = TestSigner::new("test.example/log");
+    let body = tlog::checkpoint::Checkpoint::new("test.example/log", head.size, head.root).expect("checkpoint");
+    let note = tlog::note::SignedNote::sign(&body.to_string(), &signer).expect("sign");
+    store
+        .store_checkpoint(StoredCheckpoint {
+            size: head.size,
+            root: head.root,
+            note: note.to_string(),
+        })
+        .await
+        .expect("store checkpoint");
+    // One more entry is sequenced but not yet signed: the export stops at the checkpoint.
+    store.append_event(event("refused")).await.expect("append");
+    sequence_all(&store, 3).await;
+    let summary = export::export(&store, out.path(), Some(&signer.verifier))
+        .await
+        .expect("export");
+    assert_eq!(summary.entries, head.size);
+    let options = export::VerifyOptions {
+        trusted_key: signer.verifier.clone(),
+        pinned: None,
+        time_tolerance: Duration::from_secs(1),
+    };
+    let report = export::verify(out.path(), &options).expect("the export verifies");
+    assert_eq!(report.size, 5);
+    let entries =
+        export::parse_entries(&std::fs::read(out.path().join(export::ENTRIES_FILE)).expect("read")).expect("entries");
+    let stored = store.entries(0, 5).await.expect("entries");
+    assert_eq!(entries.into_iter().map(|entry| entry.bytes).collect::<Vec<_>>(), stored);
+}
+
 async fn migrations_are_idempotent_and_refuse_newer_schemas<H: Harness>() {
     let harness = H::create().await;
     let store = harness.open().await.expect("first open migrates");
@@ -690,6 +769,7 @@ macro_rules! conformance_suite {
                 a_stale_head_is_refused_and_nothing_is_written,
                 concurrent_sequencers_never_fork,
                 checkpoints_keep_history_and_refuse_a_fork,
+                exports_hold_the_latest_checkpoint_and_its_entries,
                 migrations_are_idempotent_and_refuse_newer_schemas,
                 concurrent_commits_for_one_user_pin_exactly_one_key,
                 concurrent_commits_of_one_key_pin_it_to_exactly_one_user,

@@ -7,6 +7,7 @@
 //! the audit key on the HSM (`signer`). Proofs are built from the stored subtree hashes: about
 //! 2·log2(n) primary-key lookups in one query, whatever the log's size.
 
+pub mod export;
 pub mod sequencer;
 pub mod signer;
 

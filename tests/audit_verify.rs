@@ -1,0 +1,338 @@
+//! Offline audit end to end: `ca-service audit export` from a dev server's store, `audit verify` with no database or HSM, and tampered exports, forks, rollbacks and a tampered store detected.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{CA_SERVICE, DevServer, UserKey, UserKeyPair, ca_info, issue};
+use e2ee_ca_proto::v1::GetCheckpointRequest;
+use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
+use tlog::checkpoint::SignedCheckpoint;
+use tlog::key::VerifierKey;
+use tlog::note::SignedNote;
+
+/// The first line of `entries.bin` (see ca-service/src/transparency/export.rs).
+const MAGIC: &[u8] = b"e2ee-ca log entries v1\n";
+
+/// Runs the binary; returns whether it succeeded and its stdout and stderr together.
+fn run(args: &[&str]) -> (bool, String) {
+    let output = Command::new(CA_SERVICE)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run ca-service");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn export(data_dir: &Path, out: &Path, vkey: &str) {
+    let config = data_dir.join("ca-service.toml");
+    let (ok, text) = run(&[
+        "audit",
+        "export",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--out",
+        out.to_str().expect("utf-8 path"),
+        "--vkey",
+        vkey,
+    ]);
+    assert!(ok, "export failed: {text}");
+}
+
+fn verify(dir: &Path, vkey: &str, pinned: Option<&Path>) -> (bool, String) {
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--dir",
+        dir.to_str().expect("utf-8 path"),
+        "--trusted-key",
+        vkey,
+    ];
+    if let Some(pinned) = pinned {
+        args.extend(["--pinned-checkpoint", pinned.to_str().expect("utf-8 path")]);
+    }
+    run(&args)
+}
+
+fn assert_fails(result: (bool, String), fragment: &str) {
+    let (ok, text) = result;
+    assert!(!ok, "verification should fail ({fragment:?}): {text}");
+    assert!(text.contains(fragment), "output should say {fragment:?}: {text}");
+}
+
+/// Issues certificates to `users` and waits for a checkpoint covering them; returns its note text.
+async fn issue_and_checkpoint(server: &DevServer, vkey: &VerifierKey, users: &[&str]) -> String {
+    let mut identity = server.client().await;
+    let mut needed = 0;
+    for user in users {
+        let key = UserKeyPair::generate(UserKey::EcP256);
+        let issued = issue(&mut identity, user, &key.csr(user)).await.expect("issued");
+        needed = issued.log_entry.expect("log entry").index + 1;
+    }
+    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(response) = transparency.get_checkpoint(GetCheckpointRequest {}).await {
+            let text = response.into_inner().checkpoint;
+            let note = SignedNote::parse(&text).expect("signed note");
+            let opened =
+                SignedCheckpoint::open(note, vkey.name().as_str(), std::slice::from_ref(vkey)).expect("verifies");
+            if opened.checkpoint().size() >= needed {
+                return text;
+            }
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of size {needed} within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The records of `entries.bin`: (index, bytes).
+fn records(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let data = std::fs::read(dir.join("entries.bin")).expect("entries.bin");
+    let mut rest = data.strip_prefix(MAGIC).expect("format line");
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let index = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+        let length = u32::from_be_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
+        out.push((index, rest[12..12 + length].to_vec()));
+        rest = &rest[12 + length..];
+    }
+    out
+}
+
+fn write_records(dir: &Path, records: &[(u64, Vec<u8>)]) {
+    let mut data = MAGIC.to_vec();
+    for (index, bytes) in records {
+        data.extend_from_slice(&index.to_be_bytes());
+        data.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        data.extend_from_slice(bytes);
+    }
+    std::fs::write(dir.join("entries.bin"), data).expect("write entries.bin");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A copy of the export in `dir` named `name`, for one tampering.
+fn tampered(dir: &Path, name: &str) -> PathBuf {
+    let copy = dir.with_file_name(name);
+    copy_dir(dir, &copy);
+    copy
+}
+
+/// Flips one byte inside the `subject` line of `bytes`.
+fn flip_subject_byte(bytes: &mut [u8]) {
+    let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+    let at = text.find("\nsubject ").expect("subject line") + "\nsubject ".len();
+    bytes[at] ^= 0x01;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_verify_offline_and_tampering_is_named() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let server = DevServer::start(directory.path(), "ecdsa-p256");
+    let mut identity = server.client().await;
+    let vkey_text = ca_info(&mut identity).await.checkpoint_verifier_keys[0].clone();
+    let vkey = VerifierKey::parse(&vkey_text).expect("vkey");
+
+    // An early state: a checkpoint the auditor pins, and an export of it.
+    let pinned_text = issue_and_checkpoint(&server, &vkey, &["alice", "bob"]).await;
+    let pinned = directory.path().join("pinned.txt");
+    std::fs::write(&pinned, &pinned_text).expect("write pinned");
+    let data_dir = server.stop();
+    let early = directory.path().join("early");
+    export(&data_dir, &early, &vkey_text);
+    let fork_dir = directory.path().join("fork-data");
+    copy_dir(&data_dir, &fork_dir);
+
+    // The log grows; the auditor pins its later checkpoint too.
+    let server = DevServer::start_in(&data_dir, "ecdsa-p256");
+    let later_text = issue_and_checkpoint(&server, &vkey, &["carol", "dave"]).await;
+    let later_pinned = directory.path().join("later-pinned.txt");
+    std::fs::write(&later_pinned, &later_text).expect("write later pinned");
+    server.stop();
+    let export_dir = directory.path().join("export");
+    export(&data_dir, &export_dir, &vkey_text);
+    assert_eq!(
+        std::fs::read_to_string(export_dir.join("vkey.txt"))
+            .expect("vkey.txt")
+            .trim(),
+        vkey_text
+    );
+
+    // The untouched exports verify, with and without the pinned checkpoint; the vkey file works too.
+    let (ok, text) = verify(&export_dir, &vkey_text, None);
+    assert!(ok, "{text}");
+    assert!(text.contains("PASS exported checkpoint: signature verifies"), "{text}");
+    assert!(text.contains("equals the exported checkpoint's root"), "{text}");
+    assert!(text.contains("OK: the export of"), "{text}");
+    let (ok, text) = verify(
+        &export_dir,
+        export_dir.join("vkey.txt").to_str().expect("utf-8"),
+        Some(&pinned),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("is consistent with the exported checkpoint"), "{text}");
+    let (ok, text) = verify(&early, &vkey_text, Some(&pinned));
+    assert!(ok, "{text}");
+
+    let all = records(&export_dir);
+    let size = all.len() as u64;
+    assert!(size >= 4, "four issuances at least: {size}");
+    let pinned_size = SignedNote::parse(&pinned_text)
+        .ok()
+        .and_then(|note| SignedCheckpoint::open(note, vkey.name().as_str(), std::slice::from_ref(&vkey)).ok())
+        .expect("pinned opens")
+        .checkpoint()
+        .size();
+    let victim = (size - 1) as usize;
+
+    // Another key is not trusted.
+    let other = VerifierKey::ed25519(vkey.name().clone(), [7; 32]).to_string();
+    assert_fails(verify(&export_dir, &other, None), "exported checkpoint (");
+
+    // One byte of an entry changed: the checkpoint does not match; the pinned one narrows it down.
+    let dir = tampered(&export_dir, "flipped");
+    let mut changed = all.clone();
+    flip_subject_byte(&mut changed[victim].1);
+    write_records(&dir, &changed);
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        &format!("exported checkpoint (size {size}) does not match the entries"),
+    );
+    assert_fails(
+        verify(&dir, &vkey_text, Some(&pinned)),
+        &format!("the change is in entries {pinned_size}..{size}"),
+    );
+
+    // An entry deleted from the middle.
+    let dir = tampered(&export_dir, "deleted");
+    let mut fewer = all.clone();
+    fewer.remove(1);
+    write_records(&dir, &fewer);
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        "entry index 2 at position 1, expected index 1",
+    );
+
+    // Two entries swapped.
+    let dir = tampered(&export_dir, "swapped");
+    let mut swapped = all.clone();
+    swapped.swap(1, 2);
+    write_records(&dir, &swapped);
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        "entry index 2 at position 1, expected index 1",
+    );
+
+    // Swapped with their indices rewritten to look contiguous: only the root can tell.
+    let dir = tampered(&export_dir, "swapped-renumbered");
+    let mut renumbered = swapped.clone();
+    renumbered[1].0 = 1;
+    renumbered[2].0 = 2;
+    write_records(&dir, &renumbered);
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        &format!("exported checkpoint (size {size}) does not match the entries"),
+    );
+
+    // An entry dated a year back (same length): named by the time check.
+    let dir = tampered(&export_dir, "backdated");
+    let mut backdated = all.clone();
+    let text = String::from_utf8(backdated[2].1.clone()).expect("utf-8");
+    let at = text.find("\ntime ").expect("time line") + "\ntime ".len();
+    let year: u32 = text[at..at + 4].parse().expect("year");
+    backdated[2].1[at..at + 4].copy_from_slice((year - 1).to_string().as_bytes());
+    write_records(&dir, &backdated);
+    assert_fails(verify(&dir, &vkey_text, None), "entry 2: time");
+    assert_fails(verify(&dir, &vkey_text, None), "is before entry 1's time");
+
+    // The tail truncated: the checkpoint claims more than the entries.
+    let dir = tampered(&export_dir, "truncated");
+    write_records(&dir, &all[..victim]);
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        &format!(
+            "exported checkpoint claims size {size} but entries.bin holds {victim} entries (entries {victim}..{size} are missing)"
+        ),
+    );
+
+    // A record cut in the middle.
+    let dir = tampered(&export_dir, "cut");
+    let data = std::fs::read(export_dir.join("entries.bin")).expect("read");
+    std::fs::write(dir.join("entries.bin"), &data[..data.len() - 3]).expect("write");
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        &format!("ends inside the record at position {victim}"),
+    );
+
+    // A checkpoint with its body edited no longer verifies.
+    let dir = tampered(&export_dir, "bad-checkpoint");
+    let note = std::fs::read_to_string(export_dir.join("checkpoint.txt")).expect("read");
+    let edited = note.replacen(&format!("\n{size}\n"), &format!("\n{}\n", size + 1), 1);
+    std::fs::write(dir.join("checkpoint.txt"), edited).expect("write");
+    assert_fails(verify(&dir, &vkey_text, None), "exported checkpoint");
+    assert_fails(verify(&dir, &vkey_text, None), "rejected under the trusted key");
+
+    // Rollback: the auditor pinned the later checkpoint, the export is the early one.
+    assert_fails(
+        verify(&early, &vkey_text, Some(&later_pinned)),
+        &format!("pinned checkpoint (size {size}) is larger than the exported checkpoint"),
+    );
+
+    // Fork: the log rewritten from the early state (same key, other entries) and re-signed.
+    let server = DevServer::start_in(&fork_dir, "ecdsa-p256");
+    issue_and_checkpoint(&server, &vkey, &["erin", "frank", "grace"]).await;
+    server.stop();
+    let fork = directory.path().join("fork");
+    export(&fork_dir, &fork, &vkey_text);
+    let (ok, text) = verify(&fork, &vkey_text, None);
+    assert!(ok, "a fork verifies on its own: {text}");
+    assert_fails(
+        verify(&fork, &vkey_text, Some(&later_pinned)),
+        &format!("pinned checkpoint (size {size}) is not consistent with the exported checkpoint"),
+    );
+
+    // The store itself tampered: one byte of a stored entry changed, then exported.
+    let database = rusqlite::Connection::open(data_dir.join("ca.sqlite3")).expect("open store");
+    let mut stored: Vec<u8> = database
+        .query_row(
+            "SELECT entry FROM audit_entries WHERE leaf_index = ?1",
+            [victim as i64],
+            |row| row.get(0),
+        )
+        .expect("stored entry");
+    flip_subject_byte(&mut stored);
+    database
+        .execute(
+            "UPDATE audit_entries SET entry = ?1 WHERE leaf_index = ?2",
+            rusqlite::params![stored, victim as i64],
+        )
+        .expect("tamper");
+    drop(database);
+    let from_store = directory.path().join("from-tampered-store");
+    export(&data_dir, &from_store, &vkey_text);
+    assert_fails(
+        verify(&from_store, &vkey_text, Some(&pinned)),
+        &format!("the change is in entries {pinned_size}..{size}"),
+    );
+}
