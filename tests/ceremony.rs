@@ -32,6 +32,15 @@ impl Token {
         }
     }
 
+    /// Runs a root ceremony: P-256 key labelled `ca`, certificate `ca.pem`.
+    fn make_root_ca(&self) {
+        let made = self.ceremony(
+            "root.toml",
+            &format!("mode = \"root\"\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\noutput = \"ca.pem\"\n{ROOT_SUBJECT}"),
+        );
+        assert!(made.status.success(), "{}", text(&made));
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.directory.path().join(name)
     }
@@ -273,13 +282,7 @@ impl Drop for ServeProcess {
 #[test]
 fn serve_refuses_a_wrong_pin_quickly_and_without_retrying() {
     let token = Token::new();
-    let made = token.ceremony(
-        "root.toml",
-        &format!(
-            "mode = \"root\"\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\noutput = \"ca.pem\"\n{ROOT_SUBJECT}"
-        ),
-    );
-    assert!(made.status.success(), "{}", text(&made));
+    token.make_root_ca();
     std::fs::write(token.path("wrong-pin"), "0000-wrong").expect("write");
     let config = format!(
         "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
@@ -404,13 +407,7 @@ fn logs_can_be_json_lines() {
 #[tokio::test]
 async fn renewals_are_rate_limited_per_user() {
     let token = Token::new();
-    let made = token.ceremony(
-        "root.toml",
-        &format!(
-            "mode = \"root\"\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\noutput = \"ca.pem\"\n{ROOT_SUBJECT}"
-        ),
-    );
-    assert!(made.status.success(), "{}", text(&made));
+    token.make_root_ca();
     let config = format!(
         "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
          [issuance]\nvalidity_days = 30\nmax_certificates_per_user_per_day = 2\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",

@@ -24,6 +24,20 @@ struct LogTrust {
     verifiers: Vec<VerifierKey>,
 }
 
+impl LogTrust {
+    /// The log's origin and checkpoint keys as `GetCaInfo` publishes them.
+    fn from_ca_info(info: &e2ee_ca_proto::v1::GetCaInfoResponse) -> LogTrust {
+        LogTrust {
+            origin: info.log_origin.clone(),
+            verifiers: info
+                .checkpoint_verifier_keys
+                .iter()
+                .map(|vkey| VerifierKey::parse(vkey).expect("vkey parses"))
+                .collect(),
+        }
+    }
+}
+
 /// Polls `GetCheckpoint` until a checkpoint of at least `min_size` verifies; returns it opened.
 async fn checkpoint_covering(
     client: &mut TransparencyClient<Channel>,
@@ -66,14 +80,7 @@ async fn issuances_are_provably_in_signed_checkpoints() {
     let mut identity = server.client().await;
     let info = ca_info(&mut identity).await;
     assert_eq!(info.log_origin, "localhost/e2ee-ca-dev/audit-log");
-    let trust = LogTrust {
-        origin: info.log_origin.clone(),
-        verifiers: info
-            .checkpoint_verifier_keys
-            .iter()
-            .map(|vkey| VerifierKey::parse(vkey).expect("vkey parses"))
-            .collect(),
-    };
+    let trust = LogTrust::from_ca_info(&info);
     assert_eq!(trust.verifiers.len(), 1, "one checkpoint key");
     assert_eq!(trust.verifiers[0].name().as_str(), info.log_origin, "key name = origin");
     let mut transparency = TransparencyClient::connect(server.endpoint.clone())
@@ -223,14 +230,7 @@ async fn the_log_survives_a_restart_and_stays_consistent() {
     let server = DevServer::start(directory.path(), "ecdsa-p256");
     let mut identity = server.client().await;
     let info = ca_info(&mut identity).await;
-    let trust = LogTrust {
-        origin: info.log_origin.clone(),
-        verifiers: info
-            .checkpoint_verifier_keys
-            .iter()
-            .map(|vkey| VerifierKey::parse(vkey).expect("vkey parses"))
-            .collect(),
-    };
+    let trust = LogTrust::from_ca_info(&info);
     let alice = UserKeyPair::generate(UserKey::EcP256);
     let first_index = issue(&mut identity, "alice", &alice.csr("alice"))
         .await
