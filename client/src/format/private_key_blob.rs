@@ -52,12 +52,12 @@ impl PrivateKeyBlob {
     /// (as the desktop's `splitCipherParts` and Android's CryptoHelper do); requires the lengths
     /// the server enforces (12-byte IV, 40-byte salt).
     pub fn parse(stored: &str) -> Result<PrivateKeyBlob, PrivateKeyBlobError> {
-        let separator = if stored.contains(SEPARATOR) {
-            SEPARATOR
+        let stored = stored.trim();
+        let parts: Vec<&str> = if stored.contains(SEPARATOR) {
+            stored.split(SEPARATOR).collect()
         } else {
-            LEGACY_SEPARATOR
+            split_legacy(stored)
         };
-        let parts: Vec<&str> = stored.trim().split(separator).collect();
         let [ciphertext_part, iv_part, salt_part] = parts.as_slice() else {
             return Err(PrivateKeyBlobError::PartCount(parts.len()));
         };
@@ -75,6 +75,27 @@ impl PrivateKeyBlob {
             ciphertext_and_tag,
         })
     }
+}
+
+/// Splits on the legacy `fA==`, which is also how base64 of a part ending in the byte `|` ends
+/// (salt or ciphertext, about one blob in 256 per part). Padding only ends a part, so an empty
+/// piece right after a part that does not end in `=` means the `fA==` before it was that part's
+/// own ending: it is given back, and the parts stay three.
+fn split_legacy(stored: &str) -> Vec<&str> {
+    // Byte ranges of the parts found so far.
+    let mut parts: Vec<std::ops::Range<usize>> = Vec::with_capacity(3);
+    let mut piece_start = 0;
+    let separators = stored.match_indices(LEGACY_SEPARATOR).map(|(at, _)| at);
+    for piece_end in separators.chain([stored.len()]) {
+        match parts.last_mut() {
+            Some(last) if piece_start == piece_end && !stored[last.clone()].ends_with('=') => {
+                last.end = piece_end;
+            }
+            _ => parts.push(piece_start..piece_end),
+        }
+        piece_start = piece_end + LEGACY_SEPARATOR.len();
+    }
+    parts.into_iter().map(|range| &stored[range]).collect()
 }
 
 impl std::fmt::Display for PrivateKeyBlob {
@@ -108,6 +129,35 @@ mod tests {
         let blob = sample();
         let legacy = blob.to_string().replace('|', "fA==");
         assert_eq!(PrivateKeyBlob::parse(&legacy), Ok(blob));
+    }
+
+    /// base64 of a part ending in the byte `|` ends in `fA==`, the legacy separator itself: the
+    /// desktop's plain split would find four parts (and fail on one blob in about 128).
+    #[test]
+    fn parts_ending_like_the_legacy_separator_are_read() {
+        let mut salt_ends_in_bar = [2u8; SALT_LEN];
+        salt_ends_in_bar[SALT_LEN - 1] = b'|';
+        let mut ciphertext_ends_in_bar: Vec<u8> = (0u8..39).collect();
+        ciphertext_ends_in_bar.push(b'|');
+        for blob in [
+            PrivateKeyBlob {
+                salt: salt_ends_in_bar,
+                ..sample()
+            },
+            PrivateKeyBlob {
+                ciphertext_and_tag: ciphertext_ends_in_bar.clone(),
+                ..sample()
+            },
+            PrivateKeyBlob {
+                ciphertext_and_tag: ciphertext_ends_in_bar,
+                salt: salt_ends_in_bar,
+                ..sample()
+            },
+        ] {
+            let legacy = blob.to_string().replace('|', "fA==");
+            assert!(legacy.matches("fA==").count() > 2, "{legacy}");
+            assert_eq!(PrivateKeyBlob::parse(&legacy), Ok(blob), "{legacy}");
+        }
     }
 
     #[test]
@@ -153,7 +203,9 @@ mod tests {
         fn display_then_parse_is_the_identity(ciphertext_and_tag in proptest::collection::vec(any::<u8>(), TAG_LEN..600),
                                               iv in any::<[u8; IV_LEN]>(), salt in proptest::collection::vec(any::<u8>(), SALT_LEN)) {
             let blob = PrivateKeyBlob { ciphertext_and_tag, iv, salt: salt.try_into().expect("40 bytes") };
-            prop_assert_eq!(PrivateKeyBlob::parse(&blob.to_string()), Ok(blob));
+            prop_assert_eq!(PrivateKeyBlob::parse(&blob.to_string()), Ok(blob.clone()));
+            let legacy = blob.to_string().replace('|', LEGACY_SEPARATOR);
+            prop_assert_eq!(PrivateKeyBlob::parse(&legacy), Ok(blob));
         }
     }
 }

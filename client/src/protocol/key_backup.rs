@@ -264,9 +264,6 @@ mod tests {
             let mnemonic = Mnemonic::parse(&words.join(" ")).expect("mnemonic");
             let blob = wrap_with(test_key(), &mnemonic, Pbkdf2Variant::Sha1Iterations1024).expect("wrap");
             let mut stored = blob.to_string();
-            // The legacy separator is ambiguous when the ciphertext's base64 itself ends in "fA=="
-            // (as in the clients that wrote it); only test the unambiguous strings.
-            prop_assume!(!(legacy_separator && stored.split('|').next().is_some_and(|part| part.ends_with("fA=="))));
             if legacy_separator {
                 stored = stored.replace('|', "fA==");
             }
