@@ -4,11 +4,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{CA_SERVICE, DevServer, UserKey, UserKeyPair, ca_info, issue};
-use e2ee_ca_proto::v1::GetCheckpointRequest;
-use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
+use common::{CA_SERVICE, DevServer, ca_info, issue_and_wait_for_checkpoint};
 use tlog::checkpoint::SignedCheckpoint;
 use tlog::key::VerifierKey;
 use tlog::note::SignedNote;
@@ -65,34 +62,6 @@ fn assert_fails(result: (bool, String), fragment: &str) {
     let (ok, text) = result;
     assert!(!ok, "verification should fail ({fragment:?}): {text}");
     assert!(text.contains(fragment), "output should say {fragment:?}: {text}");
-}
-
-/// Issues certificates to `users` and waits for a checkpoint covering them; returns its note text.
-async fn issue_and_checkpoint(server: &DevServer, vkey: &VerifierKey, users: &[&str]) -> String {
-    let mut identity = server.client().await;
-    let mut needed = 0;
-    for user in users {
-        let key = UserKeyPair::generate(UserKey::EcP256);
-        let issued = issue(&mut identity, user, &key.csr(user)).await.expect("issued");
-        needed = issued.log_entry.expect("log entry").index + 1;
-    }
-    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
-        .await
-        .expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(response) = transparency.get_checkpoint(GetCheckpointRequest {}).await {
-            let text = response.into_inner().checkpoint;
-            let note = SignedNote::parse(&text).expect("signed note");
-            let opened =
-                SignedCheckpoint::open(note, vkey.name().as_str(), std::slice::from_ref(vkey)).expect("verifies");
-            if opened.checkpoint().size() >= needed {
-                return text;
-            }
-        }
-        assert!(Instant::now() < deadline, "no checkpoint of size {needed} within 15 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The records of `entries.bin`: (index, bytes).
@@ -155,7 +124,7 @@ async fn exports_verify_offline_and_tampering_is_named() {
     let vkey = VerifierKey::parse(&vkey_text).expect("vkey");
 
     // An early state: a checkpoint the auditor pins, and an export of it.
-    let pinned_text = issue_and_checkpoint(&server, &vkey, &["alice", "bob"]).await;
+    let pinned_text = issue_and_wait_for_checkpoint(&server, &["alice", "bob"]).await.note;
     let pinned = directory.path().join("pinned.txt");
     std::fs::write(&pinned, &pinned_text).expect("write pinned");
     let data_dir = server.stop();
@@ -166,7 +135,7 @@ async fn exports_verify_offline_and_tampering_is_named() {
 
     // The log grows; the auditor pins its later checkpoint too.
     let server = DevServer::start_in(&data_dir, "ecdsa-p256");
-    let later_text = issue_and_checkpoint(&server, &vkey, &["carol", "dave"]).await;
+    let later_text = issue_and_wait_for_checkpoint(&server, &["carol", "dave"]).await.note;
     let later_pinned = directory.path().join("later-pinned.txt");
     std::fs::write(&later_pinned, &later_text).expect("write later pinned");
     server.stop();
@@ -301,7 +270,9 @@ async fn exports_verify_offline_and_tampering_is_named() {
 
     // Fork: the log rewritten from the early state (same key, other entries) and re-signed.
     let server = DevServer::start_in(&fork_dir, "ecdsa-p256");
-    issue_and_checkpoint(&server, &vkey, &["erin", "frank", "grace"]).await;
+    issue_and_wait_for_checkpoint(&server, &["erin", "frank", "grace"])
+        .await
+        .note;
     server.stop();
     let fork = directory.path().join("fork");
     export(&fork_dir, &fork, &vkey_text);

@@ -12,6 +12,11 @@ use e2ee_ca_proto::v1::identity_client::IdentityClient;
 const TOKEN_LABEL: &str = "ceremony-test";
 const USER_PIN: &str = "1234-user-pin";
 
+/// The `[audit]` section of every serve config here: the key `make_root_ca` makes, the guard
+/// file next to the config.
+const AUDIT_SECTION: &str =
+    "[audit]\nkey_label = \"audit\"\norigin = \"test.example/audit-log\"\nguard_file = \"signer-guard\"\n";
+
 /// A private token directory with one initialised token and a PIN file.
 struct Token {
     directory: tempfile::TempDir,
@@ -36,7 +41,10 @@ impl Token {
     fn make_root_ca(&self) {
         let made = self.ceremony(
             "root.toml",
-            &format!("mode = \"root\"\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\noutput = \"ca.pem\"\n{ROOT_SUBJECT}"),
+            &format!(
+                "mode = \"root\"\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\noutput = \"ca.pem\"\n\
+                 audit_key_label = \"audit\"\n{ROOT_SUBJECT}"
+            ),
         );
         assert!(made.status.success(), "{}", text(&made));
     }
@@ -164,7 +172,8 @@ fn ceremony_config_errors_are_clear() {
 async fn external_root_csr_import_and_serve() {
     let token = Token::new();
     let csr_body = format!(
-        "mode = \"csr\"\nkey_label = \"issuing\"\nkey_algorithm = \"rsa-3072\"\noutput = \"issuing.csr\"\n{ROOT_SUBJECT}"
+        "mode = \"csr\"\nkey_label = \"issuing\"\nkey_algorithm = \"rsa-3072\"\noutput = \"issuing.csr\"\n\
+         audit_key_label = \"audit\"\n{ROOT_SUBJECT}"
     );
     let made = token.ceremony("csr.toml", &csr_body);
     assert!(made.status.success(), "{}", text(&made));
@@ -213,7 +222,7 @@ async fn external_root_csr_import_and_serve() {
     // Production serve on the imported CA.
     let config = format!(
         "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"issuing\"\nkey_algorithm = \"rsa-3072\"\ncertificate = \"ca.pem\"\n\
-         [issuance]\nvalidity_days = 90\n[store]\nurl = \"sqlite:state/ca.sqlite3\"\n",
+         [issuance]\nvalidity_days = 90\n[store]\nurl = \"sqlite:state/ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("pin")
     );
     std::fs::write(token.path("serve.toml"), config).expect("write");
@@ -286,7 +295,7 @@ fn serve_refuses_a_wrong_pin_quickly_and_without_retrying() {
     std::fs::write(token.path("wrong-pin"), "0000-wrong").expect("write");
     let config = format!(
         "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
-         [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+         [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("wrong-pin")
     );
     std::fs::write(token.path("serve.toml"), config).expect("write");
@@ -321,7 +330,7 @@ fn serve_refuses_inconsistent_configs() {
     let token = Token::new();
     let base = format!(
         "listen = \"0.0.0.0:50051\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
-         [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+         [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("pin")
     );
     std::fs::write(token.path("serve.toml"), &base).expect("write");
@@ -374,7 +383,7 @@ fn logs_can_be_json_lines() {
     let token = Token::new();
     let config = format!(
         "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
-         [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+         [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("pin")
     );
     std::fs::write(token.path("serve.toml"), config).expect("write");
@@ -410,7 +419,7 @@ async fn renewals_are_rate_limited_per_user() {
     token.make_root_ca();
     let config = format!(
         "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
-         [issuance]\nvalidity_days = 30\nmax_certificates_per_user_per_day = 2\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+         [issuance]\nvalidity_days = 30\nmax_certificates_per_user_per_day = 2\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("pin")
     );
     std::fs::write(token.path("serve.toml"), config).expect("write");

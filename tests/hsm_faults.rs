@@ -54,7 +54,7 @@ impl Token {
             &ceremony,
             format!(
                 "mode = \"root\"\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\noutput = \"ca.pem\"\n\
-                 [subject]\ncommon_name = \"Fault Test CA\"\n{}",
+                 audit_key_label = \"audit\"\n[subject]\ncommon_name = \"Fault Test CA\"\n{}",
                 token.hsm_section(&softhsm_module(), 1, 2000)
             ),
         )
@@ -87,7 +87,8 @@ impl Token {
         let module = hsm_sim::faults::fault_module_path().unwrap_or_else(|error| panic!("{error}"));
         let config = format!(
             "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
-             [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n",
+             [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n\
+             [audit]\nkey_label = \"audit\"\norigin = \"test.example/audit-log\"\nguard_file = \"signer-guard\"\n",
             self.hsm_section(&module, pool_size, session_wait_ms)
         );
         let path = self.path("serve.toml");

@@ -235,10 +235,12 @@ fn serve_config(
         format!(
             "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = {:?}\nkey_algorithm = {:?}\ncertificate = \"ca-{algorithm}.pem\"\n\
              [issuance]\nvalidity_days = 365\nmax_certificates_per_user_per_day = 4000000000\n[store]\nurl = \"sqlite:{}\"\n\
-             [audit]\nkey_label = \"bench-audit-{algorithm}\"\norigin = \"bench.example/audit-log\"\n",
+             [audit]\nkey_label = \"bench-audit-{algorithm}\"\norigin = \"bench.example/audit-log\"\n\
+             guard_file = \"{}.guard\"\n",
             hsm_section(tokens),
             key_label(algorithm),
             algorithm.name(),
+            store.display(),
             store.display(),
         ),
     )?;

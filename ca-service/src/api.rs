@@ -37,12 +37,12 @@ const DEV_ACTOR: &str = "unauthenticated";
 /// The `Identity` service.
 pub struct IdentityService<S> {
     issuer: Arc<Issuer<S>>,
-    audit_key: Option<AuditKey>,
+    audit_key: AuditKey,
 }
 
 impl<S> IdentityService<S> {
     /// Serves `issuer`; `audit_key` names the log and its checkpoint key in `GetCaInfo`.
-    pub fn new(issuer: Arc<Issuer<S>>, audit_key: Option<AuditKey>) -> IdentityService<S> {
+    pub fn new(issuer: Arc<Issuer<S>>, audit_key: AuditKey) -> IdentityService<S> {
         IdentityService { issuer, audit_key }
     }
 }
@@ -89,6 +89,10 @@ fn status(error: IssueError) -> Status {
             tracing::error!(%error, "issuance failed");
             Status::internal("the CA could not produce a valid certificate; nothing was issued")
         }
+        IssueError::LogStalled => Status::unavailable(
+            "the audit log cannot currently record issuances (sequencing or checkpoint signing is failing), \
+             so nothing was issued; retry later",
+        ),
         IssueError::LogLagging(bound) => Status::unavailable(format!(
             "the audit log did not record the issuance within {} ms, so the certificate was withheld; \
              retry later (the retry is a renewal of the same key)",
@@ -189,12 +193,8 @@ impl<S: IdentityStore + LogStore> Identity for IdentityService<S> {
             ca_public_key_pem: ca.key.public_key_pem(),
             ca_certificate_fingerprint: hex::encode(Sha256::digest(&ca.certificate_der)),
             ca_key_algorithm: ca.key.algorithm().name().to_owned(),
-            log_origin: self
-                .audit_key
-                .as_ref()
-                .map(|key| key.origin().to_owned())
-                .unwrap_or_default(),
-            checkpoint_verifier_keys: self.audit_key.iter().map(|key| key.verifier().to_string()).collect(),
+            log_origin: self.audit_key.origin().to_owned(),
+            checkpoint_verifier_keys: vec![self.audit_key.verifier().to_string()],
             recovery: Some(RecoveryKeyStatus::default()),
         }))
     }

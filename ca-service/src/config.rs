@@ -183,6 +183,11 @@ pub struct AuditSection {
     /// The log's origin: the first line of every checkpoint and the signing key's name, a
     /// schema-less URL such as `e2ee-ca.example/audit-log` (no spaces, no '+').
     pub origin: String,
+    /// The signer guard's state file: the last tree this CA agreed to sign, kept outside the
+    /// database (relative to this config file). Keep it on another disk or mount than the database
+    /// where you can, and back it up with the HSM, not with the database: restoring an old copy of
+    /// it together with an old database is exactly the rollback it exists to catch.
+    pub guard_file: PathBuf,
     /// How long an issuance waits for the sequencer to index its entry before answering
     /// UNAVAILABLE (certificate withheld), in ms (default 5000).
     pub sequence_wait_ms: Option<u64>,
@@ -198,6 +203,11 @@ impl AuditSection {
     fn validate(&self) -> anyhow::Result<()> {
         if self.key_label.is_empty() {
             bail!("audit.key_label must not be empty");
+        }
+        if self.guard_file.as_os_str().is_empty() || self.guard_file.is_dir() {
+            bail!(
+                "audit.guard_file must name a file (the signer guard's state), e.g. \"/var/lib/e2ee-ca-guard/state\""
+            );
         }
         if tlog::note::KeyName::new(&self.origin).is_err() || self.origin.contains('\n') {
             bail!("audit.origin must be non-empty without spaces or '+', e.g. \"e2ee-ca.example/audit-log\"");
@@ -224,6 +234,7 @@ impl AuditSection {
             poll_interval: Duration::from_millis(self.poll_interval_ms.unwrap_or(200)),
             heartbeat: Duration::from_secs(self.heartbeat_seconds.unwrap_or(60)),
             lead_retry: Duration::from_secs(2),
+            stall_bound: self.sequence_wait(),
         }
     }
 
@@ -267,9 +278,8 @@ pub struct ServeConfig {
     pub issuance: IssuanceSection,
     /// The store.
     pub store: StoreSection,
-    /// The audit log. Without it entries are written but never sequenced or signed, and
-    /// issuance answers without a log index: every production CA should set it.
-    pub audit: Option<AuditSection>,
+    /// The audit log (always on: every state change is logged, sequenced and signed).
+    pub audit: AuditSection,
 }
 
 impl ServeConfig {
@@ -282,6 +292,7 @@ impl ServeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.hsm.resolve(base);
         config.ca.certificate = resolve(base, &config.ca.certificate);
+        config.audit.guard_file = resolve(base, &config.audit.guard_file);
         if let Some(rest) = config.store.url.strip_prefix("sqlite:") {
             config.store.url = format!(
                 "sqlite:{}",
@@ -318,11 +329,9 @@ impl ServeConfig {
             bail!("max_message_bytes must be at least 81920 so that a 64 KiB CSR fits");
         }
         self.store_location()?;
-        if let Some(audit) = &self.audit {
-            audit.validate()?;
-            if audit.key_label == self.ca.key_label {
-                bail!("audit.key_label must name a key of its own, not the CA key");
-            }
+        self.audit.validate()?;
+        if self.audit.key_label == self.ca.key_label {
+            bail!("audit.key_label must name a key of its own, not the CA key");
         }
         Ok(())
     }
@@ -517,6 +526,10 @@ certificate = "ca.pem"
 validity_days = 365
 [store]
 url = "sqlite:state/ca.sqlite3"
+[audit]
+key_label = "audit-key"
+origin = "e2ee-ca.example/audit-log"
+guard_file = "guard/signer-state"
 "#;
 
     fn load(text: &str) -> anyhow::Result<ServeConfig> {
@@ -596,26 +609,29 @@ url = "sqlite:state/ca.sqlite3"
         }
     }
 
-    const AUDIT: &str = "\n[audit]\nkey_label = \"audit-key\"\norigin = \"e2ee-ca.example/audit-log\"\n";
-
     #[test]
     fn audit_sections_are_validated() {
-        let config = load(&format!("{VALID}{AUDIT}")).expect("valid");
-        let audit = config.audit.expect("audit section");
-        assert_eq!(audit.sequence_wait(), Duration::from_secs(5));
-        assert_eq!(audit.sequencer().max_batch, 1024);
-        assert!(load(VALID).expect("valid").audit.is_none(), "the section is optional");
+        let config = load(VALID).expect("valid");
+        assert_eq!(config.audit.sequence_wait(), Duration::from_secs(5));
+        assert_eq!(config.audit.sequencer().max_batch, 1024);
+        assert!(config.audit.guard_file.is_absolute() && config.audit.guard_file.ends_with("guard/signer-state"));
+        let without_audit = VALID.split("[audit]").next().expect("prefix").to_owned();
         let cases = [
-            (AUDIT.replace("e2ee-ca.example/audit-log", "has space"), "audit.origin"),
-            (AUDIT.replace("e2ee-ca.example/audit-log", "a+b"), "audit.origin"),
-            (AUDIT.replace("e2ee-ca.example/audit-log", ""), "audit.origin"),
-            (AUDIT.replace("\"audit-key\"", "\"ca-key\""), "not the CA key"),
-            (format!("{AUDIT}sequence_wait_ms = 5\n"), "sequence_wait_ms"),
-            (format!("{AUDIT}max_batch = 0\n"), "max_batch"),
-            (format!("{AUDIT}surprise = 1\n"), "unknown field"),
+            (without_audit, "missing field `audit`"),
+            (
+                VALID.replace("guard_file = \"guard/signer-state\"\n", ""),
+                "missing field `guard_file`",
+            ),
+            (VALID.replace("guard/signer-state", ""), "audit.guard_file"),
+            (VALID.replace("e2ee-ca.example/audit-log", "has space"), "audit.origin"),
+            (VALID.replace("e2ee-ca.example/audit-log", "a+b"), "audit.origin"),
+            (VALID.replace("e2ee-ca.example/audit-log", ""), "audit.origin"),
+            (VALID.replace("\"audit-key\"", "\"ca-key\""), "not the CA key"),
+            (format!("{VALID}sequence_wait_ms = 5\n"), "sequence_wait_ms"),
+            (format!("{VALID}max_batch = 0\n"), "max_batch"),
         ];
-        for (audit, expected) in cases {
-            let error = format!("{:#}", load(&format!("{VALID}{audit}")).expect_err("must be refused"));
+        for (text, expected) in cases {
+            let error = format!("{:#}", load(&text).expect_err("must be refused"));
             assert!(error.contains(expected), "{error:?} should mention {expected:?}");
         }
     }
@@ -626,7 +642,7 @@ url = "sqlite:state/ca.sqlite3"
         let serve = directory.path().join("ca-service.toml");
         std::fs::write(&serve, include_str!("../../deploy/ca-service.example.toml")).expect("write");
         let config = ServeConfig::load(&serve).expect("the serve example is valid");
-        assert_eq!(config.audit.expect("audit").origin, "e2ee-ca.example/audit-log");
+        assert_eq!(config.audit.origin, "e2ee-ca.example/audit-log");
         for (name, text) in [
             ("root", include_str!("../../deploy/ceremony-root.example.toml")),
             ("csr", include_str!("../../deploy/ceremony-csr.example.toml")),

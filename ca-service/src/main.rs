@@ -369,17 +369,15 @@ async fn serve_with<S: IdentityStore + LogStore>(
     println!("     grpcurl -plaintext {address} e2ee.ca.v1.Transparency/GetCheckpoint");
     println!("     cargo run -p e2ee-client -- --ca http://{address} enroll --user alice --dir ./alice");
     tracing::info!(%address, ca_fingerprint, "serving");
-    if let Some(audit_log) = &audit_log {
-        println!(
-            "  audit log {}: checkpoint key {}",
-            audit_log.key.origin(),
-            audit_log.key.verifier()
-        );
-    }
+    println!(
+        "  audit log {}: checkpoint key {}",
+        audit_log.key.origin(),
+        audit_log.key.verifier()
+    );
     server::run(
         listener,
         std::sync::Arc::new(issuer),
-        audit_log.as_ref().map(|audit_log| audit_log.key.clone()),
+        audit_log.key.clone(),
         config.max_message_bytes,
         shutdown_signal(),
     )

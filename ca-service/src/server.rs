@@ -15,6 +15,7 @@ use crate::config::ServeConfig;
 use crate::hsm::{Hsm, KeyAlgorithm};
 use crate::issuer::{CaIdentity, IdentityStore, Issuer, LogWait};
 use crate::transparency::LogStore;
+use crate::transparency::guard::{self, SignerGuard, StartupCheck};
 use crate::transparency::sequencer;
 use crate::transparency::signer::AuditKey;
 use e2ee_ca_proto::v1::transparency_server::TransparencyServer;
@@ -61,16 +62,14 @@ impl Drop for AuditLog {
     }
 }
 
-/// Loads the audit key named by `[audit]`, starts the sequencer over the issuer's store and makes
-/// issuance wait for log indices. Without `[audit]`, returns the issuer unchanged.
+/// Loads the audit key named by `[audit]`, refuses a database that is behind or inconsistent with
+/// the signer guard or its own latest checkpoint, starts the sequencer over the issuer's store and
+/// makes issuance wait for log indices.
 pub async fn start_audit_log<S: IdentityStore + LogStore>(
     config: &ServeConfig,
     issuer: Issuer<S>,
-) -> anyhow::Result<(Issuer<S>, Option<AuditLog>)> {
-    let Some(audit) = &config.audit else {
-        tracing::warn!("no [audit] section: the audit log is not sequenced or signed");
-        return Ok((issuer, None));
-    };
+) -> anyhow::Result<(Issuer<S>, AuditLog)> {
+    let audit = &config.audit;
     let key = {
         let hsm = issuer.hsm().clone();
         let label = audit.key_label.clone();
@@ -80,24 +79,54 @@ pub async fn start_audit_log<S: IdentityStore + LogStore>(
             .with_context(|| format!("cannot load audit key {:?} (ECDSA P-256)", audit.key_label))?
     };
     let key = AuditKey::new(key, &audit.origin)?;
+    let mut guard = SignerGuard::open(&audit.guard_file, &audit.origin)?;
+    let check = guard::check_at_startup(issuer.store().as_ref(), &mut guard, key.verifier())
+        .await
+        .with_context(|| {
+            format!(
+                "refusing to serve: the audit log in the database contradicts what was signed before \
+                 (signer guard {}); investigate before anything else, do not delete the guard file",
+                audit.guard_file.display()
+            )
+        })?;
+    match check {
+        StartupCheck::Extends {
+            guarded_size,
+            head_size,
+        } => tracing::info!(
+            guarded_size,
+            head_size,
+            "signer guard: the log extends the guarded tree"
+        ),
+        StartupCheck::Adopted { size: None } => tracing::info!(
+            guard_file = %audit.guard_file.display(),
+            "signer guard: a new log; the guard file is written before the first checkpoint is signed"
+        ),
+        StartupCheck::Adopted { size: Some(size) } => tracing::warn!(
+            guard_file = %audit.guard_file.display(),
+            adopted_size = size,
+            "signer guard: no state file; it now guards the database's latest checkpoint (a new replica, or the file was lost)"
+        ),
+    }
     let (handle, task) = sequencer::spawn(
         Arc::clone(issuer.store()),
         issuer.hsm().clone(),
         key.clone(),
+        guard,
         audit.sequencer(),
     );
     let issuer = issuer.with_log_wait(LogWait {
         sequencer: handle,
         bound: audit.sequence_wait(),
     });
-    Ok((issuer, Some(AuditLog { key, task })))
+    Ok((issuer, AuditLog { key, task }))
 }
 
 /// Serves Identity, Transparency, health and reflection on `listener` until `shutdown` completes.
 pub async fn run<S: IdentityStore + LogStore>(
     listener: TcpListener,
     issuer: Arc<Issuer<S>>,
-    audit_key: Option<AuditKey>,
+    audit_key: AuditKey,
     max_message_bytes: Option<usize>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {

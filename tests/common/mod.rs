@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
-use e2ee_ca_proto::v1::{GetCaInfoRequest, GetCaInfoResponse, IssueCertificateRequest, IssueCertificateResponse};
+use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
+use e2ee_ca_proto::v1::{
+    GetCaInfoRequest, GetCaInfoResponse, GetCheckpointRequest, IssueCertificateRequest, IssueCertificateResponse,
+};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -229,5 +232,46 @@ pub fn assert_refused(result: Result<IssueCertificateResponse, tonic::Status>, c
                 status.message()
             );
         }
+    }
+}
+
+/// A signed checkpoint the server served, verified with the key from `GetCaInfo`.
+pub struct SeenCheckpoint {
+    /// Its tree size.
+    pub size: u64,
+    /// The signed note text.
+    pub note: String,
+}
+
+/// Issues a certificate to each of `users` (fresh P-256 keys) and waits, at most 15 s, for a
+/// signed checkpoint covering them.
+pub async fn issue_and_wait_for_checkpoint(server: &DevServer, users: &[&str]) -> SeenCheckpoint {
+    let mut identity = server.client().await;
+    let vkey = tlog::key::VerifierKey::parse(&ca_info(&mut identity).await.checkpoint_verifier_keys[0])
+        .expect("checkpoint key from GetCaInfo");
+    let mut needed = 0;
+    for user in users {
+        let key = UserKeyPair::generate(UserKey::EcP256);
+        let issued = issue(&mut identity, user, &key.csr(user)).await.expect("issued");
+        needed = issued.log_entry.expect("log entry").index + 1;
+    }
+    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(response) = transparency.get_checkpoint(GetCheckpointRequest {}).await {
+            let note = response.into_inner().checkpoint;
+            let parsed = tlog::note::SignedNote::parse(&note).expect("signed note");
+            let opened =
+                tlog::checkpoint::SignedCheckpoint::open(parsed, vkey.name().as_str(), std::slice::from_ref(&vkey))
+                    .expect("the checkpoint verifies");
+            let size = opened.checkpoint().size();
+            if size >= needed {
+                return SeenCheckpoint { size, note };
+            }
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of size {needed} within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,11 +1,14 @@
 //! Issuance and key pinning: the CA's policy, as numbered steps.
 //!
 //! `IssueCertificate` (api.md):
-//! 1. validate the user id and the CSR size;
+//! 1. validate the user id (a request without a valid user names no subject: refused, not logged)
+//!    and the CSR size;
 //! 2. parse and check the CSR (encoding, key policy, self-signature, CN = user id);
 //! 3. read the pin state: a different key pinned to the user, or this key pinned to someone else,
-//!    is refused (and the refusal is logged); a renewal is rate-limited;
-//! 4. build the certificate from the profile and sign it on the HSM;
+//!    is refused; a renewal is rate-limited; every refusal from here and from steps 1 (size) and 2
+//!    is answered only after its audit entry is committed;
+//! 4. refuse up front (UNAVAILABLE) while the audit log is stalled; build the certificate from the
+//!    profile and sign it on the HSM;
 //! 5. verify the signature with the CA public key;
 //! 6. commit pin, certificate and audit entry in one transaction; the store's constraints decide
 //!    races (one key per user, one user per key, unique serials), so step 3 is only a fast path;
@@ -236,6 +239,10 @@ pub enum IssueError {
     /// The signed certificate did not verify with the CA key; nothing was released.
     #[error("the signed certificate failed verification with the CA public key")]
     SignatureCheck,
+    /// The audit log has been unable to sequence or sign for longer than its bound: nothing was
+    /// signed or committed.
+    #[error("the audit log is stalled")]
+    LogStalled,
     /// The audit log did not sequence the entry within the bound: the certificate is committed but
     /// not released (a retry with the same key is a renewal).
     #[error("the audit log did not record the issuance within {0:?}")]
@@ -298,21 +305,32 @@ impl<S: IdentityStore> Issuer<S> {
     pub async fn issue(&self, request: IssueRequest) -> Result<Issued, IssueError> {
         // 1. Validate the user id and the CSR size.
         let user_id = UserId::parse(&request.user_id)?;
+        let csr_detail = || ("csr-sha256", hex::encode(sha2_digest(request.csr_pem.as_bytes())));
         if request.csr_pem.len() > MAX_CSR_BYTES {
-            return Err(IssueError::CsrTooLarge(request.csr_pem.len()));
+            let error = IssueError::CsrTooLarge(request.csr_pem.len());
+            return Err(self.refuse(&request.actor, &user_id, csr_detail(), error).await);
         }
         // 2. Parse and check the CSR.
-        let checked = csr::check(&user_id, &request.csr_pem)?;
+        let checked = match csr::check(&user_id, &request.csr_pem) {
+            Ok(checked) => checked,
+            Err(error) => return Err(self.refuse(&request.actor, &user_id, csr_detail(), error.into()).await),
+        };
+        let key_detail = || ("key-sha256", checked.fingerprint.to_hex());
         // 3. Pin state and rate limit (a fast path: step 6 decides races).
         let pin_state = self.store.pin_state(&user_id, &checked.fingerprint).await?;
         if let Some(pinned) = pin_state.user_pin.filter(|pinned| *pinned != checked.fingerprint) {
             return Err(self
-                .refuse(&request.actor, &user_id, &checked, IssueError::PinnedToOtherKey(pinned))
+                .refuse(
+                    &request.actor,
+                    &user_id,
+                    key_detail(),
+                    IssueError::PinnedToOtherKey(pinned),
+                )
                 .await);
         }
         if pin_state.user_pin.is_none() && pin_state.key_pinned_elsewhere {
             return Err(self
-                .refuse(&request.actor, &user_id, &checked, IssueError::KeyPinnedElsewhere)
+                .refuse(&request.actor, &user_id, key_detail(), IssueError::KeyPinnedElsewhere)
                 .await);
         }
         if pin_state.user_pin.is_some() {
@@ -320,11 +338,16 @@ impl<S: IdentityStore> Issuer<S> {
             let recent = self.store.certificates_since(&user_id, since).await?;
             if recent >= self.profile.max_certificates_per_day {
                 return Err(self
-                    .refuse(&request.actor, &user_id, &checked, IssueError::RateLimited(recent))
+                    .refuse(&request.actor, &user_id, key_detail(), IssueError::RateLimited(recent))
                     .await);
             }
         }
-        // 4. Build and sign; 5. verify.
+        // 4. Refuse while the log cannot record it; build and sign; 5. verify.
+        if let Some(log_wait) = &self.log_wait
+            && !log_wait.sequencer.log_healthy()
+        {
+            return Err(IssueError::LogStalled);
+        }
         let certificate = self.sign_certificate(&user_id, &checked).await?;
         // 6. Commit pin, certificate and audit entry in one transaction.
         let renewal_hint = pin_state.user_pin.is_some();
@@ -363,10 +386,15 @@ impl<S: IdentityStore> Issuer<S> {
                 })
             }
             CommitOutcome::PinnedToOtherKey(pinned) => Err(self
-                .refuse(&request.actor, &user_id, &checked, IssueError::PinnedToOtherKey(pinned))
+                .refuse(
+                    &request.actor,
+                    &user_id,
+                    key_detail(),
+                    IssueError::PinnedToOtherKey(pinned),
+                )
                 .await),
             CommitOutcome::KeyPinnedElsewhere => Err(self
-                .refuse(&request.actor, &user_id, &checked, IssueError::KeyPinnedElsewhere)
+                .refuse(&request.actor, &user_id, key_detail(), IssueError::KeyPinnedElsewhere)
                 .await),
         }
     }
@@ -404,7 +432,14 @@ impl<S: IdentityStore> Issuer<S> {
 
     /// Logs a policy refusal and returns the error to answer with. If the refusal cannot be logged,
     /// the caller gets the store error instead (fail closed: no answer without its audit entry).
-    async fn refuse(&self, actor: &str, user_id: &UserId, checked: &CheckedCsr, error: IssueError) -> IssueError {
+    /// `detail` names what was refused (the key's or the CSR's SHA-256).
+    async fn refuse(
+        &self,
+        actor: &str,
+        user_id: &UserId,
+        detail: (&'static str, String),
+        error: IssueError,
+    ) -> IssueError {
         let reason = match &error {
             IssueError::PinnedToOtherKey(pinned) => format!("user has another pinned key {pinned}"),
             IssueError::KeyPinnedElsewhere => "key pinned to another user".to_owned(),
@@ -415,11 +450,11 @@ impl<S: IdentityStore> Issuer<S> {
             kind: AuditKind::IssuanceRefused,
             actor: actor.to_owned(),
             subject: user_id.to_string(),
-            details: vec![("key-sha256", checked.fingerprint.to_hex()), ("reason", reason)],
+            details: vec![detail.clone(), ("reason", reason)],
         };
         match self.store.append_event(event).await {
             Ok(_) => {
-                tracing::info!(user = %user_id, key = %checked.fingerprint, %error, "issuance refused");
+                tracing::info!(user = %user_id, refused = %detail.1, %error, "issuance refused");
                 error
             }
             Err(store_error) => IssueError::Store(store_error),

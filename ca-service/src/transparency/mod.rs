@@ -8,6 +8,7 @@
 //! 2·log2(n) primary-key lookups in one query, whatever the log's size.
 
 pub mod export;
+pub mod guard;
 pub mod sequencer;
 pub mod signer;
 

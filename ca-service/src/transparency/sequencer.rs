@@ -3,19 +3,27 @@
 //!
 //! One replica sequences at a time (`LogStore::try_lead`, a PostgreSQL advisory lock); the others
 //! retry every `lead_retry`. Safety does not rest on that lock but on the store's compare-and-swap
-//! of the head, and on the rule checked here before every signature: the new tree must be
-//! consistent with the last signed one (a consistency proof from the stored nodes is verified), so
-//! a checkpoint that forks the log is never signed. A new batch is sequenced only once the previous
-//! one is signed, so the signed log lags the sequenced one by at most one batch. While idle nothing
-//! is signed, except a heartbeat signature of the same head every `heartbeat`.
+//! of the head, and on the rules checked here before every signature: the new tree must be
+//! consistent with the last checkpoint stored in the database, and the signer guard (`guard`),
+//! whose state lives outside the database, must accept a consistency proof from the last tree it
+//! authorized; so a checkpoint that forks or rolls back the log is never signed, even if the
+//! database lies. A new batch is sequenced only once the previous one is signed, so the signed log
+//! lags the sequenced one by at most one batch. While idle nothing is signed, except a heartbeat
+//! signature of the same head every `heartbeat`.
+//!
+//! When sequencing or signing has kept failing for `stall_bound`, the sequencer reports the log
+//! unhealthy ([`SequencerHandle::log_healthy`]) and the issuer refuses new issuance up front
+//! (UNAVAILABLE) instead of committing certificates it would have to withhold; the first signed
+//! checkpoint after that makes it healthy again.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tlog::checkpoint::Checkpoint;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::guard::{GuardError, SignerGuard};
 use super::signer::AuditKey;
 use super::{LogHead, LogStore, SequenceOutcome, StoredCheckpoint, consistency_proof};
 use crate::hsm::Hsm;
@@ -31,6 +39,8 @@ pub struct SequencerConfig {
     pub heartbeat: Duration,
     /// How often a replica that is not the sequencer tries to become it.
     pub lead_retry: Duration,
+    /// How long sequencing or signing may keep failing before the log is reported unhealthy.
+    pub stall_bound: Duration,
 }
 
 /// The issuer's side of the sequencer: wake it after a commit, and watch the sequenced size.
@@ -38,6 +48,7 @@ pub struct SequencerConfig {
 pub struct SequencerHandle {
     wake: Arc<Notify>,
     sequenced: watch::Receiver<u64>,
+    healthy: watch::Receiver<bool>,
 }
 
 impl SequencerHandle {
@@ -50,47 +61,75 @@ impl SequencerHandle {
     pub fn sequenced(&self) -> watch::Receiver<u64> {
         self.sequenced.clone()
     }
+
+    /// False while this process leads and sequencing or signing has been failing for longer than
+    /// `stall_bound` (a replica that does not lead always says true: its issuances are bounded by
+    /// their own wait for an index).
+    pub fn log_healthy(&self) -> bool {
+        *self.healthy.borrow()
+    }
 }
 
 /// Starts the sequencer on the runtime; it runs until the returned task is aborted.
+/// The guard must have passed [`super::guard::check_at_startup`] against `store`.
 pub fn spawn<L: LogStore>(
     store: Arc<L>,
     hsm: Hsm,
     key: AuditKey,
+    guard: SignerGuard,
     config: SequencerConfig,
 ) -> (SequencerHandle, tokio::task::JoinHandle<()>) {
     let wake = Arc::new(Notify::new());
     let (sequenced_sender, sequenced) = watch::channel(0);
+    let (healthy_sender, healthy) = watch::channel(true);
     let sequencer = Sequencer {
         store,
         hsm,
         key,
+        guard: Arc::new(Mutex::new(guard)),
         config,
         wake: Arc::clone(&wake),
         sequenced: sequenced_sender,
+        healthy: healthy_sender,
     };
     let task = tokio::spawn(sequencer.run());
-    (SequencerHandle { wake, sequenced }, task)
+    (
+        SequencerHandle {
+            wake,
+            sequenced,
+            healthy,
+        },
+        task,
+    )
 }
 
 struct Sequencer<L> {
     store: Arc<L>,
     hsm: Hsm,
     key: AuditKey,
+    /// Shared with blocking threads, which do its file I/O (an fsync per signature).
+    guard: Arc<Mutex<SignerGuard>>,
     config: SequencerConfig,
     wake: Arc<Notify>,
     sequenced: watch::Sender<u64>,
+    healthy: watch::Sender<bool>,
 }
 
 /// Pause after a failure (store or HSM down) before trying again.
 const FAILURE_BACKOFF: Duration = Duration::from_millis(500);
 
+/// Pause after the guard or the consistency check refused: that needs an operator, not a retry.
+const REFUSAL_BACKOFF: Duration = Duration::from_secs(5);
+
 impl<L: LogStore> Sequencer<L> {
     async fn run(self) {
+        let mut failing_since: Option<Instant> = None;
         loop {
             let leadership = match self.store.try_lead().await {
                 Ok(Some(leadership)) => leadership,
                 Ok(None) => {
+                    failing_since = None;
+                    self.set_healthy(true);
                     tokio::time::sleep(self.config.lead_retry).await;
                     continue;
                 }
@@ -101,16 +140,56 @@ impl<L: LogStore> Sequencer<L> {
                 }
             };
             tracing::info!("sequencer: leading");
-            if let Err(error) = self.lead(&leadership).await {
-                tracing::warn!(%error, "sequencer: stepping down after a failure");
-            }
+            let result = self.lead(&leadership, &mut failing_since).await;
             drop(leadership);
-            tokio::time::sleep(FAILURE_BACKOFF).await;
+            let backoff = match result {
+                Ok(()) => {
+                    // The leadership was lost: another replica leads now, which is not a failure,
+                    // and this replica's issuances are bounded by their own wait for an index.
+                    failing_since = None;
+                    self.set_healthy(true);
+                    tokio::time::sleep(FAILURE_BACKOFF).await;
+                    continue;
+                }
+                Err(error @ (SequencerError::Inconsistent(_) | SequencerError::Guard(_))) => {
+                    // Loud on purpose: the database contradicts what was signed before.
+                    tracing::error!(%error, "SEQUENCER REFUSED TO SIGN: the log may have been rolled back or rewritten; new issuance is refused until an operator investigates");
+                    REFUSAL_BACKOFF
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "sequencer: stepping down after a failure");
+                    FAILURE_BACKOFF
+                }
+            };
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.config.stall_bound {
+                self.set_healthy(false);
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Tells the issuer whether the log keeps up, logging the transitions.
+    fn set_healthy(&self, healthy: bool) {
+        let changed = self.healthy.send_if_modified(|published| {
+            let changed = *published != healthy;
+            *published = healthy;
+            changed
+        });
+        if changed && healthy {
+            tracing::info!("audit log healthy again: issuance resumes");
+        } else if changed {
+            tracing::error!(bound = ?self.config.stall_bound, "audit log stalled: new issuance answers UNAVAILABLE until a checkpoint is signed");
         }
     }
 
     /// Sequences and signs while the leadership holds; returns on a failure that needs a reload.
-    async fn lead(&self, leadership: &L::Leadership) -> Result<(), SequencerError> {
+    /// A successful signature clears `failing_since`.
+    async fn lead(
+        &self,
+        leadership: &L::Leadership,
+        failing_since: &mut Option<Instant>,
+    ) -> Result<(), SequencerError> {
         let mut head = self.store.log_head().await?;
         let mut signed = self.store.latest_checkpoint().await?;
         let mut last_signature: Option<Instant> = None;
@@ -126,6 +205,8 @@ impl<L: LogStore> Sequencer<L> {
                 let checkpoint = self.sign(signed.as_ref(), head).await?;
                 signed = Some(checkpoint);
                 last_signature = Some(Instant::now());
+                *failing_since = None;
+                self.set_healthy(true);
             }
             match self.store.sequence(head, self.config.max_batch).await? {
                 SequenceOutcome::Sequenced(new_head) => {
@@ -166,7 +247,8 @@ impl<L: LogStore> Sequencer<L> {
         });
     }
 
-    /// Signs `head` after checking it is consistent with the last signed checkpoint, and stores it.
+    /// Signs `head` after checking it is consistent with the last signed checkpoint and after the
+    /// guard has authorized (and durably recorded) it, and stores it.
     async fn sign(
         &self,
         previous: Option<&StoredCheckpoint>,
@@ -191,6 +273,7 @@ impl<L: LogStore> Sequencer<L> {
                 },
             )?;
         }
+        self.authorize(head).await?;
         let checkpoint = Checkpoint::new(self.key.origin(), head.size, head.root)
             .map_err(|error| SequencerError::Inconsistent(error.to_string()))?;
         let note = self.key.sign(&self.hsm, &checkpoint).await?;
@@ -205,6 +288,36 @@ impl<L: LogStore> Sequencer<L> {
     }
 }
 
+impl<L: LogStore> Sequencer<L> {
+    /// Has the guard check `head` against the last tree it authorized (re-read from its file) with
+    /// a consistency proof from the stored nodes, and record it before anything is signed.
+    async fn authorize(&self, head: LogHead) -> Result<(), SequencerError> {
+        let guard = Arc::clone(&self.guard);
+        let guarded = tokio::task::spawn_blocking(move || lock(&guard).refresh())
+            .await
+            .map_err(|_| SequencerError::GuardTask)??;
+        let proof = match guarded {
+            Some(tree) if tree.size > 0 && tree.size < head.size => {
+                consistency_proof(self.store.as_ref(), tree.size, head.size)
+                    .await
+                    .map_err(|error| SequencerError::Inconsistent(error.to_string()))?
+            }
+            _ => Vec::new(),
+        };
+        let guard = Arc::clone(&self.guard);
+        tokio::task::spawn_blocking(move || lock(&guard).authorize(head, &proof))
+            .await
+            .map_err(|_| SequencerError::GuardTask)??;
+        Ok(())
+    }
+}
+
+/// The guard's state is a file plus a copy in memory updated only after the file: a panic in
+/// between leaves the memory behind the file, which the next `refresh` corrects.
+fn lock(guard: &Mutex<SignerGuard>) -> std::sync::MutexGuard<'_, SignerGuard> {
+    guard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Why the sequencer stepped down for a while.
 #[derive(Debug, thiserror::Error)]
 enum SequencerError {
@@ -217,4 +330,10 @@ enum SequencerError {
     /// The tree is not consistent with what was signed before: refuse to sign (fork or rollback).
     #[error("refusing to sign: {0}")]
     Inconsistent(String),
+    /// The signer guard refused the tree, or could not read or write its file.
+    #[error("the signer guard refuses: {0}")]
+    Guard(#[from] GuardError),
+    /// The guard's blocking task died.
+    #[error("the signer guard task failed")]
+    GuardTask,
 }
