@@ -36,6 +36,21 @@ pub enum Fault {
         /// How many calls fail; `None` for "until removed".
         times: Option<u32>,
     },
+    /// Like [`Fault::Fail`], but only calls whose `CK_MECHANISM` is `mechanism` fail, so that one key
+    /// can fail while another keeps working: `C_SignInit` with `CKM_ECDSA` fails the audit log's
+    /// checkpoint signatures, while the RSA CA key (`CKM_SHA256_RSA_PKCS`) still signs (with a
+    /// `rv` the CA does not treat as a device error, e.g. `CKR_KEY_FUNCTION_NOT_PERMITTED`). Only
+    /// functions taking a mechanism accept it (`C_SignInit`, `C_VerifyInit`, `C_EncryptInit`, ...).
+    FailMechanism {
+        /// The PKCS#11 function name.
+        function: &'static str,
+        /// The `CKR_` name to return.
+        rv: &'static str,
+        /// The `CKM_` name (or a hexadecimal value such as `0x1041`) of the calls that fail.
+        mechanism: &'static str,
+        /// How many calls fail; `None` for "until removed".
+        times: Option<u32>,
+    },
     /// Every call of `function` is delayed by `millis` before it is forwarded.
     Latency {
         /// The PKCS#11 function name.
@@ -60,6 +75,18 @@ impl Fault {
                 rv,
                 times: None,
             } => format!("fail {function} {rv}"),
+            Fault::FailMechanism {
+                function,
+                rv,
+                mechanism,
+                times: Some(times),
+            } => format!("fail {function} {rv} {times} mechanism={mechanism}"),
+            Fault::FailMechanism {
+                function,
+                rv,
+                mechanism,
+                times: None,
+            } => format!("fail {function} {rv} mechanism={mechanism}"),
             Fault::Latency { function, millis } => format!("latency {function} {millis}"),
             Fault::SessionLimit(limit) => format!("session-limit {limit}"),
         }
@@ -231,6 +258,18 @@ mod tests {
                 millis: 200,
             },
             Fault::SessionLimit(1),
+            Fault::FailMechanism {
+                function: "C_SignInit",
+                rv: "CKR_FUNCTION_FAILED",
+                mechanism: "CKM_ECDSA",
+                times: None,
+            },
+            Fault::FailMechanism {
+                function: "C_SignInit",
+                rv: "CKR_DEVICE_ERROR",
+                mechanism: "0x1041",
+                times: Some(3),
+            },
         ];
         control.set(&faults).expect("set");
         let first = fs::read_to_string(control.path()).expect("read");
@@ -241,7 +280,9 @@ mod tests {
                 "fail C_Sign CKR_DEVICE_ERROR",
                 "fail C_Login CKR_PIN_INCORRECT 2",
                 "latency C_Sign 200",
-                "session-limit 1"
+                "session-limit 1",
+                "fail C_SignInit CKR_FUNCTION_FAILED mechanism=CKM_ECDSA",
+                "fail C_SignInit CKR_DEVICE_ERROR 3 mechanism=0x1041"
             ]
         );
         control.set(&faults).expect("set again");

@@ -143,6 +143,46 @@ fn parse_return_value(text: &str) -> Option<CK_RV> {
         .map(|(_, value)| *value)
 }
 
+/// Mechanism names the control file accepts in `mechanism=NAME` (the signing mechanisms the CA
+/// and the tests use, and their neighbours); any other mechanism is given as a hexadecimal value.
+const MECHANISMS: &[(&str, CK_MECHANISM_TYPE)] = &[
+    ("CKM_RSA_PKCS", CKM_RSA_PKCS),
+    ("CKM_RSA_PKCS_KEY_PAIR_GEN", CKM_RSA_PKCS_KEY_PAIR_GEN),
+    ("CKM_RSA_PKCS_OAEP", CKM_RSA_PKCS_OAEP),
+    ("CKM_RSA_PKCS_PSS", CKM_RSA_PKCS_PSS),
+    ("CKM_SHA256_RSA_PKCS", CKM_SHA256_RSA_PKCS),
+    ("CKM_SHA384_RSA_PKCS", CKM_SHA384_RSA_PKCS),
+    ("CKM_SHA512_RSA_PKCS", CKM_SHA512_RSA_PKCS),
+    ("CKM_SHA256_RSA_PKCS_PSS", CKM_SHA256_RSA_PKCS_PSS),
+    ("CKM_SHA384_RSA_PKCS_PSS", CKM_SHA384_RSA_PKCS_PSS),
+    ("CKM_SHA512_RSA_PKCS_PSS", CKM_SHA512_RSA_PKCS_PSS),
+    ("CKM_EC_KEY_PAIR_GEN", CKM_EC_KEY_PAIR_GEN),
+    ("CKM_ECDSA", CKM_ECDSA),
+    ("CKM_ECDSA_SHA1", CKM_ECDSA_SHA1),
+    ("CKM_ECDSA_SHA256", CKM_ECDSA_SHA256),
+    ("CKM_ECDSA_SHA384", CKM_ECDSA_SHA384),
+    ("CKM_ECDSA_SHA512", CKM_ECDSA_SHA512),
+    ("CKM_EDDSA", CKM_EDDSA),
+    ("CKM_SHA256", CKM_SHA256),
+    ("CKM_SHA384", CKM_SHA384),
+    ("CKM_SHA512", CKM_SHA512),
+    ("CKM_AES_KEY_GEN", CKM_AES_KEY_GEN),
+    ("CKM_AES_GCM", CKM_AES_GCM),
+    ("CKM_AES_KEY_WRAP", CKM_AES_KEY_WRAP),
+    ("CKM_AES_KEY_WRAP_PAD", CKM_AES_KEY_WRAP_PAD),
+];
+
+/// A `CKM_` name from [`MECHANISMS`], or a hexadecimal value such as `0x1041`.
+fn parse_mechanism(text: &str) -> Option<CK_MECHANISM_TYPE> {
+    if let Some(hex) = text.strip_prefix("0x") {
+        return CK_MECHANISM_TYPE::from_str_radix(hex, 16).ok();
+    }
+    MECHANISMS
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, value)| *value)
+}
+
 fn return_value_name(value: CK_RV) -> String {
     RETURN_VALUES
         .iter()
@@ -154,12 +194,15 @@ fn return_value_name(value: CK_RV) -> String {
 /// One line of the control file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rule {
-    /// `fail FUNCTION CKR_NAME [COUNT]`.
+    /// `fail FUNCTION CKR_NAME [COUNT] [mechanism=CKM_NAME]`.
     Fail {
         function: String,
         rv: CK_RV,
         /// Calls still to fail; `None` fails every call until the line is removed.
         remaining: Option<u64>,
+        /// Only calls with this mechanism match (functions taking a `CK_MECHANISM` only); `None`
+        /// matches every call.
+        mechanism: Option<CK_MECHANISM_TYPE>,
     },
     /// `latency FUNCTION MILLISECONDS`.
     Latency { function: String, delay: Duration },
@@ -169,7 +212,7 @@ enum Rule {
 
 /// Parses a control file; malformed lines are reported (to stderr, by the caller) and skipped, so
 /// that a typo never silently turns into "no faults" for the whole file.
-fn parse(text: &str, known_functions: &[&str]) -> (Vec<Rule>, Vec<String>) {
+fn parse(text: &str, known_functions: &[&str], mechanism_functions: &[&str]) -> (Vec<Rule>, Vec<String>) {
     let mut rules = Vec::new();
     let mut problems = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -186,16 +229,31 @@ fn parse(text: &str, known_functions: &[&str]) -> (Vec<Rule>, Vec<String>) {
             }
         };
         let rule = match words.as_slice() {
-            ["fail", name, rv, rest @ ..] if rest.len() <= 1 => function(name).and_then(|function| {
+            ["fail", name, rv, rest @ ..] if rest.len() <= 2 => function(name).and_then(|function| {
                 let rv = parse_return_value(rv).ok_or_else(|| format!("unknown return value {rv:?}"))?;
-                let remaining = match rest.first() {
-                    Some(count) => Some(count.parse().map_err(|_| format!("bad count {count:?}"))?),
-                    None => None,
-                };
+                let (mut remaining, mut mechanism) = (None, None);
+                // The optional COUNT and `mechanism=` qualifier, in either order, each at most once.
+                for word in rest {
+                    if let Some(name) = word.strip_prefix("mechanism=") {
+                        if mechanism.is_some() {
+                            return Err("more than one mechanism= qualifier".to_owned());
+                        }
+                        if !mechanism_functions.contains(&function.as_str()) {
+                            return Err(format!("{function} takes no mechanism"));
+                        }
+                        mechanism = Some(parse_mechanism(name).ok_or_else(|| format!("unknown mechanism {name:?}"))?);
+                    } else {
+                        if remaining.is_some() {
+                            return Err("more than one count".to_owned());
+                        }
+                        remaining = Some(word.parse().map_err(|_| format!("bad count {word:?}"))?);
+                    }
+                }
                 Ok(Rule::Fail {
                     function,
                     rv,
                     remaining,
+                    mechanism,
                 })
             }),
             ["latency", name, millis] => function(name).and_then(|function| {
@@ -210,7 +268,7 @@ fn parse(text: &str, known_functions: &[&str]) -> (Vec<Rule>, Vec<String>) {
                 .map(Rule::SessionLimit)
                 .map_err(|_| format!("bad session limit {limit:?}")),
             _ => {
-                Err("expected `fail FUNCTION CKR_NAME [COUNT]`, `latency FUNCTION MS` or `session-limit N`".to_owned())
+                Err("expected `fail FUNCTION CKR_NAME [COUNT] [mechanism=CKM_NAME]`, `latency FUNCTION MS` or `session-limit N`".to_owned())
             }
         };
         match rule {
@@ -225,6 +283,8 @@ fn parse(text: &str, known_functions: &[&str]) -> (Vec<Rule>, Vec<String>) {
 pub struct Faults {
     control: Option<PathBuf>,
     known_functions: &'static [&'static str],
+    /// The functions whose `fail` lines may carry `mechanism=`.
+    mechanism_functions: &'static [&'static str],
     state: Mutex<State>,
     log: Option<Mutex<fs::File>>,
 }
@@ -258,6 +318,7 @@ impl Faults {
         Faults {
             control: std::env::var_os(CONTROL_ENV).map(PathBuf::from),
             known_functions: crate::ffi::FUNCTION_NAMES,
+            mechanism_functions: crate::ffi::MECHANISM_FUNCTION_NAMES,
             state: Mutex::new(State::default()),
             log,
         }
@@ -277,7 +338,7 @@ impl Faults {
             return;
         }
         let text = content.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-        let (rules, problems) = parse(&text, self.known_functions);
+        let (rules, problems) = parse(&text, self.known_functions, self.mechanism_functions);
         for problem in problems {
             eprintln!("pkcs11-fault: control file {}: {problem}", path.display());
         }
@@ -288,6 +349,12 @@ impl Faults {
     /// Called before forwarding `function`: sleeps for any latency set on it, then returns the
     /// value to inject instead of forwarding, if a `fail` rule matches.
     pub fn before(&self, function: &str) -> Option<CK_RV> {
+        self.before_mechanism(function, None)
+    }
+
+    /// [`Faults::before`] for a function that takes a `CK_MECHANISM`: `fail` lines with a
+    /// `mechanism=` qualifier match only when `mechanism` (`None`: no mechanism given) is theirs.
+    pub fn before_mechanism(&self, function: &str, mechanism: Option<CK_MECHANISM_TYPE>) -> Option<CK_RV> {
         let (delay, injected) = {
             let mut state = self.lock();
             self.refresh(&mut state);
@@ -304,7 +371,11 @@ impl Faults {
                     function: name,
                     rv,
                     remaining,
-                } if name == function && *remaining != Some(0) => {
+                    mechanism: wanted,
+                } if name == function
+                    && *remaining != Some(0)
+                    && wanted.is_none_or(|wanted| Some(wanted) == mechanism) =>
+                {
                     if let Some(remaining) = remaining {
                         *remaining -= 1;
                     }
@@ -385,7 +456,8 @@ impl Faults {
 mod tests {
     use super::*;
 
-    const KNOWN: &[&str] = &["C_Sign", "C_Login", "C_OpenSession"];
+    const KNOWN: &[&str] = &["C_Sign", "C_SignInit", "C_Login", "C_OpenSession"];
+    const WITH_MECHANISM: &[&str] = &["C_SignInit"];
 
     #[test]
     fn parses_every_command_and_reports_bad_lines() {
@@ -400,24 +472,27 @@ mod tests {
                     fail C_Sign CKR_WHATEVER\n\
                     latency C_Sign soon\n\
                     explode\n";
-        let (rules, problems) = parse(text, KNOWN);
+        let (rules, problems) = parse(text, KNOWN, WITH_MECHANISM);
         assert_eq!(
             rules,
             [
                 Rule::Fail {
                     function: "C_Sign".to_owned(),
                     rv: CKR_DEVICE_ERROR,
-                    remaining: None
+                    remaining: None,
+                    mechanism: None
                 },
                 Rule::Fail {
                     function: "C_Login".to_owned(),
                     rv: CKR_PIN_INCORRECT,
-                    remaining: Some(2)
+                    remaining: Some(2),
+                    mechanism: None
                 },
                 Rule::Fail {
                     function: "C_Sign".to_owned(),
                     rv: 0x8000_0001,
-                    remaining: Some(1)
+                    remaining: Some(1),
+                    mechanism: None
                 },
                 Rule::Latency {
                     function: "C_Sign".to_owned(),
@@ -431,6 +506,105 @@ mod tests {
             problems[0].starts_with("line 8: unknown PKCS#11 function"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn parses_mechanism_qualifiers_and_refuses_them_where_no_mechanism_is_passed() {
+        let text = "fail C_SignInit CKR_FUNCTION_FAILED mechanism=CKM_ECDSA\n\
+                    fail C_SignInit CKR_DEVICE_ERROR 3 mechanism=CKM_SHA256_RSA_PKCS\n\
+                    fail C_SignInit CKR_DEVICE_ERROR mechanism=0x1041 2\n\
+                    fail C_Sign CKR_FUNCTION_FAILED mechanism=CKM_ECDSA\n\
+                    fail C_SignInit CKR_FUNCTION_FAILED mechanism=CKM_NOPE\n\
+                    fail C_SignInit CKR_FUNCTION_FAILED mechanism=CKM_ECDSA mechanism=CKM_RSA_PKCS\n\
+                    fail C_SignInit CKR_FUNCTION_FAILED 1 2\n\
+                    fail C_SignInit CKR_FUNCTION_FAILED 1 mechanism=CKM_ECDSA extra\n";
+        let (rules, problems) = parse(text, KNOWN, WITH_MECHANISM);
+        let fail = |rv, remaining, mechanism| Rule::Fail {
+            function: "C_SignInit".to_owned(),
+            rv,
+            remaining,
+            mechanism,
+        };
+        assert_eq!(
+            rules,
+            [
+                fail(CKR_FUNCTION_FAILED, None, Some(CKM_ECDSA)),
+                fail(CKR_DEVICE_ERROR, Some(3), Some(CKM_SHA256_RSA_PKCS)),
+                fail(CKR_DEVICE_ERROR, Some(2), Some(CKM_ECDSA)),
+            ]
+        );
+        let expected = [
+            "line 4: C_Sign takes no mechanism",
+            "line 5: unknown mechanism \"CKM_NOPE\"",
+            "line 6: more than one mechanism= qualifier",
+            "line 7: more than one count",
+            "line 8: expected",
+        ];
+        assert_eq!(problems.len(), expected.len(), "{problems:?}");
+        for (problem, expected) in problems.iter().zip(expected) {
+            assert!(
+                problem.starts_with(expected),
+                "{problem:?} should start with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mechanism_names_round_trip() {
+        for (name, value) in MECHANISMS {
+            assert_eq!(parse_mechanism(name), Some(*value), "{name}");
+        }
+        assert_eq!(parse_mechanism("0x1041"), Some(CKM_ECDSA));
+        assert_eq!(parse_mechanism("0xzz"), None);
+        assert_eq!(parse_mechanism("CKM_ecdsa"), None);
+    }
+
+    #[test]
+    fn a_mechanism_rule_matches_only_its_mechanism_and_an_unqualified_rule_matches_all() {
+        let temp = std::env::temp_dir().join(format!("pkcs11-fault-mechanism-test-{}", std::process::id()));
+        fs::write(
+            &temp,
+            "fail C_SignInit CKR_FUNCTION_FAILED 1 mechanism=CKM_ECDSA\nfail C_SignInit CKR_DEVICE_ERROR mechanism=CKM_SHA256_RSA_PKCS\n",
+        )
+        .expect("write");
+        let faults = Faults {
+            control: Some(temp.clone()),
+            known_functions: KNOWN,
+            mechanism_functions: WITH_MECHANISM,
+            state: Mutex::new(State::default()),
+            log: None,
+        };
+        assert_eq!(
+            faults.before_mechanism("C_SignInit", Some(CKM_RSA_PKCS)),
+            None,
+            "another mechanism"
+        );
+        assert_eq!(faults.before_mechanism("C_SignInit", None), None, "no mechanism given");
+        assert_eq!(faults.before("C_SignInit"), None);
+        assert_eq!(
+            faults.before_mechanism("C_SignInit", Some(CKM_ECDSA)),
+            Some(CKR_FUNCTION_FAILED)
+        );
+        assert_eq!(
+            faults.before_mechanism("C_SignInit", Some(CKM_ECDSA)),
+            None,
+            "one-off consumed"
+        );
+        assert_eq!(
+            faults.before_mechanism("C_SignInit", Some(CKM_SHA256_RSA_PKCS)),
+            Some(CKR_DEVICE_ERROR)
+        );
+        // Without a qualifier, every mechanism matches, and so does a call without one.
+        fs::write(&temp, "fail C_SignInit CKR_FUNCTION_FAILED\n").expect("write");
+        for mechanism in [Some(CKM_ECDSA), Some(CKM_SHA256_RSA_PKCS), None] {
+            assert_eq!(
+                faults.before_mechanism("C_SignInit", mechanism),
+                Some(CKR_FUNCTION_FAILED),
+                "{mechanism:?}"
+            );
+        }
+        fs::remove_file(&temp).expect("remove");
+        assert_eq!(faults.before_mechanism("C_SignInit", Some(CKM_ECDSA)), None);
     }
 
     #[test]
@@ -449,6 +623,7 @@ mod tests {
         let faults = Faults {
             control: Some(temp.clone()),
             known_functions: KNOWN,
+            mechanism_functions: WITH_MECHANISM,
             state: Mutex::new(State::default()),
             log: None,
         };

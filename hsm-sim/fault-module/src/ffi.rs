@@ -1,7 +1,8 @@
 //! The C ABI of the module: `C_GetFunctionList`, the forwarding function list and the loaded target module.
 //!
-//! Every `unsafe` of the crate lives here. Each entry point consults `control::FAULTS` first, then
-//! passes its arguments, untouched, to the same entry of the target module's function list.
+//! Every `unsafe` of the crate lives here. Each entry point consults `control::FAULTS` first (with
+//! the mechanism type, for the functions taking a `CK_MECHANISM`), then passes its arguments,
+//! untouched, to the same entry of the target module's function list.
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -82,11 +83,30 @@ macro_rules! forward {
     };
 }
 
-/// Defines a forwarding entry point per `plain` function, `FUNCTION_NAMES`, and the function list
-/// handed out by `C_GetFunctionList`: the plain forwarders plus the hand-written `custom` entries.
+/// The mechanism type a caller passed, or `None` for a null pointer.
+///
+/// # Safety
+///
+/// `mechanism` is null or points to a `CK_MECHANISM` the caller owns for the duration of the call,
+/// as every PKCS#11 function taking a `CK_MECHANISM_PTR` requires of its caller.
+unsafe fn mechanism_type(mechanism: *const CK_MECHANISM) -> Option<CK_MECHANISM_TYPE> {
+    // SAFETY: per this function's contract, a non-null `mechanism` points to a live CK_MECHANISM;
+    // only its `mechanism` field is read (never `pParameter`), and nothing is written.
+    unsafe { mechanism.as_ref() }.map(|mechanism| mechanism.mechanism)
+}
+
+/// Defines a forwarding entry point per `plain` and `mechanism` function, `FUNCTION_NAMES`,
+/// `MECHANISM_FUNCTION_NAMES`, and the function list handed out by `C_GetFunctionList`: the
+/// generated forwarders plus the hand-written `custom` entries.
+///
+/// A `mechanism` function takes its `CK_MECHANISM_PTR` as its second argument; the mechanism
+/// type is read (null-checked) so that `fail ... mechanism=CKM_NAME` lines can match on it.
 macro_rules! function_list {
     (
         plain { $( $name:ident ( $($arg:ident : $ty:ty),* ); )* }
+        mechanism { $(
+            $mechanism_name:ident ( $session:ident : $session_ty:ty, $mechanism:ident : *mut CK_MECHANISM $(, $mechanism_arg:ident : $mechanism_ty:ty)* );
+        )* }
         custom { $($custom:ident),* }
     ) => {
         $(
@@ -102,12 +122,37 @@ macro_rules! function_list {
             }
         )*
 
+        $(
+            #[allow(non_snake_case)]
+            unsafe extern "C" fn $mechanism_name(
+                $session: $session_ty,
+                $mechanism: *mut CK_MECHANISM
+                $(, $mechanism_arg: $mechanism_ty)*
+            ) -> CK_RV {
+                let function = stringify!($mechanism_name);
+                // SAFETY: `$mechanism` is the caller's CK_MECHANISM_PTR argument, null or valid for
+                // this call under the caller's PKCS#11 contract, which is mechanism_type's contract.
+                let called_with = unsafe { mechanism_type($mechanism) };
+                if let Some(rv) = FAULTS.before_mechanism(function, called_with) {
+                    return rv;
+                }
+                let rv = forward!($mechanism_name($session, $mechanism $(, $mechanism_arg)*));
+                FAULTS.record(function, rv, false);
+                rv
+            }
+        )*
+
         /// Every function name the control file may name.
-        pub(crate) const FUNCTION_NAMES: &[&str] = &[$(stringify!($name),)* $(stringify!($custom),)*];
+        pub(crate) const FUNCTION_NAMES: &[&str] =
+            &[$(stringify!($name),)* $(stringify!($mechanism_name),)* $(stringify!($custom),)*];
+
+        /// The functions taking a `CK_MECHANISM`, whose `fail` lines may carry `mechanism=`.
+        pub(crate) const MECHANISM_FUNCTION_NAMES: &[&str] = &[$(stringify!($mechanism_name),)*];
 
         static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
             version: CK_VERSION { major: 2, minor: 40 },
             $( $name: Some($name), )*
+            $( $mechanism_name: Some($mechanism_name), )*
             $( $custom: Some($custom), )*
         };
     };
@@ -138,44 +183,46 @@ function_list! {
         C_FindObjectsInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_ATTRIBUTE, arg3: CK_ULONG);
         C_FindObjects(arg1: CK_SESSION_HANDLE, arg2: *mut CK_OBJECT_HANDLE, arg3: CK_ULONG, arg4: *mut CK_ULONG);
         C_FindObjectsFinal(arg1: CK_SESSION_HANDLE);
-        C_EncryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
         C_Encrypt(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_EncryptUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_EncryptFinal(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: *mut CK_ULONG);
-        C_DecryptInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
         C_Decrypt(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_DecryptUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_DecryptFinal(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: *mut CK_ULONG);
-        C_DigestInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM);
         C_Digest(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_DigestUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
         C_DigestKey(arg1: CK_SESSION_HANDLE, arg2: CK_OBJECT_HANDLE);
         C_DigestFinal(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: *mut CK_ULONG);
-        C_SignInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
         C_SignUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
         C_SignFinal(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: *mut CK_ULONG);
-        C_SignRecoverInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
         C_SignRecover(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
-        C_VerifyInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
         C_Verify(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: CK_ULONG);
         C_VerifyUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
         C_VerifyFinal(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
-        C_VerifyRecoverInit(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
         C_VerifyRecover(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_DigestEncryptUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_DecryptDigestUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_SignEncryptUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
         C_DecryptVerifyUpdate(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG, arg4: *mut CK_BYTE, arg5: *mut CK_ULONG);
-        C_GenerateKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_OBJECT_HANDLE);
-        C_GenerateKeyPair(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_ATTRIBUTE, arg6: CK_ULONG, arg7: *mut CK_OBJECT_HANDLE, arg8: *mut CK_OBJECT_HANDLE);
-        C_WrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: CK_OBJECT_HANDLE, arg5: *mut CK_BYTE, arg6: *mut CK_ULONG);
-        C_UnwrapKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_BYTE, arg5: CK_ULONG, arg6: *mut CK_ATTRIBUTE, arg7: CK_ULONG, arg8: *mut CK_OBJECT_HANDLE);
-        C_DeriveKey(arg1: CK_SESSION_HANDLE, arg2: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_ATTRIBUTE, arg5: CK_ULONG, arg6: *mut CK_OBJECT_HANDLE);
         C_SeedRandom(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
         C_GenerateRandom(arg1: CK_SESSION_HANDLE, arg2: *mut CK_BYTE, arg3: CK_ULONG);
         C_GetFunctionStatus(arg1: CK_SESSION_HANDLE);
         C_CancelFunction(arg1: CK_SESSION_HANDLE);
         C_WaitForSlotEvent(arg1: CK_FLAGS, arg2: *mut CK_SLOT_ID, arg3: *mut c_void);
+    }
+    mechanism {
+        C_EncryptInit(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
+        C_DecryptInit(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
+        C_DigestInit(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM);
+        C_SignInit(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
+        C_SignRecoverInit(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
+        C_VerifyInit(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
+        C_VerifyRecoverInit(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE);
+        C_GenerateKey(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_OBJECT_HANDLE);
+        C_GenerateKeyPair(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: *mut CK_ATTRIBUTE, arg4: CK_ULONG, arg5: *mut CK_ATTRIBUTE, arg6: CK_ULONG, arg7: *mut CK_OBJECT_HANDLE, arg8: *mut CK_OBJECT_HANDLE);
+        C_WrapKey(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: CK_OBJECT_HANDLE, arg5: *mut CK_BYTE, arg6: *mut CK_ULONG);
+        C_UnwrapKey(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_BYTE, arg5: CK_ULONG, arg6: *mut CK_ATTRIBUTE, arg7: CK_ULONG, arg8: *mut CK_OBJECT_HANDLE);
+        C_DeriveKey(arg1: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, arg3: CK_OBJECT_HANDLE, arg4: *mut CK_ATTRIBUTE, arg5: CK_ULONG, arg6: *mut CK_OBJECT_HANDLE);
     }
     custom {
         C_Initialize, C_Finalize, C_GetFunctionList, C_OpenSession, C_CloseSession, C_CloseAllSessions, C_Sign
