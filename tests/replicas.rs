@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{CA_SERVICE, DevServer, UserKey, UserKeyPair, ca_info, pem_der};
+use common::{
+    CA_SERVICE, DevServer, UserKey, UserKeyPair, assert_exits_without_serving, ca_info, issue_and_wait_for_checkpoint,
+    pem_der,
+};
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
 use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
 use e2ee_ca_proto::v1::{
@@ -555,6 +558,100 @@ async fn a_rolled_back_log_is_never_signed_and_issuance_fails_closed() {
         "no checkpoint was signed after the rollback"
     );
     assert!(pending >= 1, "the withheld issuance's entry stays unsequenced");
+}
+
+/// The signer guard and the startup check on PostgreSQL: the log's tail deleted and its head rolled
+/// back consistently (entries, nodes, checkpoints), so that the database alone shows nothing wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncated_log_is_refused_by_the_signer_guard_and_at_startup() {
+    let ca = ProvisionedCa::create();
+    let database = TestDatabase::create().await;
+    let config = ca.replica_config_with_sequence_wait(&database.url, 1000);
+    let replica = DevServer::start_with_config(&config);
+    let signed = issue_and_wait_for_checkpoint(&replica, &["alice", "bob", "carol"]).await;
+    let guard_file = config.with_file_name("audit-signer-guard");
+    let guarded = std::fs::read_to_string(&guard_file).expect("the replica's guard file");
+    assert!(guarded.contains(&format!("\nsize {}\n", signed.size)), "{guarded}");
+
+    let kept = signed.size - 2;
+    let admin = database.client().await;
+    let entries: Vec<Vec<u8>> = admin
+        .query(
+            "SELECT entry FROM audit_entries WHERE leaf_index < $1 ORDER BY leaf_index",
+            &[&(kept as i64)],
+        )
+        .await
+        .expect("entries")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let root = tlog::merkle::tree_root(&entries.iter().map(|entry| tlog::leaf_hash(entry)).collect::<Vec<_>>());
+    admin
+        .batch_execute(&format!(
+            "BEGIN;
+             DELETE FROM audit_entries WHERE leaf_index >= {kept};
+             DELETE FROM audit_tree_nodes WHERE (node_index + 1) * (1::bigint << level) > {kept};
+             DELETE FROM audit_checkpoints WHERE size > {kept};
+             COMMIT;"
+        ))
+        .await
+        .expect("truncate the log");
+    admin
+        .execute(
+            "UPDATE audit_log_head SET size = $1, root = $2 WHERE id = 1",
+            &[&(kept as i64), &root.as_slice()],
+        )
+        .await
+        .expect("roll the head back");
+    // The sequencer reloads its state from the database when its connections die.
+    database.terminate_connections(&admin).await;
+
+    // Issuance fails closed until the log is reported stalled, and nothing above the truncation
+    // is ever signed.
+    let mut client = replica.client().await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = issue(&mut client, "dave", key.csr("dave"))
+            .await
+            .expect_err("nothing is released on a truncated log");
+        assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+        if status.message().contains("cannot currently record") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log was never reported stalled: {}",
+            status.message()
+        );
+    }
+    let largest: Option<i64> = admin
+        .query_one("SELECT max(size) FROM audit_checkpoints", &[])
+        .await
+        .expect("largest checkpoint")
+        .get(0);
+    assert!(
+        largest.unwrap_or(0) as u64 <= kept,
+        "a checkpoint of size {largest:?} was signed after the truncation"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&guard_file).expect("guard file"),
+        guarded,
+        "the guard did not move"
+    );
+
+    // A restart refuses to serve the truncated log.
+    replica.stop();
+    let mut command = std::process::Command::new(CA_SERVICE);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config);
+    let text = assert_exits_without_serving(command);
+    assert!(text.contains("refusing to serve"), "{text}");
+    assert!(
+        text.contains(&format!("last tree this signer signed (size {})", signed.size)),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

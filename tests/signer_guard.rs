@@ -4,10 +4,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{CA_SERVICE, DevServer, UserKey, UserKeyPair, issue, issue_and_wait_for_checkpoint};
+use common::{
+    CA_SERVICE, DevServer, UserKey, UserKeyPair, assert_exits_without_serving, issue, issue_and_wait_for_checkpoint,
+};
 use tlog::merkle::{Hash, leaf_hash, tree_root};
 use tonic::Code;
 
@@ -34,31 +36,11 @@ fn store_files(data_dir: &Path) -> Vec<PathBuf> {
 
 /// Runs `serve --dev` on `data_dir`, which must refuse to start; returns what it printed.
 fn assert_refuses_to_start(data_dir: &Path) -> String {
-    let mut child = Command::new(CA_SERVICE)
+    let mut command = Command::new(CA_SERVICE);
+    command
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ca-service");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ca-service started on a rolled-back database instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!output.status.success(), "must exit with an error: {text}");
-    assert!(!text.contains("listening on"), "must not serve: {text}");
-    text
+        .arg(data_dir);
+    assert_exits_without_serving(command)
 }
 
 /// Rolls the log in the embedded store back to its first `size` entries, as a database

@@ -277,3 +277,31 @@ pub async fn issue_and_wait_for_checkpoint(server: &DevServer, users: &[&str]) -
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `command` (a `ca-service serve ...`), which must exit with an error within 60 s without
+/// listening; returns what it printed.
+pub fn assert_exits_without_serving(mut command: Command) -> String {
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ca-service");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ca-service kept running instead of refusing to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "must exit with an error: {text}");
+    assert!(!text.contains("listening on"), "must not serve: {text}");
+    text
+}
