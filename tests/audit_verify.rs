@@ -270,9 +270,7 @@ async fn exports_verify_offline_and_tampering_is_named() {
 
     // Fork: the log rewritten from the early state (same key, other entries) and re-signed.
     let server = DevServer::start_in(&fork_dir, "ecdsa-p256");
-    issue_and_wait_for_checkpoint(&server, &["erin", "frank", "grace"])
-        .await
-        .note;
+    issue_and_wait_for_checkpoint(&server, &["erin", "frank", "grace"]).await;
     server.stop();
     let fork = directory.path().join("fork");
     export(&fork_dir, &fork, &vkey_text);
