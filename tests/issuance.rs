@@ -2,10 +2,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{DevServer, UserKey, UserKeyPair, assert_refused, ca_info, issue, pem_der};
-use e2ee_ca_proto::v1::GetCertificatesRequest;
+use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
+use e2ee_ca_proto::v1::{ExportEntriesRequest, GetCertificatesRequest, GetCheckpointRequest};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 use x509_parser::extensions::ParsedExtension;
@@ -354,9 +355,71 @@ async fn bad_input_is_refused_with_a_reason() {
     }
 
     // Nothing above pinned anything: carol and weak-user can still enroll.
-    issue(&mut client, "carol", &key.csr("carol"))
+    let carol = issue(&mut client, "carol", &key.csr("carol"))
         .await
         .expect("carol enrolls after the refusals");
+
+    // Every refusal that named a valid user is in the audit log, before carol's issuance: the
+    // mismatched subject, 4 malformed CSRs, the oversized CSR and the 10 refused keys. The
+    // invalid user ids and the message over the gRPC limit name no subject and left nothing.
+    let carol_index = carol.log_entry.expect("carol's log entry").index;
+    assert_eq!(carol_index, 16, "one entry per refusal with a valid user id");
+    let entries = exported_entries(&server, carol_index + 1).await;
+    let refusals: Vec<&String> = entries
+        .iter()
+        .filter(|entry| entry.contains("\nkind issuance-refused\n"))
+        .collect();
+    assert_eq!(refusals.len(), 16, "{entries:#?}");
+    let not_pem = hex::encode(Sha256::digest(b"not a csr"));
+    assert!(
+        refusals.iter().any(|entry| entry.contains("\nsubject carol\n")
+            && entry.contains(&format!("\ncsr-sha256 {not_pem}\n"))
+            && entry.contains("\nreason ")),
+        "the malformed CSR's refusal names the user, the CSR's hash and the reason: {refusals:#?}"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|entry| entry.contains("\nsubject weak-user\n") && entry.contains("RSA key is 1024 bits")),
+        "{refusals:#?}"
+    );
+}
+
+/// The entries `[0, size)` through `ExportEntries`, once a checkpoint covers them (at most 15 s).
+async fn exported_entries(server: &DevServer, size: u64) -> Vec<String> {
+    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let checkpoint = transparency
+            .get_checkpoint(GetCheckpointRequest {})
+            .await
+            .expect("checkpoint")
+            .into_inner();
+        if checkpoint.tree_size >= size {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of size {size} within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stream = transparency
+        .export_entries(ExportEntriesRequest { start: 0, end: size })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        assert_eq!(chunk.start, entries.len() as u64, "contiguous chunks");
+        entries.extend(
+            chunk
+                .entries
+                .into_iter()
+                .map(|bytes| String::from_utf8(bytes).expect("UTF-8 entry")),
+        );
+    }
+    assert_eq!(entries.len() as u64, size);
+    entries
 }
 
 #[tokio::test]
@@ -444,7 +507,7 @@ async fn health_and_reflection_answer() {
         .expect("connect");
 
     let mut health = HealthClient::new(channel.clone());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = health
             .check(HealthCheckRequest {
@@ -455,10 +518,7 @@ async fn health_and_reflection_answer() {
         if matches!(status, Ok(code) if code == ServingStatus::Serving as i32) {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Identity never became SERVING: {status:?}"
-        );
+        assert!(Instant::now() < deadline, "Identity never became SERVING: {status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
