@@ -7,14 +7,16 @@
 //! consistent with the last checkpoint stored in the database, and the signer guard (`guard`),
 //! whose state lives outside the database, must accept a consistency proof from the last tree it
 //! authorized; so a checkpoint that forks or rolls back the log is never signed, even if the
-//! database lies. A new batch is sequenced only once the previous one is signed, so the signed log
-//! lags the sequenced one by at most one batch. While idle nothing is signed, except a heartbeat
-//! signature of the same head every `heartbeat`.
+//! database lies. Sequencing and signing run side by side (issuers wait for a sequencing
+//! transaction, not for the HSM; one signature covers whatever was sequenced meanwhile), and the
+//! signed log may lag the sequenced one by at most `stall_bound`. While idle nothing is signed,
+//! except a heartbeat signature of the same head every `heartbeat`.
 //!
-//! When sequencing or signing has kept failing for `stall_bound`, the sequencer reports the log
-//! unhealthy ([`SequencerHandle::log_healthy`]) and the issuer refuses new issuance up front
-//! (UNAVAILABLE) instead of committing certificates it would have to withhold; the first signed
-//! checkpoint after that makes it healthy again.
+//! When sequencing or signing has kept failing for `stall_bound`, or the signed log has lagged
+//! that long, the sequencer stops sequencing and reports the log unhealthy
+//! ([`SequencerHandle::log_healthy`]): the issuer refuses new issuance up front (UNAVAILABLE)
+//! instead of committing certificates it would have to withhold; the next signed checkpoint makes
+//! it healthy again.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -124,6 +126,9 @@ const REFUSAL_BACKOFF: Duration = Duration::from_secs(5);
 impl<L: LogStore> Sequencer<L> {
     async fn run(self) {
         let mut failing_since: Option<Instant> = None;
+        // When the sequenced head last moved ahead of a fully signed log (kept across leaderships,
+        // so that a failing signer cannot reset the lag bound by stepping down and up again).
+        let mut unsigned_since: Option<Instant> = None;
         loop {
             let leadership = match self.store.try_lead().await {
                 Ok(Some(leadership)) => leadership,
@@ -140,7 +145,7 @@ impl<L: LogStore> Sequencer<L> {
                 }
             };
             tracing::info!("sequencer: leading");
-            let result = self.lead(&leadership, &mut failing_since).await;
+            let result = self.lead(&leadership, &mut failing_since, &mut unsigned_since).await;
             drop(leadership);
             let backoff = match result {
                 Ok(()) => {
@@ -184,55 +189,126 @@ impl<L: LogStore> Sequencer<L> {
     }
 
     /// Sequences and signs while the leadership holds; returns on a failure that needs a reload.
-    /// A successful signature clears `failing_since`.
+    ///
+    /// Two loops run side by side: one sequences batches as fast as the store commits them, the
+    /// other signs the latest sequenced head whenever it is free (so under load one signature
+    /// covers several batches, and issuers wait for a sequencing transaction, not for the HSM).
+    /// The signed log may lag the sequenced one, but not for longer than `stall_bound`: past it
+    /// the sequencing loop stops and the log is reported unhealthy (fail closed).
     async fn lead(
         &self,
         leadership: &L::Leadership,
         failing_since: &mut Option<Instant>,
+        unsigned_since: &mut Option<Instant>,
     ) -> Result<(), SequencerError> {
-        let mut head = self.store.log_head().await?;
-        let mut signed = self.store.latest_checkpoint().await?;
-        let mut last_signature: Option<Instant> = None;
+        let head = self.store.log_head().await?;
+        let previous = self.store.latest_checkpoint().await?;
+        // Nothing is built on a head that was not checked first: it may have been rewritten while
+        // nobody led. Signing it checks it against the last checkpoint and the guard.
+        let signed = self.sign(previous.as_ref(), head).await?;
+        *failing_since = None;
+        self.set_healthy(true);
+        let (head_sender, head_receiver) = watch::channel(head);
+        let (signed_sender, signed_receiver) = watch::channel(signed.size);
+        tokio::select! {
+            result = self.sequence_loop(leadership, head, head_sender, signed_receiver, unsigned_since) => result,
+            result = self.sign_loop(leadership, signed, head_receiver, signed_sender, failing_since) => result,
+        }
+    }
+
+    /// Sequences pending entries onto `head`, publishing every new head to the signing loop and
+    /// to waiting issuers, unless the signed log has lagged for longer than `stall_bound`.
+    async fn sequence_loop(
+        &self,
+        leadership: &L::Leadership,
+        mut head: LogHead,
+        heads: watch::Sender<LogHead>,
+        mut signed_size: watch::Receiver<u64>,
+        unsigned_since: &mut Option<Instant>,
+    ) -> Result<(), SequencerError> {
+        self.publish(head.size);
         while self.store.still_leading(leadership) {
-            // Sign before sequencing more: at most one batch is ever sequenced but unsigned, so
-            // when the HSM cannot sign, new entries stay unindexed and issuance fails closed
-            // after its bound instead of running ahead of the signed log.
-            let unsigned = signed
-                .as_ref()
-                .is_none_or(|checkpoint| checkpoint.size != head.size || checkpoint.root != head.root);
-            let heartbeat_due = last_signature.is_none_or(|at| at.elapsed() >= self.config.heartbeat);
-            if unsigned || heartbeat_due {
-                let checkpoint = self.sign(signed.as_ref(), head).await?;
-                signed = Some(checkpoint);
-                last_signature = Some(Instant::now());
-                *failing_since = None;
-                self.set_healthy(true);
+            if *signed_size.borrow_and_update() >= head.size {
+                *unsigned_since = None;
+            }
+            if let Some(since) = *unsigned_since
+                && since.elapsed() >= self.config.stall_bound
+            {
+                // Do not run further ahead of the signed log: new entries stay unindexed, so
+                // issuance is withheld or refused until signing catches up.
+                self.set_healthy(false);
+                tokio::select! {
+                    _ = signed_size.changed() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+                continue;
             }
             match self.store.sequence(head, self.config.max_batch).await? {
                 SequenceOutcome::Sequenced(new_head) => {
-                    // Straight back to the top: sign this batch, then look for more.
+                    unsigned_since.get_or_insert_with(Instant::now);
                     head = new_head;
+                    heads.send_replace(head);
                     self.publish(head.size);
                 }
-                SequenceOutcome::Idle(current) => {
-                    head = current;
-                    self.publish(head.size);
+                SequenceOutcome::Idle(current) if current != head => {
+                    // The store checks the expected head first; this is only a second line.
+                    return Err(SequencerError::HeadMoved {
+                        expected: head.size,
+                        actual: current.size,
+                    });
+                }
+                SequenceOutcome::Idle(_) => {
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(self.config.poll_interval) => {}
                     }
                 }
                 SequenceOutcome::HeadMoved(actual) => {
-                    // Another sequencer extended the log: only possible if two replicas both
-                    // believe they lead. The CAS kept the log linear; follow it (the signature
-                    // at the top still checks consistency with what was signed before).
-                    tracing::warn!(
-                        expected = head.size,
-                        actual = actual.size,
-                        "sequencer: the log head moved underneath"
-                    );
-                    head = actual;
+                    // Another sequencer extended (or someone rewrote) the log: only possible if
+                    // two replicas both believe they lead, or behind the CA's back. The CAS kept
+                    // the log linear; step down, so that the head is checked against what was
+                    // signed before (and the guard) before anything is built on it.
+                    return Err(SequencerError::HeadMoved {
+                        expected: head.size,
+                        actual: actual.size,
+                    });
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs the latest sequenced head whenever it differs from the last signed one, and the same
+    /// head again every `heartbeat` while idle. A successful signature clears `failing_since`.
+    async fn sign_loop(
+        &self,
+        leadership: &L::Leadership,
+        mut signed: StoredCheckpoint,
+        mut heads: watch::Receiver<LogHead>,
+        signed_size: watch::Sender<u64>,
+        failing_since: &mut Option<Instant>,
+    ) -> Result<(), SequencerError> {
+        let mut last_signature = Instant::now();
+        while self.store.still_leading(leadership) {
+            let head = *heads.borrow_and_update();
+            let unsigned = signed.size != head.size || signed.root != head.root;
+            if unsigned || last_signature.elapsed() >= self.config.heartbeat {
+                signed = self.sign(Some(&signed), head).await?;
+                signed_size.send_replace(signed.size);
+                last_signature = Instant::now();
+                *failing_since = None;
+                self.set_healthy(true);
+                continue;
+            }
+            let until_heartbeat = self.config.heartbeat.saturating_sub(last_signature.elapsed());
+            tokio::select! {
+                changed = heads.changed() => {
+                    if changed.is_err() {
+                        // The sequencing loop ended: `lead` is returning.
+                        return Ok(());
+                    }
+                }
+                () = tokio::time::sleep(until_heartbeat) => {}
             }
         }
         Ok(())
@@ -336,4 +412,12 @@ enum SequencerError {
     /// The guard's blocking task died.
     #[error("the signer guard task failed")]
     GuardTask,
+    /// The stored head is not the one this sequencer left (another writer): step down and check.
+    #[error("the log head moved underneath (expected size {expected}, found {actual})")]
+    HeadMoved {
+        /// The size this sequencer expected.
+        expected: u64,
+        /// The size found.
+        actual: u64,
+    },
 }
