@@ -1,18 +1,16 @@
 //! Several `ca-service` replicas on one PostgreSQL database: racing enrollments, dropped connections, startup.
 //!
 //! One CA is provisioned once (dev mode, then stopped); each replica gets its own copy of the SoftHSM
-//! token directory (SoftHSM must not share a token directory between processes) and a serve config
-//! pointing at the same fresh database, created through `E2EE_CA_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped at the end.
+//! token directory and a serve config pointing at the same fresh database (`common::postgres`).
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::postgres::{ProvisionedCa, STORE_TIMEOUT_MS, TestDatabase};
 use common::{
     CA_SERVICE, DevServer, UserKey, UserKeyPair, assert_exits_without_serving, ca_info, issue_and_wait_for_checkpoint,
     pem_der,
@@ -29,167 +27,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 use x509_parser::prelude::FromDer;
 
-/// The bound the replicas put on one store operation; client deadlines are well above it.
-const STORE_TIMEOUT_MS: u64 = 2000;
-
 /// The deadline every test request carries.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-
-fn maintenance_url() -> String {
-    std::env::var("E2EE_CA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL (is it running? see E2EE_CA_TEST_POSTGRES_URL)");
-    tokio::spawn(connection);
-    client
-}
-
-/// A fresh database, dropped (with FORCE) when this is dropped.
-struct TestDatabase {
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    async fn create() -> TestDatabase {
-        let name = format!("e2ee_ca_replicas_{}", hex::encode(rand::random::<[u8; 8]>()));
-        connect(&maintenance_url())
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        let mut config: tokio_postgres::Config = maintenance_url().parse().expect("maintenance URL");
-        config.dbname(&name);
-        let url = format!(
-            "postgres://{user}@{host}:{port}/{name}",
-            user = config.get_user().unwrap_or("postgres"),
-            host = match config.get_hosts().first() {
-                Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-                _ => "127.0.0.1".to_owned(),
-            },
-            port = config.get_ports().first().copied().unwrap_or(5432),
-        );
-        TestDatabase { name, url }
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        connect(&self.url).await
-    }
-
-    /// Kills every connection to the database except the caller's; returns how many.
-    async fn terminate_connections(&self, client: &tokio_postgres::Client) -> i64 {
-        client
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&self.name],
-            )
-            .await
-            .expect("pg_terminate_backend")
-            .get(0)
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                connect(&maintenance_url())
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-            })
-        })
-        .join();
-    }
-}
-
-/// One CA provisioned by dev mode (token, key, certificate), not running.
-struct ProvisionedCa {
-    directory: tempfile::TempDir,
-    data_dir: PathBuf,
-}
-
-impl ProvisionedCa {
-    fn create() -> ProvisionedCa {
-        let directory = tempfile::tempdir().expect("tempdir");
-        let data_dir = DevServer::start(directory.path(), "ecdsa-p256").stop();
-        ProvisionedCa { directory, data_dir }
-    }
-
-    /// Writes replica `index`'s directory: a private copy of the token and a serve config on `url`.
-    fn replica_config(&self, index: usize, url: &str) -> PathBuf {
-        let root = self.directory.path().join(format!("replica-{index}"));
-        let token = hsm_sim::TokenDirectory::create(&root.join("softhsm")).expect("token directory");
-        copy_tree(&self.data_dir.join("softhsm").join("tokens"), &token.tokens_path());
-        let text = std::fs::read_to_string(self.data_dir.join("ca-service.toml")).expect("dev config");
-        let mut config: toml::Table = toml::from_str(&text).expect("dev config parses");
-        let hsm = config["hsm"].as_table_mut().expect("[hsm]");
-        hsm.insert(
-            "softhsm2_conf".to_owned(),
-            token.conf_path().display().to_string().into(),
-        );
-        hsm.insert("pool_size".to_owned(), 2.into());
-        let ca = config["ca"].as_table_mut().expect("[ca]");
-        ca.insert(
-            "certificate".to_owned(),
-            self.data_dir.join("ca.pem").display().to_string().into(),
-        );
-        let mut store = toml::Table::new();
-        store.insert("url".to_owned(), url.into());
-        store.insert("pool_size".to_owned(), 4.into());
-        store.insert(
-            "timeout_ms".to_owned(),
-            i64::try_from(STORE_TIMEOUT_MS).expect("small").into(),
-        );
-        config.insert("store".to_owned(), store.into());
-        let path = root.join("ca-service.toml");
-        std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
-        path
-    }
-
-    /// Replica 0's config with `audit.sequence_wait_ms` set to `millis`.
-    fn replica_config_with_sequence_wait(&self, url: &str, millis: i64) -> PathBuf {
-        let path = self.replica_config(0, url);
-        let mut config: toml::Table =
-            toml::from_str(&std::fs::read_to_string(&path).expect("read config")).expect("config parses");
-        config["audit"]
-            .as_table_mut()
-            .expect("[audit] from dev mode")
-            .insert("sequence_wait_ms".to_owned(), millis.into());
-        std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
-        path
-    }
-
-    /// Starts `count` replicas on `url`.
-    fn start_replicas(&self, count: usize, url: &str) -> Vec<DevServer> {
-        (0..count)
-            .map(|index| DevServer::start_with_config(&self.replica_config(index, url)))
-            .collect()
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create");
-    for entry in std::fs::read_dir(from).expect("read token directory") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy token file");
-        }
-    }
-}
 
 async fn issue(
     client: &mut IdentityClient<Channel>,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark in one go (bounded: about 10 minutes on 2 cores) and rewrites the generated
+# Runs every benchmark in one go (bounded: about 12 minutes on 2 cores) and rewrites the generated
 # part of BENCHMARKS.md (between the `generated` markers) with the numbers, the ratios and the machine.
 # Usage: ca-service/benches/run.sh [SECONDS] [CLIENTS]   (defaults 8 16)
 set -euo pipefail
@@ -19,6 +19,10 @@ echo "== issuance scenarios"
 BENCH_MARKDOWN="$OUT/issuance.md" cargo bench --quiet -p ca-service --bench issuance -- "$SECONDS_EACH" "$CLIENTS" 512 1000000 | tee "$OUT/issuance.txt"
 echo "== embedded store next to PostgreSQL"
 cargo bench --quiet -p ca-service --bench stores -- "$SECONDS_EACH" "$CLIENTS" | tee "$OUT/stores.txt"
+echo "== audit log (append, sequencing, commit to checkpoint, offline recomputation)"
+for writers in 8 32; do
+  cargo bench --quiet -p ca-service --bench audit_log -- "$SECONDS_EACH" "$writers" | tee "$OUT/audit_log_$writers.txt"
+done
 echo "== peers"
 ca-service/benches/peers.sh "$SECONDS_EACH" "$CLIENTS" 2 2>&1 | tee "$OUT/peers.txt"
 
@@ -32,6 +36,10 @@ ca-service/benches/peers.sh "$SECONDS_EACH" "$CLIENTS" 2 2>&1 | tee "$OUT/peers.
   grep -E "with [0-9]+ identities" "$OUT/issuance.txt" || true
   grep -E "certificates/s" "$OUT/stores.txt" || true
   cat "$OUT/peers.txt"
+  echo '```'
+  echo
+  echo '```text'
+  cat "$OUT/audit_log_8.txt" "$OUT/audit_log_32.txt"
   echo '```'
   echo "<!-- generated:end -->"
 } >"$OUT/generated.md"

@@ -197,6 +197,10 @@ pub struct AuditSection {
     pub poll_interval_ms: Option<u64>,
     /// How often the unchanged head is re-signed while idle, in seconds (default 60).
     pub heartbeat_seconds: Option<u64>,
+    /// Least time between two checkpoint signatures, in ms (default 100): bounds the HSM's
+    /// checkpoint signatures to 10 per second and adds at most this to the time from commit to
+    /// a signed checkpoint (issuance waits for its index, not for the checkpoint).
+    pub checkpoint_interval_ms: Option<u64>,
 }
 
 impl AuditSection {
@@ -224,6 +228,9 @@ impl AuditSection {
         if !(1..=86_400).contains(&self.heartbeat_seconds.unwrap_or(60)) {
             bail!("audit.heartbeat_seconds must be between 1 and 86400");
         }
+        if self.checkpoint_interval_ms.unwrap_or(100) > 10_000 {
+            bail!("audit.checkpoint_interval_ms must be at most 10000");
+        }
         Ok(())
     }
 
@@ -233,6 +240,7 @@ impl AuditSection {
             max_batch: self.max_batch.unwrap_or(1024),
             poll_interval: Duration::from_millis(self.poll_interval_ms.unwrap_or(200)),
             heartbeat: Duration::from_secs(self.heartbeat_seconds.unwrap_or(60)),
+            checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.unwrap_or(100)),
             lead_retry: Duration::from_secs(2),
             stall_bound: self.sequence_wait(),
         }
@@ -629,6 +637,10 @@ guard_file = "guard/signer-state"
             (VALID.replace("\"audit-key\"", "\"ca-key\""), "not the CA key"),
             (format!("{VALID}sequence_wait_ms = 5\n"), "sequence_wait_ms"),
             (format!("{VALID}max_batch = 0\n"), "max_batch"),
+            (
+                format!("{VALID}checkpoint_interval_ms = 60000\n"),
+                "checkpoint_interval_ms",
+            ),
         ];
         for (text, expected) in cases {
             let error = format!("{:#}", load(&text).expect_err("must be refused"));

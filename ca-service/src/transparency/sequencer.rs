@@ -39,6 +39,9 @@ pub struct SequencerConfig {
     pub poll_interval: Duration,
     /// Re-sign the unchanged head this often (liveness of the signer), even when idle.
     pub heartbeat: Duration,
+    /// At least this long between two checkpoint signatures: under load one signature covers
+    /// more batches, and the HSM signs at most 1/interval checkpoints per second.
+    pub checkpoint_interval: Duration,
     /// How often a replica that is not the sequencer tries to become it.
     pub lead_retry: Duration,
     /// How long sequencing or signing may keep failing before the log is reported unhealthy.
@@ -292,7 +295,12 @@ impl<L: LogStore> Sequencer<L> {
         while self.store.still_leading(leadership) {
             let head = *heads.borrow_and_update();
             let unsigned = signed.size != head.size || signed.root != head.root;
-            if unsigned || last_signature.elapsed() >= self.config.heartbeat {
+            let since_signature = last_signature.elapsed();
+            if unsigned && since_signature < self.config.checkpoint_interval {
+                tokio::time::sleep(self.config.checkpoint_interval - since_signature).await;
+                continue;
+            }
+            if unsigned || since_signature >= self.config.heartbeat {
                 signed = self.sign(Some(&signed), head).await?;
                 signed_size.send_replace(signed.size);
                 last_signature = Instant::now();
