@@ -20,9 +20,12 @@ pub enum MetadataFormatError {
     /// The text is not JSON of the expected shape.
     #[error("malformed metadata JSON: {0}")]
     Json(#[from] serde_json::Error),
-    /// The `version` is not 2.0 or 2.1 (v1.x is not supported by this client).
+    /// The `version` is not one this client reads: 2.0 or 2.1 here, 1.0, 1.1 or 1.2 in `metadata_v1`.
     #[error("unsupported metadata version {0}")]
     UnsupportedVersion(String),
+    /// A v1.x document lacks the key field its version requires, or names a key index that is not a number.
+    #[error("malformed v1 metadata: {0}")]
+    MalformedV1(&'static str),
 }
 
 /// The metadata versions this client reads and writes.
@@ -238,12 +241,12 @@ pub struct FileEntry {
     pub key: Aes128Key,
 }
 
-fn default_mimetype() -> String {
+pub(crate) fn default_mimetype() -> String {
     "application/octet-stream".to_owned()
 }
 
 /// Values stored in JSON as standard base64 of their bytes.
-trait Base64Field: Sized {
+pub(crate) trait Base64Field: Sized {
     fn field_bytes(&self) -> &[u8];
     fn from_field_bytes(bytes: &[u8]) -> Result<Self, CryptoError>;
 }
@@ -276,15 +279,15 @@ impl Base64Field for Aes128Key {
 }
 
 /// serde `with` module for `Base64Field`s.
-mod base64_field {
+pub(crate) mod base64_field {
     use super::*;
     use zeroize::Zeroizing;
 
-    pub(super) fn serialize<S: Serializer, T: Base64Field>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer, T: Base64Field>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&Zeroizing::new(STANDARD.encode(value.field_bytes())))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>, T: Base64Field>(deserializer: D) -> Result<T, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: Base64Field>(deserializer: D) -> Result<T, D::Error> {
         let text = Zeroizing::new(String::deserialize(deserializer)?);
         let bytes = Zeroizing::new(STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)?);
         T::from_field_bytes(&bytes).map_err(serde::de::Error::custom)

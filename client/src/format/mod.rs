@@ -2,4 +2,5 @@
 
 pub(crate) mod der;
 pub mod metadata;
+pub mod metadata_v1;
 pub mod private_key_blob;

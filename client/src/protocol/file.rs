@@ -97,7 +97,7 @@ fn encrypt_with(
         blob.write_all(&buffer[..read])?;
         blob_len += read as u64;
     }
-    let tag = stream.finish();
+    let tag = stream.finish()?;
     blob.write_all(tag.as_bytes())?;
     blob.flush()?;
     Ok(EncryptedFile {
@@ -146,8 +146,25 @@ pub fn decrypt_to_vec(
     expected_tag: Option<&GcmTag>,
 ) -> Result<Zeroizing<Vec<u8>>, FileCryptoError> {
     let mut plaintext = Zeroizing::new(Vec::new());
-    decrypt_stream(blob, key, nonce, expected_tag, &mut *plaintext)?;
+    decrypt_into(blob, key, nonce, expected_tag, &mut plaintext)?;
     Ok(plaintext)
+}
+
+/// `decrypt_to_vec` into a buffer the caller reuses: `plaintext` is cleared, then holds the plaintext if the tag
+/// verifies; on any error it is zeroized and left empty. Returns the plaintext length.
+pub fn decrypt_into(
+    blob: impl Read,
+    key: &Aes128Key,
+    nonce: &GcmNonce,
+    expected_tag: Option<&GcmTag>,
+    plaintext: &mut Vec<u8>,
+) -> Result<u64, FileCryptoError> {
+    plaintext.clear();
+    let result = decrypt_stream(blob, key, nonce, expected_tag, &mut *plaintext);
+    if result.is_err() {
+        zeroize::Zeroize::zeroize(plaintext);
+    }
+    result
 }
 
 /// Streams `blob` through GCM into `plaintext`, holding back the last 16 bytes (the tag), then verifies.
@@ -327,6 +344,22 @@ mod tests {
             Some(&entry.authentication_tag),
         );
         assert_eq!(opened.expect("open").as_slice(), b"hello");
+    }
+
+    #[test]
+    fn decrypt_into_reuses_the_buffer_and_empties_it_on_failure() {
+        let plaintext = sample(70_000);
+        let mut blob = Vec::new();
+        let encrypted = encrypt(plaintext.as_slice(), &mut blob).expect("encrypt");
+        let mut output = b"stale".to_vec();
+        let len = decrypt_into(blob.as_slice(), &encrypted.key, &encrypted.nonce, None, &mut output).expect("open");
+        assert_eq!((len, output.as_slice()), (70_000, plaintext.as_slice()));
+        blob[69_999] ^= 1;
+        assert!(matches!(
+            decrypt_into(blob.as_slice(), &encrypted.key, &encrypted.nonce, None, &mut output),
+            Err(FileCryptoError::Authentication)
+        ));
+        assert!(output.is_empty());
     }
 
     #[test]

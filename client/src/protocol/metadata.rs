@@ -22,7 +22,6 @@ use crate::format::metadata::{
     EncryptedMetadata, FileEntry, FiledropEntry, FolderMetadata, MetadataDocument, MetadataFormatError, MetadataUser,
     MetadataVersion,
 };
-use crate::mnemonic::Mnemonic;
 
 /// Largest inner document accepted after decompression: bounds a gzip bomb.
 const MAX_INNER_LEN: u64 = 64 * 1024 * 1024;
@@ -46,6 +45,13 @@ pub enum MetadataError {
     /// The GCM tag did not verify, or the separate `authenticationTag` differs from the ciphertext's.
     #[error("the metadata does not authenticate (wrong key, or altered)")]
     Authentication,
+    /// v1.2 metadata whose `checksum` is missing or differs from the one computed with this user's mnemonic:
+    /// another user's folder, or the file list or the wrapped key was altered.
+    #[error("the v1.2 metadata checksum does not match")]
+    ChecksumMismatch,
+    /// A v1.0 file names a metadata key index the document does not have.
+    #[error("the v1.0 metadata has no key with index {0}")]
+    UnknownKeyIndex(u64),
     /// The top-level metadata does not list this key's SHA-256 in `keyChecksums` (a substituted key).
     #[error("the metadata key is not listed in keyChecksums")]
     UnknownKey,
@@ -225,20 +231,6 @@ fn open_filedrop_bytes(
         &entry.nonce,
         &entry.authentication_tag,
     )
-}
-
-/// The v1.2 `metadata.checksum` (§2.2), for reading legacy folders: lowercase hex SHA-256 of the mnemonic
-/// passphrase, then every file id in sorted order, then the base64 string of the encrypted metadata key.
-pub fn v1_2_checksum(mnemonic: &Mnemonic, file_ids: &[&str], encrypted_metadata_key: &str) -> String {
-    let mut sorted_ids = file_ids.to_vec();
-    sorted_ids.sort_unstable();
-    let mut hasher = Sha256::new();
-    hasher.update(mnemonic.passphrase().as_bytes());
-    for file_id in sorted_ids {
-        hasher.update(file_id.as_bytes());
-    }
-    hasher.update(encrypted_metadata_key.as_bytes());
-    hex::encode(hasher.finalize())
 }
 
 /// base64 → RSA-OAEP → exactly 16 bytes.
@@ -525,27 +517,6 @@ mod tests {
             decrypt_metadata(&substituted, &key),
             Err(MetadataError::UnknownKey)
         ));
-    }
-
-    #[test]
-    fn nextcloud_vector_android_checksum_v1_2() {
-        let vector = json(include_str!("../../testdata/nextcloud/android-checksum-v1.2.json"));
-        let mnemonic = Mnemonic::parse(vector["mnemonic"].as_str().expect("mnemonic")).expect("parse");
-        let file_ids: Vec<&str> = vector["fileIds"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|id| id.as_str().expect("id"))
-            .collect();
-        let encrypted_key = vector["encryptedMetadataKey"].as_str().expect("key");
-        let expected = vector["expectedChecksum"].as_str().expect("checksum");
-        assert_eq!(v1_2_checksum(&mnemonic, &file_ids, encrypted_key), expected);
-        // The ids are given unsorted: the order must not matter, but every id must.
-        let reversed: Vec<&str> = file_ids.iter().rev().copied().collect();
-        assert_eq!(v1_2_checksum(&mnemonic, &reversed, encrypted_key), expected);
-        assert_ne!(v1_2_checksum(&mnemonic, &file_ids[..1], encrypted_key), expected);
-        let other = Mnemonic::generate().expect("mnemonic");
-        assert_ne!(v1_2_checksum(&other, &file_ids, encrypted_key), expected);
     }
 
     #[test]

@@ -4,4 +4,5 @@ pub mod file;
 pub mod folder;
 pub mod key_backup;
 pub mod metadata;
+pub mod metadata_v1;
 pub mod signature;
