@@ -38,6 +38,7 @@ async fn issue(
     let mut request = tonic::Request::new(IssueCertificateRequest {
         user_id: user_id.to_owned(),
         csr_pem,
+        wait_for_checkpoint: false,
     });
     request.set_timeout(REQUEST_DEADLINE);
     client.issue_certificate(request).await.map(tonic::Response::into_inner)

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{DevServer, UserKey, UserKeyPair, ca_info, issue};
+use common::{DevServer, UserKey, UserKeyPair, ca_info, issue, issue_with_receipt};
 use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
 use e2ee_ca_proto::v1::{
     ExportEntriesRequest, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
@@ -89,7 +89,7 @@ async fn issuances_are_provably_in_signed_checkpoints() {
 
     // 1. Issue; the response carries the sequenced index.
     let alice = UserKeyPair::generate(UserKey::EcP256);
-    let issued = issue(&mut identity, "alice", &alice.csr("alice"))
+    let issued = issue_with_receipt(&mut identity, "alice", &alice.csr("alice"))
         .await
         .expect("issued");
     let entry_ref = issued.log_entry.expect("the response names its log entry");

@@ -394,6 +394,7 @@ async fn run_scenario(
                     .issue_certificate(IssueCertificateRequest {
                         user_id: user.clone(),
                         csr_pem: csr.clone(),
+                        wait_for_checkpoint: false,
                     })
                     .await;
                 match result {

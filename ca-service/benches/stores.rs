@@ -110,7 +110,11 @@ async fn drive(server: &DevServer, clients: usize, window: Duration) -> Measurem
             .map(|sequence| {
                 let user_id = format!("bench-{run}-{worker}-{sequence}");
                 let csr_pem = UserKeyPair::generate(UserKey::EcP256).csr(&user_id);
-                IssueCertificateRequest { user_id, csr_pem }
+                IssueCertificateRequest {
+                    user_id,
+                    csr_pem,
+                    wait_for_checkpoint: false,
+                }
             })
             .collect();
         prepared.push(requests);

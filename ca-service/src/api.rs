@@ -62,8 +62,8 @@ impl<S: IdentityStore + LogStore> IdentityService<S> {
     }
 }
 
-/// How long `IssueCertificate` waits for a checkpoint covering the new entry, for its receipt.
-/// The sequencer signs right after each batch, so this is normally one HSM signature.
+/// How long `IssueCertificate` waits, when asked to, for a checkpoint covering the new entry, for
+/// its receipt: normally at most `audit.checkpoint_interval_ms` and one HSM signature.
 const RECEIPT_WAIT: Duration = Duration::from_secs(1);
 
 fn certificate_pem(der: &[u8]) -> String {
@@ -118,6 +118,7 @@ impl<S: IdentityStore + LogStore> Identity for IdentityService<S> {
         request: Request<IssueCertificateRequest>,
     ) -> Result<Response<IssueCertificateResponse>, Status> {
         let request = request.into_inner();
+        let wait_for_checkpoint = request.wait_for_checkpoint;
         let issued = self
             .issuer
             .issue(IssueRequest {
@@ -137,7 +138,11 @@ impl<S: IdentityStore + LogStore> Identity for IdentityService<S> {
                 Some(index) => Some(LogEntryRef {
                     index,
                     entry_hash: hex::encode(issued.entry.entry_hash),
-                    tlog_proof: self.receipt(index).await,
+                    tlog_proof: if wait_for_checkpoint {
+                        self.receipt(index).await
+                    } else {
+                        String::new()
+                    },
                 }),
                 None => None,
             },

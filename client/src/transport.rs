@@ -100,6 +100,7 @@ impl CaTransport for GrpcTransport {
             .issue_certificate(IssueCertificateRequest {
                 user_id: user_id.to_owned(),
                 csr_pem: csr_pem.to_owned(),
+                wait_for_checkpoint: false,
             })
             .await?
             .into_inner();

@@ -205,6 +205,23 @@ pub async fn issue(
         .issue_certificate(IssueCertificateRequest {
             user_id: user_id.to_owned(),
             csr_pem: csr_pem.to_owned(),
+            wait_for_checkpoint: false,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `issue` that also waits for the entry's receipt (`wait_for_checkpoint`).
+pub async fn issue_with_receipt(
+    client: &mut IdentityClient<Channel>,
+    user_id: &str,
+    csr_pem: &str,
+) -> Result<IssueCertificateResponse, tonic::Status> {
+    client
+        .issue_certificate(IssueCertificateRequest {
+            user_id: user_id.to_owned(),
+            csr_pem: csr_pem.to_owned(),
+            wait_for_checkpoint: true,
         })
         .await
         .map(tonic::Response::into_inner)

@@ -1,13 +1,15 @@
 //! The embedded store: SQLite (bundled) in WAL mode with `synchronous=FULL`, versioned migrations.
 //!
-//! Concurrency: one connection behind a mutex, used from blocking threads. Writes are serialised by
-//! `BEGIN IMMEDIATE`, and the uniqueness constraints of the schema (not this code) guarantee one key
-//! per user, one user per key and unique serials.
+//! Concurrency: one writing connection behind a mutex and a few read-only connections, used from
+//! blocking threads; in WAL mode a read never waits for a write transaction. Writes are serialised
+//! by `BEGIN IMMEDIATE`, and the uniqueness constraints of the schema (not this code) guarantee one
+//! key per user, one user per key and unique serials.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::StoreError;
@@ -28,10 +30,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
+/// Read-only connections beside the writer: in WAL mode they read the last committed state
+/// without waiting for a write transaction (and its fsync) to finish.
+const READERS: usize = 4;
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The one connection that writes (SQLite allows one writer at a time anyway).
     connection: Arc<Mutex<Connection>>,
+    /// Connections for reads that need no transaction with a write, used round robin.
+    readers: Arc<[Mutex<Connection>]>,
+    next_reader: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -75,8 +85,20 @@ impl SqliteStore {
             .map_err(store_error)?;
         let mut connection = connection;
         migrate(&mut connection)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader =
+                    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(store_error)?;
+                reader
+                    .execute_batch("PRAGMA busy_timeout = 5000;")
+                    .map_err(store_error)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
+            readers: readers.into(),
+            next_reader: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -90,6 +112,23 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             work(&mut connection)
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("store task panicked".to_owned()))?
+    }
+
+    /// Runs the read-only `work` on one of the reader connections on a blocking thread. It sees
+    /// every transaction committed before it starts.
+    async fn with_reader<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let reader = readers[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&reader)
         })
         .await
         .map_err(|_| StoreError::Unavailable("store task panicked".to_owned()))?
@@ -158,7 +197,7 @@ impl IdentityStore for SqliteStore {
     async fn pin_state(&self, user: &UserId, key: &KeyFingerprint) -> Result<PinState, StoreError> {
         let user = user.clone();
         let key = *key;
-        self.with_connection(move |connection| {
+        self.with_reader(move |connection| {
             let user_pin: Option<Vec<u8>> = connection
                 .query_row(
                     "SELECT key_sha256 FROM identities WHERE user_id = ?1",
@@ -185,7 +224,7 @@ impl IdentityStore for SqliteStore {
 
     async fn certificates_since(&self, user: &UserId, since: OffsetDateTime) -> Result<u64, StoreError> {
         let user = user.clone();
-        self.with_connection(move |connection| {
+        self.with_reader(move |connection| {
             connection
                 .query_row(
                     "SELECT count(*) FROM certificates WHERE user_id = ?1 AND issued_at >= ?2",
@@ -267,7 +306,7 @@ impl IdentityStore for SqliteStore {
     }
 
     async fn latest_certificates(&self, users: Vec<UserId>) -> Result<Vec<StoredCertificate>, StoreError> {
-        self.with_connection(move |connection| {
+        self.with_reader(move |connection| {
             let mut statement = connection
                 .prepare_cached(
                     "SELECT serial, key_sha256, certificate_der FROM certificates
@@ -302,7 +341,7 @@ impl IdentityStore for SqliteStore {
 
     async fn log_index(&self, entry: &LogEntryRef) -> Result<Option<u64>, StoreError> {
         let entry_id = entry.entry_id;
-        self.with_connection(move |connection| {
+        self.with_reader(move |connection| {
             let index: Option<Option<i64>> = connection
                 .query_row(
                     "SELECT leaf_index FROM audit_entries WHERE id = ?1",
@@ -457,7 +496,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_head(&self) -> Result<LogHead, StoreError> {
-        self.with_connection(|connection| read_head(connection)).await
+        self.with_reader(|connection| read_head(connection)).await
     }
 
     async fn sequence(&self, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
@@ -466,12 +505,11 @@ impl LogStore for SqliteStore {
     }
 
     async fn subtree_hashes(&self, keys: Vec<NodeKey>) -> Result<Vec<Option<Hash>>, StoreError> {
-        self.with_connection(move |connection| read_nodes(connection, &keys))
-            .await
+        self.with_reader(move |connection| read_nodes(connection, &keys)).await
     }
 
     async fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.with_connection(move |connection| {
+        self.with_reader(move |connection| {
             let mut statement = connection
                 .prepare_cached(
                     "SELECT entry FROM audit_entries WHERE leaf_index >= ?1 AND leaf_index < ?2 ORDER BY leaf_index",
@@ -513,7 +551,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        self.with_connection(|connection| {
+        self.with_reader(|connection| {
             let row: Option<(i64, Vec<u8>, String)> = connection
                 .query_row(
                     "SELECT size, root, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",

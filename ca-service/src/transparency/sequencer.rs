@@ -18,6 +18,7 @@
 //! instead of committing certificates it would have to withhold; the next signed checkpoint makes
 //! it healthy again.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -120,6 +121,29 @@ struct Sequencer<L> {
     healthy: watch::Sender<bool>,
 }
 
+/// The batches sequenced but not yet covered by a signed checkpoint: their sizes and when they
+/// were sequenced, oldest first.
+#[derive(Debug, Default)]
+struct UnsignedBatches(VecDeque<(u64, Instant)>);
+
+impl UnsignedBatches {
+    fn sequenced(&mut self, size: u64) {
+        self.0.push_back((size, Instant::now()));
+    }
+
+    /// Forgets the batches a checkpoint of `signed_size` covers.
+    fn signed_up_to(&mut self, signed_size: u64) {
+        while self.0.front().is_some_and(|(size, _)| *size <= signed_size) {
+            self.0.pop_front();
+        }
+    }
+
+    /// When the oldest batch no checkpoint covers was sequenced.
+    fn oldest(&self) -> Option<Instant> {
+        self.0.front().map(|(_, at)| *at)
+    }
+}
+
 /// Pause after a failure (store or HSM down) before trying again.
 const FAILURE_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -129,9 +153,9 @@ const REFUSAL_BACKOFF: Duration = Duration::from_secs(5);
 impl<L: LogStore> Sequencer<L> {
     async fn run(self) {
         let mut failing_since: Option<Instant> = None;
-        // When the sequenced head last moved ahead of a fully signed log (kept across leaderships,
-        // so that a failing signer cannot reset the lag bound by stepping down and up again).
-        let mut unsigned_since: Option<Instant> = None;
+        // Batches sequenced but not yet covered by a checkpoint (kept across leaderships, so that a
+        // failing signer cannot reset the lag bound by stepping down and up again).
+        let mut unsigned = UnsignedBatches::default();
         loop {
             let leadership = match self.store.try_lead().await {
                 Ok(Some(leadership)) => leadership,
@@ -148,7 +172,7 @@ impl<L: LogStore> Sequencer<L> {
                 }
             };
             tracing::info!("sequencer: leading");
-            let result = self.lead(&leadership, &mut failing_since, &mut unsigned_since).await;
+            let result = self.lead(&leadership, &mut failing_since, &mut unsigned).await;
             drop(leadership);
             let backoff = match result {
                 Ok(()) => {
@@ -202,7 +226,7 @@ impl<L: LogStore> Sequencer<L> {
         &self,
         leadership: &L::Leadership,
         failing_since: &mut Option<Instant>,
-        unsigned_since: &mut Option<Instant>,
+        unsigned: &mut UnsignedBatches,
     ) -> Result<(), SequencerError> {
         let head = self.store.log_head().await?;
         let previous = self.store.latest_checkpoint().await?;
@@ -214,7 +238,7 @@ impl<L: LogStore> Sequencer<L> {
         let (head_sender, head_receiver) = watch::channel(head);
         let (signed_sender, signed_receiver) = watch::channel(signed.size);
         tokio::select! {
-            result = self.sequence_loop(leadership, head, head_sender, signed_receiver, unsigned_since) => result,
+            result = self.sequence_loop(leadership, head, head_sender, signed_receiver, unsigned) => result,
             result = self.sign_loop(leadership, signed, head_receiver, signed_sender, failing_since) => result,
         }
     }
@@ -227,15 +251,14 @@ impl<L: LogStore> Sequencer<L> {
         mut head: LogHead,
         heads: watch::Sender<LogHead>,
         mut signed_size: watch::Receiver<u64>,
-        unsigned_since: &mut Option<Instant>,
+        unsigned: &mut UnsignedBatches,
     ) -> Result<(), SequencerError> {
         self.publish(head.size);
         while self.store.still_leading(leadership) {
-            if *signed_size.borrow_and_update() >= head.size {
-                *unsigned_since = None;
-            }
-            if let Some(since) = *unsigned_since
-                && since.elapsed() >= self.config.stall_bound
+            unsigned.signed_up_to(*signed_size.borrow_and_update());
+            if unsigned
+                .oldest()
+                .is_some_and(|since| since.elapsed() >= self.config.stall_bound)
             {
                 // Do not run further ahead of the signed log: new entries stay unindexed, so
                 // issuance is withheld or refused until signing catches up.
@@ -248,7 +271,7 @@ impl<L: LogStore> Sequencer<L> {
             }
             match self.store.sequence(head, self.config.max_batch).await? {
                 SequenceOutcome::Sequenced(new_head) => {
-                    unsigned_since.get_or_insert_with(Instant::now);
+                    unsigned.sequenced(new_head.size);
                     head = new_head;
                     heads.send_replace(head);
                     self.publish(head.size);
@@ -428,4 +451,29 @@ enum SequencerError {
         /// The size found.
         actual: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_is_the_age_of_the_oldest_batch_no_checkpoint_covers() {
+        let mut unsigned = UnsignedBatches::default();
+        assert_eq!(unsigned.oldest(), None);
+        unsigned.sequenced(10);
+        let first = unsigned.oldest().expect("one batch");
+        std::thread::sleep(Duration::from_millis(5));
+        unsigned.sequenced(20);
+        unsigned.sequenced(30);
+        // A checkpoint of size 15 covers only the first batch: the lag now starts at the second,
+        // even though the log was never fully signed in between.
+        unsigned.signed_up_to(15);
+        let second = unsigned.oldest().expect("two batches left");
+        assert!(second > first);
+        unsigned.signed_up_to(20);
+        assert!(unsigned.oldest().is_some());
+        unsigned.signed_up_to(30);
+        assert_eq!(unsigned.oldest(), None);
+    }
 }
