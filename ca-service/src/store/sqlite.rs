@@ -496,7 +496,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_head(&self) -> Result<LogHead, StoreError> {
-        self.with_reader(|connection| read_head(connection)).await
+        self.with_reader(read_head).await
     }
 
     async fn sequence(&self, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
