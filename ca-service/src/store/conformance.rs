@@ -556,6 +556,43 @@ async fn concurrent_sequencers_never_fork<H: Harness>() {
     assert_eq!(head.root, tlog::merkle::tree_root(&leaf_hashes(&stores[1], 40).await));
 }
 
+/// Many appends at once (which PostgreSQL commits in groups): each caller gets its own entry, the
+/// one holding exactly its bytes, and every entry is stored once.
+async fn concurrent_appends_are_each_committed_once<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let appends: Vec<_> = (0..300)
+        .map(|number| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let event = event(&format!("user-{number}"));
+                let entry = store.append_event(event).await.expect("append");
+                (number, entry)
+            })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for append in appends {
+        answered.push(append.await.expect("task"));
+    }
+    let ids: HashSet<i64> = answered.iter().map(|(_, entry)| entry.entry_id).collect();
+    assert_eq!(ids.len(), 300, "one entry per caller");
+    sequence_all(&store, 1000).await;
+    assert_eq!(store.log_head().await.expect("head").size, 300, "each stored once");
+    let stored = store.entries(0, 300).await.expect("entries");
+    for (number, entry) in &answered {
+        let index = store.log_index(entry).await.expect("index").expect("sequenced");
+        let bytes = &stored[index as usize];
+        assert_eq!(
+            <[u8; 32]>::from(sha2::Sha256::digest(bytes)),
+            entry.entry_hash,
+            "the caller's reference names its own entry"
+        );
+        let text = String::from_utf8_lossy(bytes);
+        assert!(text.contains(&format!("\nsubject user-{number}\n")), "{text}");
+    }
+}
+
 async fn checkpoints_keep_history_and_refuse_a_fork<H: Harness>() {
     let harness = H::create().await;
     let store = harness.open().await.expect("open");
@@ -768,6 +805,7 @@ macro_rules! conformance_suite {
                 proofs_from_stored_nodes_verify,
                 a_stale_head_is_refused_and_nothing_is_written,
                 concurrent_sequencers_never_fork,
+                concurrent_appends_are_each_committed_once,
                 checkpoints_keep_history_and_refuse_a_fork,
                 exports_hold_the_latest_checkpoint_and_its_entries,
                 migrations_are_idempotent_and_refuse_newer_schemas,

@@ -7,7 +7,7 @@ pub mod postgres;
 pub mod sqlite;
 
 /// A store failure. Messages are for logs; `api` never sends them to callers.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The database cannot be reached or is busy; nothing was written, retry later.

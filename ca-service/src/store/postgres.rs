@@ -14,15 +14,21 @@
 //! database client can close is a connection lost while `COMMIT` is in flight: the transaction may
 //! then have committed although the caller sees `Unavailable`; the certificate is not released and a
 //! retry with the same key is a renewal.
+//!
+//! Group commit: `append_event` (entries that are a transaction of their own, such as refusals)
+//! goes through one task that inserts whatever is queued, up to 1024 entries, in one statement, so
+//! concurrent callers share one commit; each is answered after that commit.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, error::Elapsed, timeout_at};
 
 use super::StoreError;
-use crate::audit::{AuditEvent, AuditKind};
+use crate::audit::{AuditEntry, AuditEvent, AuditKind};
 use crate::config::PostgresLocation;
 use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
 use crate::issuer::{CommitOutcome, IdentityStore, LogEntryRef, NewCertificate, PinState};
@@ -51,7 +57,18 @@ const SEQUENCER_LOCK: i64 = 0x6532_6565_6361_0002;
 pub struct PostgresStore {
     pool: Pool,
     timeout: Duration,
+    /// The group committer of `append_event` (see [`group_appends`]).
+    appends: mpsc::Sender<PendingAppend>,
 }
+
+/// One `append_event` waiting for the group committer.
+struct PendingAppend {
+    entry: AuditEntry,
+    reply: oneshot::Sender<Result<LogEntryRef, StoreError>>,
+}
+
+/// Most entries the group committer inserts in one statement.
+const MAX_GROUP_APPEND: usize = 1024;
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,7 +175,9 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|error| StoreError::Unavailable(format!("cannot build the connection pool: {error}")))?;
-        Ok(PostgresStore { pool, timeout })
+        let (appends, pending) = mpsc::channel(MAX_GROUP_APPEND * 4);
+        tokio::spawn(group_appends(pool.clone(), timeout, pending));
+        Ok(PostgresStore { pool, timeout, appends })
     }
 
     /// A pooled connection, or `Unavailable` by `deadline`.
@@ -370,6 +389,72 @@ async fn append_entry(
     })
 }
 
+/// The group committer: audit entries that are a transaction of their own (refusals and other
+/// events without a state change) are inserted together, up to [`MAX_GROUP_APPEND`] per
+/// statement, so that concurrent callers share one commit. Each caller is answered only after
+/// the commit that holds its entry (or with the error that rolled it back).
+async fn group_appends(pool: Pool, timeout: Duration, mut pending: mpsc::Receiver<PendingAppend>) {
+    let mut group = Vec::with_capacity(MAX_GROUP_APPEND);
+    while pending.recv_many(&mut group, MAX_GROUP_APPEND).await > 0 {
+        let deadline = Instant::now() + timeout;
+        let entries: Vec<&AuditEntry> = group.iter().map(|append| &append.entry).collect();
+        let outcome = match timeout_at(deadline, pool.get()).await {
+            Ok(Ok(client)) => {
+                let outcome = timeout_at(deadline, insert_entries(&client, &entries)).await;
+                finish(client, outcome)
+            }
+            Ok(Err(error)) => Err(pool_error(error)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no database connection within {} ms",
+                timeout.as_millis()
+            ))),
+        };
+        match outcome {
+            Ok(ids) => {
+                for (append, entry_id) in group.drain(..).zip(ids) {
+                    let _ = append.reply.send(Ok(LogEntryRef {
+                        entry_id,
+                        entry_hash: append.entry.hash,
+                    }));
+                }
+            }
+            Err(error) => {
+                for append in group.drain(..) {
+                    let _ = append.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Inserts `entries` in one statement (one transaction); returns their ids in the same order.
+async fn insert_entries(client: &Object, entries: &[&AuditEntry]) -> Result<Vec<i64>, StoreError> {
+    let bytes: Vec<&[u8]> = entries.iter().map(|entry| entry.bytes.as_slice()).collect();
+    let hashes: Vec<&[u8]> = entries.iter().map(|entry| entry.hash.as_slice()).collect();
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO audit_entries (entry, entry_hash)
+             SELECT entry, entry_hash FROM unnest($1::bytea[], $2::bytea[]) AS new (entry, entry_hash)
+             RETURNING id, entry_hash",
+        )
+        .await
+        .map_err(store_error)?;
+    let rows = client
+        .query(&statement, &[&bytes, &hashes])
+        .await
+        .map_err(store_error)?;
+    // Matched by hash (each entry carries a random nonce), not by the order of RETURNING.
+    let ids: HashMap<Vec<u8>, i64> = rows.iter().map(|row| (row.get(1), row.get(0))).collect();
+    entries
+        .iter()
+        .map(|entry| {
+            ids.get(entry.hash.as_slice())
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt("an appended entry was not returned".to_owned()))
+        })
+        .collect()
+}
+
 async fn latest_certificates(client: &Object, users: &[UserId]) -> Result<Vec<StoredCertificate>, StoreError> {
     // One round trip: per user, a backward scan of certificates_by_user that stops at the first row.
     let statement = client
@@ -428,9 +513,22 @@ impl IdentityStore for PostgresStore {
 
     async fn append_event(&self, event: AuditEvent) -> Result<LogEntryRef, StoreError> {
         let deadline = self.deadline();
-        let client = self.client(deadline).await?;
-        let outcome = timeout_at(deadline, append_entry(&client, &event)).await;
-        finish(client, outcome)
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingAppend {
+            entry: event.encode(),
+            reply,
+        };
+        let unavailable = || StoreError::Unavailable("the audit append task stopped".to_owned());
+        timeout_at(deadline, self.appends.send(pending))
+            .await
+            .map_err(|_| StoreError::Unavailable("store operation timed out".to_owned()))?
+            .map_err(|_| unavailable())?;
+        match timeout_at(deadline, answer).await {
+            Ok(answer) => answer.map_err(|_| unavailable())?,
+            // The group may still commit: like any timed-out commit, the outcome is unknown to
+            // this caller, who was told nothing about it.
+            Err(_) => Err(StoreError::Unavailable("store operation timed out".to_owned())),
+        }
     }
 
     async fn latest_certificates(&self, users: Vec<UserId>) -> Result<Vec<StoredCertificate>, StoreError> {
