@@ -51,9 +51,20 @@ fn main() -> anyhow::Result<()> {
         };
         // The same token and CA, served one store at a time (SoftHSM: one process per token directory).
         let postgres_config = data_dir.join("ca-service-postgres.toml");
-        let text = std::fs::read_to_string(&sqlite_config)?.replace(
-            "url = \"sqlite:ca.sqlite3\"",
-            &format!("url = {postgres_url:?}\npool_size = 16\ntimeout_ms = 5000"),
+        // Another log, so another signer guard: the embedded store's would (rightly) refuse a
+        // fresh database as a rollback of the log it guards.
+        let text = std::fs::read_to_string(&sqlite_config)?
+            .replace(
+                "url = \"sqlite:ca.sqlite3\"",
+                &format!("url = {postgres_url:?}\npool_size = 16\ntimeout_ms = 5000"),
+            )
+            .replace(
+                "guard_file = \"audit-signer-guard\"",
+                "guard_file = \"audit-signer-guard-postgres\"",
+            );
+        anyhow::ensure!(
+            text.contains("audit-signer-guard-postgres"),
+            "the dev config names no guard file"
         );
         std::fs::write(&postgres_config, text)?;
 
