@@ -313,7 +313,7 @@ async fn issuance_fails_closed_while_checkpoints_cannot_be_signed_and_recovers_b
     let dave_index = dave.log_entry.expect("dave's log entry").index;
     assert_eq!(
         dave_index,
-        1 + u64::try_from(released + withheld).expect("small"),
+        alice_entry.index + 1 + u64::try_from(released + withheld).expect("small"),
         "no entry lost or skipped"
     );
     let after = checkpoint_covering(&server, &vkey, dave_index + 1, Duration::from_secs(15)).await;
@@ -411,7 +411,8 @@ async fn a_batch_sequenced_but_unsigned_at_a_crash_is_signed_as_it_was_after_the
     // A refusal (a second key for a pinned user) appends its entry without waiting for an index.
     let refused = issue_to(&mut client, "alice").await.expect_err("alice is pinned");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
-    let caused = 3;
+    // The CA's own entry (its certificate, logged at first start), alice, bob, the refusal.
+    let caused = 4;
     let output = server.kill();
 
     // What the crash left on disk: bob's batch (at least) sequenced but not signed.

@@ -228,9 +228,19 @@ async fn pinning_renewal_and_refusals() {
                 .expect("kind line")
         })
         .collect();
-    assert_eq!(kinds, ["issuance", "renewal", "issuance-refused", "issuance-refused"]);
-    assert!(entries[2].contains("subject alice\n") && entries[2].contains("another pinned key"));
-    assert!(entries[3].contains("subject bob\n") && entries[3].contains("key pinned to another user"));
+    // The CA's own entry (its certificate, logged once at first start), then the requests.
+    assert_eq!(
+        kinds,
+        [
+            "ceremony",
+            "issuance",
+            "renewal",
+            "issuance-refused",
+            "issuance-refused"
+        ]
+    );
+    assert!(entries[3].contains("subject alice\n") && entries[3].contains("another pinned key"));
+    assert!(entries[4].contains("subject bob\n") && entries[4].contains("key pinned to another user"));
     for entry in &entries {
         assert!(
             !entry.contains("PRIVATE KEY") && !entry.contains("BEGIN"),
@@ -363,8 +373,18 @@ async fn bad_input_is_refused_with_a_reason() {
     // mismatched subject, 4 malformed CSRs, the oversized CSR and the 10 refused keys. The
     // invalid user ids and the message over the gRPC limit name no subject and left nothing.
     let carol_index = carol.log_entry.expect("carol's log entry").index;
-    assert_eq!(carol_index, 16, "one entry per refusal with a valid user id");
+    assert_eq!(
+        carol_index, 17,
+        "the CA's own entry, then one per refusal with a valid user id"
+    );
     let entries = exported_entries(&server, carol_index + 1).await;
+    let fingerprint = ca_info(&mut client).await.ca_certificate_fingerprint;
+    assert!(
+        entries[0].contains("\nkind ceremony\n")
+            && entries[0].contains(&format!("\ncertificate-sha256 {fingerprint}\n")),
+        "the log starts with the CA certificate it serves: {}",
+        entries[0]
+    );
     let refusals: Vec<&String> = entries
         .iter()
         .filter(|entry| entry.contains("\nkind issuance-refused\n"))

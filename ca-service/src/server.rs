@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use e2ee_ca_proto::v1::identity_server::IdentityServer;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
 use crate::api::{IdentityService, TransparencyService};
+use crate::audit::{AuditEvent, AuditKind};
 use crate::ceremony::read_pem_certificates;
 use crate::config::ServeConfig;
 use crate::hsm::{Hsm, KeyAlgorithm};
@@ -108,6 +110,7 @@ pub async fn start_audit_log<S: IdentityStore + LogStore>(
             "signer guard: no state file; it now guards the database's latest checkpoint (a new replica, or the file was lost)"
         ),
     }
+    record_ca_certificate(&issuer, &key).await?;
     let (handle, task) = sequencer::spawn(
         Arc::clone(issuer.store()),
         issuer.hsm().clone(),
@@ -120,6 +123,37 @@ pub async fn start_audit_log<S: IdentityStore + LogStore>(
         bound: audit.sequence_wait(),
     });
     Ok((issuer, AuditLog { key, task }))
+}
+
+/// Logs the CA this service signs with, once per CA certificate: the ceremony's outcome as the
+/// log first sees it (the ceremony itself runs offline, with no store). Refuses to start if the
+/// entry cannot be written.
+async fn record_ca_certificate<S: IdentityStore>(issuer: &Issuer<S>, audit_key: &AuditKey) -> anyhow::Result<()> {
+    let ca = issuer.ca();
+    let certificate_sha256: [u8; 32] = Sha256::digest(&ca.certificate_der).into();
+    let event = AuditEvent {
+        kind: AuditKind::Ceremony,
+        actor: "ca-service".to_owned(),
+        subject: ca.key.label().to_owned(),
+        details: vec![
+            ("certificate-sha256", hex::encode(certificate_sha256)),
+            ("key-sha256", hex::encode(Sha256::digest(ca.key.spki_der()))),
+            ("key-algorithm", ca.key.algorithm().name().to_owned()),
+            ("checkpoint-key", audit_key.verifier().to_string()),
+        ],
+    };
+    let recorded = issuer
+        .store()
+        .record_ca_certificate(certificate_sha256, event)
+        .await
+        .context("cannot record the CA certificate in the audit log")?;
+    if let Some(entry) = recorded {
+        tracing::info!(
+            entry_id = entry.entry_id,
+            "audit log: first service with this CA certificate recorded"
+        );
+    }
+    Ok(())
 }
 
 /// Serves Identity, Transparency, health and reflection on `listener` until `shutdown` completes.

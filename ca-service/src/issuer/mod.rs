@@ -116,8 +116,17 @@ pub trait IdentityStore: Send + Sync + 'static {
         event: AuditEvent,
     ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
 
-    /// Appends an audit event on its own (refusals, ceremonies).
+    /// Appends an audit event on its own (refusals).
     fn append_event(&self, event: AuditEvent) -> impl Future<Output = Result<LogEntryRef, StoreError>> + Send;
+
+    /// Records the CA certificate with SHA-256 `certificate_sha256` and appends `event` (its
+    /// ceremony, as the log first sees it) in one transaction, unless that certificate was
+    /// recorded before: then writes nothing and returns `None`. Concurrent callers record it once.
+    fn record_ca_certificate(
+        &self,
+        certificate_sha256: [u8; 32],
+        event: AuditEvent,
+    ) -> impl Future<Output = Result<Option<LogEntryRef>, StoreError>> + Send;
 
     /// The newest certificate of each user that has one.
     fn latest_certificates(

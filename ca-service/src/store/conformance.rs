@@ -593,6 +593,36 @@ async fn concurrent_appends_are_each_committed_once<H: Harness>() {
     }
 }
 
+/// The CA certificate's entry is written once per certificate, also when replicas race to write it.
+async fn a_ca_certificate_is_recorded_once<H: Harness>() {
+    let harness = H::create().await;
+    let stores = [harness.open().await.expect("open"), harness.open().await.expect("open")];
+    let racers: Vec<_> = (0..8)
+        .map(|number| {
+            let store = stores[number % 2].clone();
+            tokio::spawn(async move { store.record_ca_certificate([7; 32], event("ca-key")).await })
+        })
+        .collect();
+    let mut recorded = Vec::new();
+    for racer in racers {
+        if let Some(entry) = racer.await.expect("task").expect("record") {
+            recorded.push(entry);
+        }
+    }
+    assert_eq!(recorded.len(), 1, "one entry for one certificate");
+    let another = stores[0]
+        .record_ca_certificate([8; 32], event("ca-key"))
+        .await
+        .expect("record");
+    assert!(another.is_some(), "another certificate gets its own entry");
+    sequence_all(&stores[0], 100).await;
+    assert_eq!(
+        stores[1].log_head().await.expect("head").size,
+        2,
+        "nothing else was written"
+    );
+}
+
 async fn checkpoints_keep_history_and_refuse_a_fork<H: Harness>() {
     let harness = H::create().await;
     let store = harness.open().await.expect("open");
@@ -806,6 +836,7 @@ macro_rules! conformance_suite {
                 a_stale_head_is_refused_and_nothing_is_written,
                 concurrent_sequencers_never_fork,
                 concurrent_appends_are_each_committed_once,
+                a_ca_certificate_is_recorded_once,
                 checkpoints_keep_history_and_refuse_a_fork,
                 exports_hold_the_latest_checkpoint_and_its_entries,
                 migrations_are_idempotent_and_refuse_newer_schemas,

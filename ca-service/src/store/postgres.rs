@@ -41,6 +41,7 @@ use tlog::merkle::Hash;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_identities.sql")),
     (2, include_str!("migrations/postgres/0002_transparency_log.sql")),
+    (3, include_str!("migrations/postgres/0003_ca_certificates.sql")),
 ];
 
 /// The schema version this binary writes.
@@ -529,6 +530,37 @@ impl IdentityStore for PostgresStore {
             // this caller, who was told nothing about it.
             Err(_) => Err(StoreError::Unavailable("store operation timed out".to_owned())),
         }
+    }
+
+    async fn record_ca_certificate(
+        &self,
+        certificate_sha256: [u8; 32],
+        event: AuditEvent,
+    ) -> Result<Option<LogEntryRef>, StoreError> {
+        let deadline = self.deadline();
+        let mut client = self.client(deadline).await?;
+        let outcome = timeout_at(deadline, async {
+            let transaction = client.transaction().await.map_err(store_error)?;
+            let entry = append_entry(&transaction, &event).await?;
+            // Waits for a concurrent recorder of the same certificate, then conflicts with its
+            // row: rolling back also takes this entry back.
+            let claimed = transaction
+                .execute(
+                    "INSERT INTO ca_certificates (certificate_sha256, entry_id, first_served_at)
+                     VALUES ($1, $2, now()) ON CONFLICT DO NOTHING",
+                    &[&certificate_sha256.as_slice(), &entry.entry_id],
+                )
+                .await
+                .map_err(store_error)?;
+            if claimed == 0 {
+                transaction.rollback().await.map_err(store_error)?;
+                return Ok(None);
+            }
+            transaction.commit().await.map_err(store_error)?;
+            Ok(Some(entry))
+        })
+        .await;
+        finish(client, outcome)
     }
 
     async fn latest_certificates(&self, users: Vec<UserId>) -> Result<Vec<StoredCertificate>, StoreError> {

@@ -25,6 +25,7 @@ use tlog::merkle::Hash;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_identities.sql")),
     (2, include_str!("migrations/sqlite/0002_transparency_log.sql")),
+    (3, include_str!("migrations/sqlite/0003_ca_certificates.sql")),
 ];
 
 /// The schema version this binary writes.
@@ -301,6 +302,43 @@ impl IdentityStore for SqliteStore {
             let entry = append_entry(&transaction, &event)?;
             transaction.commit().map_err(store_error)?;
             Ok(entry)
+        })
+        .await
+    }
+
+    async fn record_ca_certificate(
+        &self,
+        certificate_sha256: [u8; 32],
+        event: AuditEvent,
+    ) -> Result<Option<LogEntryRef>, StoreError> {
+        self.with_connection(move |connection| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(store_error)?;
+            let known = transaction
+                .query_row(
+                    "SELECT 1 FROM ca_certificates WHERE certificate_sha256 = ?1",
+                    params![certificate_sha256.as_slice()],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(store_error)?;
+            if known.is_some() {
+                return Ok(None);
+            }
+            let entry = append_entry(&transaction, &event)?;
+            transaction
+                .execute(
+                    "INSERT INTO ca_certificates (certificate_sha256, entry_id, first_served_at) VALUES (?1, ?2, ?3)",
+                    params![
+                        certificate_sha256.as_slice(),
+                        entry.entry_id,
+                        unix(OffsetDateTime::now_utc())
+                    ],
+                )
+                .map_err(store_error)?;
+            transaction.commit().map_err(store_error)?;
+            Ok(Some(entry))
         })
         .await
     }
@@ -605,7 +643,7 @@ mod tests {
                     .expect("old entry");
             }
         }
-        let store = SqliteStore::open(&path).expect("migrates to version 2");
+        let store = SqliteStore::open(&path).expect("migrates to the current version");
         let new_entry = store
             .append_event(AuditEvent {
                 kind: AuditKind::Ceremony,
