@@ -349,6 +349,9 @@ async fn a_rolled_back_log_is_never_signed_and_issuance_fails_closed() {
     let mut client = replica.client().await;
     let key = UserKeyPair::generate(UserKey::EcP256);
     issue(&mut client, "alice", key.csr("alice")).await.expect("issued");
+    // Issuance answers once its entry is sequenced: wait until a checkpoint covers everything so
+    // far, so that no legitimate signature is still on its way when the rollback is staged.
+    issue_and_wait_for_checkpoint(&replica, &["bob"]).await;
 
     // Someone with database access plants a checkpoint of a larger log, as if the real log had
     // been truncated behind the CA's back, and makes the sequencer reload its state.
