@@ -11,11 +11,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::faults::{AUDIT_ORIGIN, AuditBounds, Server, Setup, Token};
-use common::{CA_SERVICE, UserKey, UserKeyPair, ca_info, issue};
+use common::{UserKey, UserKeyPair, ca_info, issue, run_ca_service};
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
 use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
 use e2ee_ca_proto::v1::{
@@ -371,16 +370,6 @@ impl StoredLog {
     }
 }
 
-/// Runs the binary; returns whether it succeeded and its output.
-fn run(args: &[&str]) -> (bool, String) {
-    let output = Command::new(CA_SERVICE)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ca-service");
-    (output.status.success(), common::faults::output_text(&output))
-}
-
 /// Killed with a batch sequenced but not signed: after a restart the first checkpoint signed is
 /// exactly that head, then every pending entry is indexed, once, and the whole log verifies offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +469,7 @@ async fn a_batch_sequenced_but_unsigned_at_a_crash_is_signed_as_it_was_after_the
     let export = token.path("export");
     let vkey_text = vkey.to_string();
     let config = token.serve_config();
-    let (ok, text) = run(&[
+    let (ok, text) = run_ca_service(&[
         "audit",
         "export",
         "--config",
@@ -489,7 +478,7 @@ async fn a_batch_sequenced_but_unsigned_at_a_crash_is_signed_as_it_was_after_the
         export.to_str().expect("utf-8 path"),
     ]);
     assert!(ok, "export failed: {text}\n{output}");
-    let (ok, text) = run(&[
+    let (ok, text) = run_ca_service(&[
         "audit",
         "verify",
         "--dir",

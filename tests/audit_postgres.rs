@@ -8,28 +8,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::postgres::{ProvisionedCa, TestDatabase};
-use common::{CA_SERVICE, DevServer, UserKey, UserKeyPair, ca_info, issue};
+use common::{DevServer, UserKey, UserKeyPair, ca_info, issue, run_ca_service};
 use tonic::Code;
-
-/// Runs the binary; returns whether it succeeded and its stdout and stderr together.
-fn run(args: &[&str]) -> (bool, String) {
-    let output = Command::new(CA_SERVICE)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ca-service");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
 
 /// The signed log every case starts from.
 struct Fixture {
@@ -75,7 +59,7 @@ impl Fixture {
             args.extend(["--pinned-checkpoint", pinned.to_str().expect("utf-8 path")]);
         }
         args.extend(extra);
-        run(&args)
+        run_ca_service(&args)
     }
 
     fn assert_verify_fails(&self, dir: &Path, pinned: Option<&Path>, extra: &[&str], fragment: &str) {
@@ -105,7 +89,7 @@ impl Case {
     }
 
     fn export(&self) -> (bool, String) {
-        run(&[
+        run_ca_service(&[
             "audit",
             "export",
             "--config",

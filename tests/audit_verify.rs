@@ -3,9 +3,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{CA_SERVICE, DevServer, ca_info, issue_and_wait_for_checkpoint};
+use common::{DevServer, ca_info, issue_and_wait_for_checkpoint, run_ca_service};
 use tlog::checkpoint::SignedCheckpoint;
 use tlog::key::VerifierKey;
 use tlog::note::SignedNote;
@@ -13,24 +12,9 @@ use tlog::note::SignedNote;
 /// The first line of `entries.bin` (see ca-service/src/transparency/export.rs).
 const MAGIC: &[u8] = b"e2ee-ca log entries v1\n";
 
-/// Runs the binary; returns whether it succeeded and its stdout and stderr together.
-fn run(args: &[&str]) -> (bool, String) {
-    let output = Command::new(CA_SERVICE)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ca-service");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 fn export(data_dir: &Path, out: &Path, vkey: &str) {
     let config = data_dir.join("ca-service.toml");
-    let (ok, text) = run(&[
+    let (ok, text) = run_ca_service(&[
         "audit",
         "export",
         "--config",
@@ -55,7 +39,7 @@ fn verify(dir: &Path, vkey: &str, pinned: Option<&Path>) -> (bool, String) {
     if let Some(pinned) = pinned {
         args.extend(["--pinned-checkpoint", pinned.to_str().expect("utf-8 path")]);
     }
-    run(&args)
+    run_ca_service(&args)
 }
 
 fn assert_fails(result: (bool, String), fragment: &str) {

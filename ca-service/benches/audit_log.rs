@@ -15,6 +15,8 @@
 //!    recomputation alone (leaf hashes of 1,000,000 entries of the same size, then `Frontier`, one
 //!    thread).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "machine: {} cores, {}",
             std::thread::available_parallelism().map_or(0, usize::from),
-            cpu_model()
+            support::cpu_model()
         );
         println!(
             "settings: {writers} writers, {} s per phase, sequencer defaults (max_batch {}), audit key ECDSA P-256 on SoftHSM",
@@ -481,16 +483,4 @@ impl<L: LogStore> LogStore for Timed<L> {
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
         self.inner.latest_checkpoint().await
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|model| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
 }

@@ -13,6 +13,8 @@
 //!
 //! Results go to stdout; with `BENCH_MARKDOWN=FILE` a Markdown table is also written to FILE.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -68,7 +70,7 @@ fn main() -> anyhow::Result<()> {
             session_wait: Duration::from_secs(5),
         })?;
         let mut report = Report::default();
-        report.line(format!("machine: {} cores, {}", num_cores(), cpu_model()));
+        report.line(format!("machine: {} cores, {}", num_cores(), support::cpu_model()));
         report.line(format!(
             "settings: {} s per measurement, {} gRPC clients, {} users with RSA-2048 keys, HSM pool of {POOL_SIZE}",
             settings.seconds, settings.clients, settings.users
@@ -499,16 +501,4 @@ impl Drop for Server {
 
 fn num_cores() -> usize {
     std::thread::available_parallelism().map(usize::from).unwrap_or(1)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|model| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
 }

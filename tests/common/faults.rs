@@ -18,7 +18,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::CA_SERVICE;
+use super::{CA_SERVICE, output_text};
 
 pub const TOKEN_LABEL: &str = "fault-test";
 pub const USER_PIN: &str = "1234-user-pin";
@@ -224,14 +224,6 @@ impl Token {
 
 pub fn softhsm_module() -> PathBuf {
     hsm_sim::find_module().expect("SoftHSM2 module")
-}
-
-pub fn output_text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Everything a child printed on stdout and stderr so far, collected by two reader threads.

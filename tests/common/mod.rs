@@ -201,14 +201,7 @@ pub async fn issue(
     user_id: &str,
     csr_pem: &str,
 ) -> Result<IssueCertificateResponse, tonic::Status> {
-    client
-        .issue_certificate(IssueCertificateRequest {
-            user_id: user_id.to_owned(),
-            csr_pem: csr_pem.to_owned(),
-            wait_for_checkpoint: false,
-        })
-        .await
-        .map(tonic::Response::into_inner)
+    issue_request(client, user_id, csr_pem, false).await
 }
 
 /// `issue` that also waits for the entry's receipt (`wait_for_checkpoint`).
@@ -217,11 +210,20 @@ pub async fn issue_with_receipt(
     user_id: &str,
     csr_pem: &str,
 ) -> Result<IssueCertificateResponse, tonic::Status> {
+    issue_request(client, user_id, csr_pem, true).await
+}
+
+async fn issue_request(
+    client: &mut IdentityClient<Channel>,
+    user_id: &str,
+    csr_pem: &str,
+    wait_for_checkpoint: bool,
+) -> Result<IssueCertificateResponse, tonic::Status> {
     client
         .issue_certificate(IssueCertificateRequest {
             user_id: user_id.to_owned(),
             csr_pem: csr_pem.to_owned(),
-            wait_for_checkpoint: true,
+            wait_for_checkpoint,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -314,12 +316,27 @@ pub fn assert_exits_without_serving(mut command: Command) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     let output = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = output_text(&output);
     assert!(!output.status.success(), "must exit with an error: {text}");
     assert!(!text.contains("listening on"), "must not serve: {text}");
     text
+}
+
+/// What a finished child printed, stdout then stderr.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `ca-service ARGS` to completion; returns whether it succeeded and what it printed.
+pub fn run_ca_service(args: &[&str]) -> (bool, String) {
+    let output = Command::new(CA_SERVICE)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run ca-service");
+    (output.status.success(), output_text(&output))
 }
