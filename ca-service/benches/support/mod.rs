@@ -12,3 +12,20 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".to_owned())
 }
+
+/// CPU time (user + system) process `pid` has used so far, in seconds, from `/proc/PID/stat`;
+/// `None` when the process is gone. Robust against other load on the machine, unlike rates.
+#[allow(
+    dead_code,
+    reason = "each bench binary compiles this module and uses only some of it"
+)]
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime are
+    // fields 14 and 15, in clock ticks of USER_HZ, which Linux fixes at 100 for user space.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user_ticks: f64 = fields.next()?.parse().ok()?;
+    let system_ticks: f64 = fields.next()?.parse().ok()?;
+    Some((user_ticks + system_ticks) / 100.0)
+}

@@ -409,26 +409,36 @@ impl<S: IdentityStore> Issuer<S> {
     }
 
     /// Step 7: wakes the sequencer and waits until `entry` has a log index, at most the bound.
+    /// The local sequencer publishes the indices it gives; the store is asked only when no local
+    /// progress shows the entry for `LOG_INDEX_POLL` (another replica sequences, or a long wait).
     async fn wait_for_log_index(&self, entry: &LogEntryRef) -> Result<Option<u64>, IssueError> {
         let Some(log_wait) = &self.log_wait else {
             return Ok(None);
         };
-        log_wait.sequencer.wake();
+        // Subscribed before the first look, so that no batch goes unnoticed in between.
         let mut sequenced = log_wait.sequencer.sequenced();
+        log_wait.sequencer.wake();
         let deadline = tokio::time::Instant::now() + log_wait.bound;
+        let mut store_check = tokio::time::Instant::now() + LOG_INDEX_POLL;
         loop {
-            if let Some(index) = self.store.log_index(entry).await? {
+            if let Some(index) = log_wait.sequencer.recent_index(entry.entry_id) {
                 return Ok(Some(index));
+            }
+            if tokio::time::Instant::now() >= store_check {
+                if let Some(index) = self.store.log_index(entry).await? {
+                    return Ok(Some(index));
+                }
+                store_check = tokio::time::Instant::now() + LOG_INDEX_POLL;
             }
             let progressed = tokio::time::timeout_at(deadline, async {
                 tokio::select! {
                     changed = sequenced.changed() => {
-                        // A stopped sequencer: fall back to polling rather than spinning.
+                        // A stopped sequencer: fall back to the store rather than spinning.
                         if changed.is_err() {
-                            tokio::time::sleep(LOG_INDEX_POLL).await;
+                            tokio::time::sleep_until(store_check).await;
                         }
                     }
-                    () = tokio::time::sleep(LOG_INDEX_POLL) => {}
+                    () = tokio::time::sleep_until(store_check) => {}
                 }
             })
             .await;

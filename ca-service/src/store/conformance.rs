@@ -379,7 +379,7 @@ async fn sequence_all(store: &impl LogStore, batch: usize) -> Vec<LogHead> {
     let mut heads = Vec::new();
     loop {
         match store.sequence(head, batch).await.expect("sequence") {
-            SequenceOutcome::Sequenced(new_head) => {
+            SequenceOutcome::Sequenced { head: new_head, .. } => {
                 heads.push(new_head);
                 head = new_head;
             }
@@ -525,7 +525,9 @@ async fn concurrent_sequencers_never_fork<H: Harness>() {
                 let mut moved = 0;
                 for _ in 0..400 {
                     match store.sequence(head, 3).await.expect("sequence") {
-                        SequenceOutcome::Sequenced(new_head) | SequenceOutcome::Idle(new_head) => head = new_head,
+                        SequenceOutcome::Sequenced { head: new_head, .. } | SequenceOutcome::Idle(new_head) => {
+                            head = new_head
+                        }
                         SequenceOutcome::HeadMoved(actual) => {
                             moved += 1;
                             head = actual;

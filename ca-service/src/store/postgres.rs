@@ -754,7 +754,10 @@ async fn sequence(client: &mut Object, expected: LogHead, max_entries: usize) ->
         ));
     }
     transaction.commit().await.map_err(store_error)?;
-    Ok(SequenceOutcome::Sequenced(planned.head))
+    Ok(SequenceOutcome::Sequenced {
+        head: planned.head,
+        assignments: planned.assignments,
+    })
 }
 
 /// The sequencer's advisory lock, held by a connection taken out of the pool for good: the lock

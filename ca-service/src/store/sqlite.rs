@@ -4,10 +4,18 @@
 //! blocking threads; in WAL mode a read never waits for a write transaction. Writes are serialised
 //! by `BEGIN IMMEDIATE`, and the uniqueness constraints of the schema (not this code) guarantee one
 //! key per user, one user per key and unique serials.
+//!
+//! Group commit: issuances and audit appends go to one writer thread, which writes everything
+//! waiting in one transaction, each write in its own savepoint, so that one fsync makes a whole
+//! group durable. A write that the constraints refuse rolls back its savepoint alone; any other
+//! failure, or a failed `COMMIT`, fails the whole group and writes nothing. No caller hears back
+//! before the `COMMIT` that holds its write has returned.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
+
+use tokio::sync::oneshot;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
@@ -35,6 +43,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// without waiting for a write transaction (and its fsync) to finish.
 const READERS: usize = 4;
 
+/// Most writes the group committer puts in one transaction.
+const MAX_GROUP_COMMIT: usize = 256;
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -43,6 +54,176 @@ pub struct SqliteStore {
     /// Connections for reads that need no transaction with a write, used round robin.
     readers: Arc<[Mutex<Connection>]>,
     next_reader: Arc<AtomicUsize>,
+    /// The group committer's queue (see the module docs); its thread ends with the last clone.
+    writes: mpsc::Sender<GroupedWrite>,
+}
+
+/// One write waiting for the group committer, with where its outcome goes.
+enum GroupedWrite {
+    Issuance {
+        certificate: NewCertificate,
+        event: AuditEvent,
+        reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    },
+    Append {
+        event: AuditEvent,
+        reply: oneshot::Sender<Result<LogEntryRef, StoreError>>,
+    },
+}
+
+impl GroupedWrite {
+    /// Writes inside the group's transaction (in the caller's savepoint).
+    fn write(self, connection: &Connection) -> Written {
+        match self {
+            GroupedWrite::Issuance {
+                certificate,
+                event,
+                reply,
+            } => Written::Issuance {
+                outcome: write_issuance(connection, &certificate, event),
+                reply,
+            },
+            GroupedWrite::Append { event, reply } => Written::Append {
+                outcome: append_entry(connection, &event),
+                reply,
+            },
+        }
+    }
+
+    /// Answers with the group's error: nothing of it was written.
+    fn fail(self, error: StoreError) {
+        // A caller that gave up waiting is not an error here.
+        let _ = match self {
+            GroupedWrite::Issuance { reply, .. } => reply.send(Err(error)).map_err(drop),
+            GroupedWrite::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
+        };
+    }
+}
+
+/// A grouped write done inside its savepoint, not yet answered.
+enum Written {
+    Issuance {
+        outcome: Result<CommitOutcome, StoreError>,
+        reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    },
+    Append {
+        outcome: Result<LogEntryRef, StoreError>,
+        reply: oneshot::Sender<Result<LogEntryRef, StoreError>>,
+    },
+}
+
+impl Written {
+    /// True when the savepoint holds something to commit: refusals and constraint failures
+    /// are rolled back to it.
+    fn keeps(&self) -> bool {
+        matches!(
+            self,
+            Written::Issuance {
+                outcome: Ok(CommitOutcome::Committed { .. }),
+                ..
+            } | Written::Append { outcome: Ok(_), .. }
+        )
+    }
+
+    /// An error that must fail the whole group: anything but a constraint the store enforces for
+    /// this one write.
+    fn group_error(&self) -> Option<StoreError> {
+        let error = match self {
+            Written::Issuance {
+                outcome: Err(error), ..
+            }
+            | Written::Append {
+                outcome: Err(error), ..
+            } => error,
+            _ => return None,
+        };
+        (!matches!(error, StoreError::Integrity(_))).then(|| error.clone())
+    }
+
+    /// Answers with this write's own outcome (after the group committed).
+    fn answer(self) {
+        // A caller that gave up waiting is not an error: its write stays committed, as it would have
+        // without grouping.
+        let _ = match self {
+            Written::Issuance { outcome, reply } => reply.send(outcome).map_err(drop),
+            Written::Append { outcome, reply } => reply.send(outcome).map_err(drop),
+        };
+    }
+
+    /// Answers with the group's error instead: nothing of the group was written.
+    fn fail(self, error: StoreError) {
+        let _ = match self {
+            Written::Issuance { reply, .. } => reply.send(Err(error)).map_err(drop),
+            Written::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
+        };
+    }
+}
+
+/// The group committer's thread: takes what is waiting (at most `MAX_GROUP_COMMIT`), writes it in
+/// one transaction, answers, and starts again; it ends when every store clone is gone.
+fn group_commit(connection: Arc<Mutex<Connection>>, writes: mpsc::Receiver<GroupedWrite>) {
+    while let Ok(first) = writes.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_COMMIT {
+            match writes.try_recv() {
+                Ok(write) => group.push(write),
+                Err(_) => break,
+            }
+        }
+        let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        commit_group(&mut connection, group);
+    }
+}
+
+/// Writes `group` in one transaction, each write in its own savepoint, and answers every caller:
+/// with its own outcome once `COMMIT` returned, or with the error that stopped the group.
+fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>) {
+    let mut transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(transaction) => transaction,
+        Err(error) => {
+            let error = store_error(error);
+            group.into_iter().for_each(|write| write.fail(error.clone()));
+            return;
+        }
+    };
+    let mut written = Vec::with_capacity(group.len());
+    let mut writes = group.into_iter();
+    let mut failure = None;
+    while failure.is_none()
+        && let Some(write) = writes.next()
+    {
+        let savepoint = match transaction.savepoint() {
+            Ok(savepoint) => savepoint,
+            Err(error) => {
+                let error = store_error(error);
+                write.fail(error.clone());
+                failure = Some(error);
+                continue;
+            }
+        };
+        let done = write.write(&savepoint);
+        failure = done.group_error();
+        // A savepoint rolls back when dropped: refusals keep nothing.
+        if failure.is_none() && done.keeps() {
+            failure = savepoint.commit().map_err(store_error).err();
+        }
+        written.push(done);
+    }
+    let failure = match failure {
+        Some(error) => {
+            // Nothing of the group stays; the rollback's own error changes nothing for the callers.
+            let _ = transaction.rollback();
+            Some(error)
+        }
+        None => transaction.commit().map_err(store_error).err(),
+    };
+    match failure {
+        None => written.into_iter().for_each(Written::answer),
+        Some(error) => {
+            written.into_iter().for_each(|done| done.fail(error.clone()));
+            writes.for_each(|write| write.fail(error.clone()));
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -96,10 +277,18 @@ impl SqliteStore {
                 Ok(Mutex::new(reader))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let connection = Arc::new(Mutex::new(connection));
+        let (writes, queue) = mpsc::channel();
+        let writer = Arc::clone(&connection);
+        std::thread::Builder::new()
+            .name("sqlite-group-commit".to_owned())
+            .spawn(move || group_commit(writer, queue))
+            .map_err(|error| StoreError::Unavailable(format!("cannot start the store's writer thread: {error}")))?;
         Ok(SqliteStore {
-            connection: Arc::new(Mutex::new(connection)),
+            connection,
             readers: readers.into(),
             next_reader: Arc::new(AtomicUsize::new(0)),
+            writes,
         })
     }
 
@@ -116,6 +305,11 @@ impl SqliteStore {
         })
         .await
         .map_err(|_| StoreError::Unavailable("store task panicked".to_owned()))?
+    }
+
+    /// Queues `write` for the group committer.
+    fn group_write(&self, write: GroupedWrite) -> Result<(), StoreError> {
+        self.writes.send(write).map_err(|_| writer_stopped())
     }
 
     /// Runs the read-only `work` on one of the reader connections on a blocking thread. It sees
@@ -146,11 +340,13 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
              ) STRICT;",
         )
         .map_err(store_error)?;
-    let current: i64 = connection
-        .query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |row| {
-            row.get(0)
-        })
-        .map_err(store_error)?;
+    let current: i64 = cached_row(
+        connection,
+        "SELECT coalesce(max(version), 0) FROM schema_migrations",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(store_error)?;
     let latest = SCHEMA_VERSION;
     if current > latest {
         return Err(StoreError::Schema(format!(
@@ -179,15 +375,97 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 fn append_entry(connection: &Connection, event: &AuditEvent) -> Result<LogEntryRef, StoreError> {
     let entry = event.encode();
     connection
-        .execute(
-            "INSERT INTO audit_entries (entry, entry_hash) VALUES (?1, ?2)",
-            params![entry.bytes, entry.hash.as_slice()],
-        )
+        .prepare_cached("INSERT INTO audit_entries (entry, entry_hash) VALUES (?1, ?2)")
+        .and_then(|mut statement| statement.execute(params![entry.bytes, entry.hash.as_slice()]))
         .map_err(store_error)?;
     Ok(LogEntryRef {
         entry_id: connection.last_insert_rowid(),
         entry_hash: entry.hash,
     })
+}
+
+/// The `commit_issuance` contract inside a transaction (or savepoint) the caller commits.
+fn write_issuance(
+    connection: &Connection,
+    certificate: &NewCertificate,
+    event: AuditEvent,
+) -> Result<CommitOutcome, StoreError> {
+    let user = certificate.user_id.as_str();
+    let key = certificate.key_fingerprint.as_bytes().as_slice();
+    let pinned: Option<Vec<u8>> = connection
+        .prepare_cached("SELECT key_sha256 FROM identities WHERE user_id = ?1")
+        .and_then(|mut statement| statement.query_row(params![user], |row| row.get(0)).optional())
+        .map_err(store_error)?;
+    let renewal = match pinned {
+        Some(pinned) if pinned.as_slice() == key => true,
+        Some(pinned) => return Ok(CommitOutcome::PinnedToOtherKey(fingerprint(pinned)?)),
+        None => {
+            let inserted = connection
+                .prepare_cached(
+                    "INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        user,
+                        key,
+                        certificate.spki_der,
+                        unix(OffsetDateTime::now_utc())
+                    ])
+                });
+            match inserted {
+                Ok(_) => false,
+                // The key's UNIQUE constraint: the key belongs to another user.
+                Err(error) if error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    return Ok(CommitOutcome::KeyPinnedElsewhere);
+                }
+                Err(error) => return Err(store_error(error)),
+            }
+        }
+    };
+    connection
+        .prepare_cached(
+            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                certificate.serial.as_bytes(),
+                user,
+                key,
+                certificate.certificate_der,
+                unix(certificate.not_before),
+                unix(certificate.not_after),
+                unix(OffsetDateTime::now_utc()),
+            ])
+        })
+        .map_err(store_error)?;
+    // The recorded kind follows what the transaction saw, not the earlier read.
+    let event = AuditEvent {
+        kind: if renewal {
+            AuditKind::Renewal
+        } else {
+            AuditKind::Issuance
+        },
+        ..event
+    };
+    let entry = append_entry(connection, &event)?;
+    Ok(CommitOutcome::Committed { renewal, entry })
+}
+
+/// `query_row` through the connection's statement cache: the hot paths run the same few statements,
+/// and parsing them again each time cost more than running them.
+fn cached_row<T, P: rusqlite::Params>(
+    connection: &Connection,
+    sql: &str,
+    params: P,
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    connection.prepare_cached(sql)?.query_row(params, map)
+}
+
+/// The group committer's thread has stopped (it panicked): nothing more can be written.
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("the store's writer thread has stopped".to_owned())
 }
 
 fn fingerprint(bytes: Vec<u8>) -> Result<KeyFingerprint, StoreError> {
@@ -199,22 +477,22 @@ impl IdentityStore for SqliteStore {
         let user = user.clone();
         let key = *key;
         self.with_reader(move |connection| {
-            let user_pin: Option<Vec<u8>> = connection
-                .query_row(
-                    "SELECT key_sha256 FROM identities WHERE user_id = ?1",
-                    params![user.as_str()],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(store_error)?;
-            let owner: Option<String> = connection
-                .query_row(
-                    "SELECT user_id FROM identities WHERE key_sha256 = ?1",
-                    params![key.as_bytes().as_slice()],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(store_error)?;
+            let user_pin: Option<Vec<u8>> = cached_row(
+                connection,
+                "SELECT key_sha256 FROM identities WHERE user_id = ?1",
+                params![user.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(store_error)?;
+            let owner: Option<String> = cached_row(
+                connection,
+                "SELECT user_id FROM identities WHERE key_sha256 = ?1",
+                params![key.as_bytes().as_slice()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(store_error)?;
             Ok(PinState {
                 user_pin: user_pin.map(fingerprint).transpose()?,
                 key_pinned_elsewhere: owner.is_some_and(|owner| owner != user.as_str()),
@@ -226,14 +504,14 @@ impl IdentityStore for SqliteStore {
     async fn certificates_since(&self, user: &UserId, since: OffsetDateTime) -> Result<u64, StoreError> {
         let user = user.clone();
         self.with_reader(move |connection| {
-            connection
-                .query_row(
-                    "SELECT count(*) FROM certificates WHERE user_id = ?1 AND issued_at >= ?2",
-                    params![user.as_str(), unix(since)],
-                    |row| row.get::<_, i64>(0),
-                )
-                .map(|count| count as u64)
-                .map_err(store_error)
+            cached_row(
+                connection,
+                "SELECT count(*) FROM certificates WHERE user_id = ?1 AND issued_at >= ?2",
+                params![user.as_str(), unix(since)],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|count| count as u64)
+            .map_err(store_error)
         })
         .await
     }
@@ -243,67 +521,19 @@ impl IdentityStore for SqliteStore {
         certificate: NewCertificate,
         event: AuditEvent,
     ) -> Result<CommitOutcome, StoreError> {
-        self.with_connection(move |connection| {
-            let transaction =
-                connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(store_error)?;
-            let user = certificate.user_id.as_str();
-            let key = certificate.key_fingerprint.as_bytes().as_slice();
-            let pinned: Option<Vec<u8>> = transaction
-                .query_row("SELECT key_sha256 FROM identities WHERE user_id = ?1", params![user], |row| row.get(0))
-                .optional()
-                .map_err(store_error)?;
-            let renewal = match pinned {
-                Some(pinned) if pinned.as_slice() == key => true,
-                Some(pinned) => return Ok(CommitOutcome::PinnedToOtherKey(fingerprint(pinned)?)),
-                None => {
-                    let inserted = transaction.execute(
-                        "INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![user, key, certificate.spki_der, unix(OffsetDateTime::now_utc())],
-                    );
-                    match inserted {
-                        Ok(_) => false,
-                        // The key's UNIQUE constraint: the key belongs to another user.
-                        Err(error) if error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                            return Ok(CommitOutcome::KeyPinnedElsewhere);
-                        }
-                        Err(error) => return Err(store_error(error)),
-                    }
-                }
-            };
-            transaction
-                .execute(
-                    "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        certificate.serial.as_bytes(),
-                        user,
-                        key,
-                        certificate.certificate_der,
-                        unix(certificate.not_before),
-                        unix(certificate.not_after),
-                        unix(OffsetDateTime::now_utc()),
-                    ],
-                )
-                .map_err(store_error)?;
-            // The recorded kind follows what the transaction saw, not the earlier read.
-            let event = AuditEvent { kind: if renewal { AuditKind::Renewal } else { AuditKind::Issuance }, ..event };
-            let entry = append_entry(&transaction, &event)?;
-            transaction.commit().map_err(store_error)?;
-            Ok(CommitOutcome::Committed { renewal, entry })
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        self.group_write(GroupedWrite::Issuance {
+            certificate,
+            event,
+            reply,
+        })?;
+        answer.await.map_err(|_| writer_stopped())?
     }
 
     async fn append_event(&self, event: AuditEvent) -> Result<LogEntryRef, StoreError> {
-        self.with_connection(move |connection| {
-            let transaction = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(store_error)?;
-            let entry = append_entry(&transaction, &event)?;
-            transaction.commit().map_err(store_error)?;
-            Ok(entry)
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        self.group_write(GroupedWrite::Append { event, reply })?;
+        answer.await.map_err(|_| writer_stopped())?
     }
 
     async fn record_ca_certificate(
@@ -315,14 +545,14 @@ impl IdentityStore for SqliteStore {
             let transaction = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(store_error)?;
-            let known = transaction
-                .query_row(
-                    "SELECT 1 FROM ca_certificates WHERE certificate_sha256 = ?1",
-                    params![certificate_sha256.as_slice()],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(store_error)?;
+            let known = cached_row(
+                &transaction,
+                "SELECT 1 FROM ca_certificates WHERE certificate_sha256 = ?1",
+                params![certificate_sha256.as_slice()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(store_error)?;
             if known.is_some() {
                 return Ok(None);
             }
@@ -380,14 +610,14 @@ impl IdentityStore for SqliteStore {
     async fn log_index(&self, entry: &LogEntryRef) -> Result<Option<u64>, StoreError> {
         let entry_id = entry.entry_id;
         self.with_reader(move |connection| {
-            let index: Option<Option<i64>> = connection
-                .query_row(
-                    "SELECT leaf_index FROM audit_entries WHERE id = ?1",
-                    params![entry_id],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(store_error)?;
+            let index: Option<Option<i64>> = cached_row(
+                connection,
+                "SELECT leaf_index FROM audit_entries WHERE id = ?1",
+                params![entry_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(store_error)?;
             index.flatten().map(to_u64).transpose()
         })
         .await
@@ -395,8 +625,7 @@ impl IdentityStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_connection(|connection| {
-            connection
-                .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+            cached_row(connection, "SELECT 1", [], |row| row.get::<_, i64>(0))
                 .map(|_| ())
                 .map_err(store_error)
         })
@@ -417,11 +646,13 @@ fn to_hash(bytes: Vec<u8>) -> Result<Hash, StoreError> {
 }
 
 fn read_head(connection: &Connection) -> Result<LogHead, StoreError> {
-    let (size, root): (i64, Vec<u8>) = connection
-        .query_row("SELECT size, root FROM audit_log_head WHERE id = 1", [], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .map_err(store_error)?;
+    let (size, root): (i64, Vec<u8>) = cached_row(
+        connection,
+        "SELECT size, root FROM audit_log_head WHERE id = 1",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .map_err(store_error)?;
     Ok(LogHead {
         size: to_u64(size)?,
         root: to_hash(root)?,
@@ -515,7 +746,10 @@ fn sequence(connection: &mut Connection, expected: LogHead, max_entries: usize) 
         ));
     }
     transaction.commit().map_err(store_error)?;
-    Ok(SequenceOutcome::Sequenced(planned.head))
+    Ok(SequenceOutcome::Sequenced {
+        head: planned.head,
+        assignments: planned.assignments,
+    })
 }
 
 /// The embedded store has one process: it always leads.
@@ -590,14 +824,14 @@ impl LogStore for SqliteStore {
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
         self.with_reader(|connection| {
-            let row: Option<(i64, Vec<u8>, String)> = connection
-                .query_row(
-                    "SELECT size, root, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
-                    [],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .optional()
-                .map_err(store_error)?;
+            let row: Option<(i64, Vec<u8>, String)> = cached_row(
+                connection,
+                "SELECT size, root, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(store_error)?;
             row.map(|(size, root, note)| {
                 Ok(StoredCheckpoint {
                     size: to_u64(size)?,
@@ -616,6 +850,145 @@ mod tests {
     //! Behaviour specific to the embedded store; the shared behaviours are in `conformance`.
 
     use super::*;
+    use crate::store::conformance::{certificate, event};
+
+    /// Queues an issuance for a hand-made group and returns where its answer arrives.
+    fn issuance(
+        group: &mut Vec<GroupedWrite>,
+        certificate: NewCertificate,
+    ) -> oneshot::Receiver<Result<CommitOutcome, StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        let event = event(certificate.user_id.as_str());
+        group.push(GroupedWrite::Issuance {
+            certificate,
+            event,
+            reply,
+        });
+        answer
+    }
+
+    fn count(connection: &Connection, table: &str) -> i64 {
+        connection
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))
+            .expect("count")
+    }
+
+    fn fresh_connection(directory: &tempfile::TempDir) -> Connection {
+        let path = directory.path().join("ca.sqlite3");
+        drop(SqliteStore::open(&path).expect("migrated"));
+        Connection::open(&path).expect("open")
+    }
+
+    #[test]
+    fn a_refused_write_in_a_group_rolls_back_alone() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let mut connection = fresh_connection(&directory);
+        let mut group = Vec::new();
+        let alice = issuance(&mut group, certificate("alice", 1, 1));
+        // Same serial as alice's: its identity row, written first, must go too.
+        let bob = issuance(&mut group, certificate("bob", 2, 1));
+        let (reply, appended) = oneshot::channel();
+        group.push(GroupedWrite::Append {
+            event: event("refusal"),
+            reply,
+        });
+        // Alice's key, pinned earlier in the same group.
+        let carol = issuance(&mut group, certificate("carol", 1, 3));
+        commit_group(&mut connection, group);
+
+        assert!(matches!(
+            alice.blocking_recv().expect("answered"),
+            Ok(CommitOutcome::Committed { renewal: false, .. })
+        ));
+        assert!(matches!(
+            bob.blocking_recv().expect("answered"),
+            Err(StoreError::Integrity(_))
+        ));
+        assert!(appended.blocking_recv().expect("answered").is_ok());
+        assert_eq!(
+            carol.blocking_recv().expect("answered").expect("no store error"),
+            CommitOutcome::KeyPinnedElsewhere
+        );
+        assert_eq!(count(&connection, "identities"), 1, "only alice is pinned");
+        assert_eq!(count(&connection, "certificates"), 1);
+        assert_eq!(
+            count(&connection, "audit_entries"),
+            2,
+            "alice's issuance and the refusal"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_fails_its_whole_group_and_writes_nothing() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let mut connection = fresh_connection(&directory);
+        let mut group = Vec::new();
+        let (reply, appended) = oneshot::channel();
+        group.push(GroupedWrite::Append {
+            event: event("first"),
+            reply,
+        });
+        let alice = issuance(&mut group, certificate("alice", 1, 1));
+        let bob = issuance(&mut group, certificate("bob", 2, 2));
+        // Not a constraint: the store cannot write certificates at all.
+        connection
+            .execute_batch("ALTER TABLE certificates RENAME TO certificates_elsewhere")
+            .expect("rename");
+        commit_group(&mut connection, group);
+
+        assert!(matches!(
+            appended.blocking_recv().expect("answered"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            alice.blocking_recv().expect("answered"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(
+            matches!(bob.blocking_recv().expect("answered"), Err(StoreError::Corrupt(_))),
+            "the write after the failure is answered too"
+        );
+        assert_eq!(count(&connection, "identities"), 0);
+        assert_eq!(
+            count(&connection, "audit_entries"),
+            0,
+            "the append before the failure is rolled back"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_through_the_group_committer_are_each_answered_once() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&directory.path().join("ca.sqlite3")).expect("open");
+        let commits = (0..64u8).map(|number| {
+            let store = store.clone();
+            // Every fourth request reuses the serial of the one before it.
+            let serial = number - u8::from(number % 4 == 3);
+            tokio::spawn(async move {
+                store
+                    .commit_issuance(certificate(&format!("user{number}"), number, serial), event("x"))
+                    .await
+            })
+        });
+        let mut committed = 0;
+        let mut refused = 0;
+        for commit in commits {
+            match commit.await.expect("task") {
+                Ok(CommitOutcome::Committed { .. }) => committed += 1,
+                Err(StoreError::Integrity(_)) => refused += 1,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        assert_eq!((committed, refused), (48, 16));
+        let entries = store
+            .with_reader(|connection| Ok(count(connection, "audit_entries")))
+            .await
+            .expect("count");
+        assert_eq!(
+            entries, 48,
+            "one entry per committed issuance, none for the refused ones"
+        );
+    }
 
     #[tokio::test]
     async fn entries_written_before_the_log_existed_are_sequenced_first() {
@@ -654,7 +1027,7 @@ mod tests {
             .await
             .expect("append");
         let head = match store.sequence(LogHead::empty(), 100).await.expect("sequence") {
-            SequenceOutcome::Sequenced(head) => head,
+            SequenceOutcome::Sequenced { head, .. } => head,
             other => panic!("expected a batch, got {other:?}"),
         };
         assert_eq!(head.size, 4);

@@ -69,8 +69,13 @@ pub struct PlannedBatch {
 /// The outcome of one sequencing attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SequenceOutcome {
-    /// Entries were sequenced; the new head is committed.
-    Sequenced(LogHead),
+    /// Entries were sequenced; the new head and the entries' indices are committed.
+    Sequenced {
+        /// The head after the batch.
+        head: LogHead,
+        /// `(entry_id, leaf_index)` of each entry of the batch, in index order.
+        assignments: Vec<(i64, u64)>,
+    },
     /// No entry was pending; nothing was written.
     Idle(LogHead),
     /// The stored head is not the one the caller expected (another sequencer ran); nothing was

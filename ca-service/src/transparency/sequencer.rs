@@ -18,7 +18,7 @@
 //! instead of committing certificates it would have to withhold; the next signed checkpoint makes
 //! it healthy again.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -55,6 +55,32 @@ pub struct SequencerHandle {
     wake: Arc<Notify>,
     sequenced: watch::Receiver<u64>,
     healthy: watch::Receiver<bool>,
+    recent: Arc<Mutex<RecentIndices>>,
+}
+
+/// How many of the latest `(entry id, log index)` assignments the sequencer keeps for issuers.
+const RECENT_INDICES: usize = 1 << 16;
+
+/// The indices this process's sequencer gave most recently, so that a waiting issuer learns its
+/// entry's index without a store read. Only committed batches are added; the oldest go first.
+#[derive(Debug, Default)]
+struct RecentIndices {
+    by_entry: HashMap<i64, u64>,
+    order: VecDeque<i64>,
+}
+
+impl RecentIndices {
+    fn add(&mut self, assignments: &[(i64, u64)]) {
+        for &(entry_id, index) in assignments {
+            self.by_entry.insert(entry_id, index);
+            self.order.push_back(entry_id);
+        }
+        while self.order.len() > RECENT_INDICES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_entry.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl SequencerHandle {
@@ -66,6 +92,14 @@ impl SequencerHandle {
     /// The size of the log as last sequenced by this process's sequencer.
     pub fn sequenced(&self) -> watch::Receiver<u64> {
         self.sequenced.clone()
+    }
+
+    /// The log index this process's sequencer gave entry `entry_id`, if it did so recently (and
+    /// committed it). `None` says nothing: another replica may have sequenced it, or long ago; the
+    /// store knows (`IdentityStore::log_index`).
+    pub fn recent_index(&self, entry_id: i64) -> Option<u64> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.by_entry.get(&entry_id).copied()
     }
 
     /// False while this process leads and sequencing or signing has been failing for longer than
@@ -88,7 +122,9 @@ pub fn spawn<L: LogStore>(
     let wake = Arc::new(Notify::new());
     let (sequenced_sender, sequenced) = watch::channel(0);
     let (healthy_sender, healthy) = watch::channel(true);
+    let recent = Arc::new(Mutex::new(RecentIndices::default()));
     let sequencer = Sequencer {
+        recent: Arc::clone(&recent),
         store,
         hsm,
         key,
@@ -104,6 +140,7 @@ pub fn spawn<L: LogStore>(
             wake,
             sequenced,
             healthy,
+            recent,
         },
         task,
     )
@@ -119,6 +156,8 @@ struct Sequencer<L> {
     wake: Arc<Notify>,
     sequenced: watch::Sender<u64>,
     healthy: watch::Sender<bool>,
+    /// Filled before `sequenced` changes, so an issuer woken by it finds its index here.
+    recent: Arc<Mutex<RecentIndices>>,
 }
 
 /// The batches sequenced but not yet covered by a signed checkpoint: their sizes and when they
@@ -270,8 +309,15 @@ impl<L: LogStore> Sequencer<L> {
                 continue;
             }
             match self.store.sequence(head, self.config.max_batch).await? {
-                SequenceOutcome::Sequenced(new_head) => {
+                SequenceOutcome::Sequenced {
+                    head: new_head,
+                    assignments,
+                } => {
                     unsigned.sequenced(new_head.size);
+                    self.recent
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .add(&assignments);
                     head = new_head;
                     heads.send_replace(head);
                     self.publish(head.size);
@@ -456,6 +502,25 @@ enum SequencerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_indices_keep_the_latest_assignments_only() {
+        let mut recent = RecentIndices::default();
+        let first: Vec<(i64, u64)> = (0..10).map(|entry| (1000 + entry, entry as u64)).collect();
+        recent.add(&first);
+        assert_eq!(recent.by_entry.get(&1003), Some(&3));
+        let later: Vec<(i64, u64)> = (0..RECENT_INDICES as i64)
+            .map(|entry| (5000 + entry, 10 + entry as u64))
+            .collect();
+        recent.add(&later);
+        assert_eq!(recent.by_entry.len(), RECENT_INDICES);
+        assert_eq!(recent.by_entry.get(&1009), None, "the oldest went first");
+        assert_eq!(recent.by_entry.get(&5000), Some(&10));
+        assert_eq!(
+            recent.by_entry.get(&(5000 + RECENT_INDICES as i64 - 1)),
+            Some(&(9 + RECENT_INDICES as u64))
+        );
+    }
 
     #[test]
     fn the_lag_is_the_age_of_the_oldest_batch_no_checkpoint_covers() {
