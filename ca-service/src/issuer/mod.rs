@@ -43,13 +43,15 @@ pub struct LogEntryRef {
     pub entry_hash: [u8; 32],
 }
 
-/// The pin state of a (user, key) pair, read before signing.
+/// The pin state of a (user, key) pair and the user's recent issuance, read before signing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinState {
     /// The key pinned to the user, if any.
     pub user_pin: Option<KeyFingerprint>,
     /// True when the key is pinned to a different user.
     pub key_pinned_elsewhere: bool,
+    /// How many certificates the user received at or after the time asked about (the rate limit).
+    pub certificates_since: u64,
 }
 
 /// A signed certificate ready to be committed.
@@ -95,19 +97,14 @@ pub enum CommitOutcome {
 /// serials is enforced by the database, so that concurrent callers (threads or replicas) cannot
 /// both win. `StoreError::Unavailable` means nothing was written and the caller may retry later.
 pub trait IdentityStore: Send + Sync + 'static {
-    /// Reads the pin state of `user` and `key`.
+    /// Reads the pin state of `user` and `key`, and counts the certificates issued to `user` at or
+    /// after `since`, in one read.
     fn pin_state(
         &self,
         user: &UserId,
         key: &KeyFingerprint,
-    ) -> impl Future<Output = Result<PinState, StoreError>> + Send;
-
-    /// Counts the certificates issued to `user` at or after `since`.
-    fn certificates_since(
-        &self,
-        user: &UserId,
         since: OffsetDateTime,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    ) -> impl Future<Output = Result<PinState, StoreError>> + Send;
 
     /// Commits a signed certificate with its audit event (see the trait contract).
     fn commit_issuance(
@@ -326,7 +323,8 @@ impl<S: IdentityStore> Issuer<S> {
         };
         let key_detail = || ("key-sha256", checked.fingerprint.to_hex());
         // 3. Pin state and rate limit (a fast path: step 6 decides races).
-        let pin_state = self.store.pin_state(&user_id, &checked.fingerprint).await?;
+        let since = OffsetDateTime::now_utc() - time::Duration::days(1);
+        let pin_state = self.store.pin_state(&user_id, &checked.fingerprint, since).await?;
         if let Some(pinned) = pin_state.user_pin.filter(|pinned| *pinned != checked.fingerprint) {
             return Err(self
                 .refuse(
@@ -342,14 +340,9 @@ impl<S: IdentityStore> Issuer<S> {
                 .refuse(&request.actor, &user_id, key_detail(), IssueError::KeyPinnedElsewhere)
                 .await);
         }
-        if pin_state.user_pin.is_some() {
-            let since = OffsetDateTime::now_utc() - time::Duration::days(1);
-            let recent = self.store.certificates_since(&user_id, since).await?;
-            if recent >= self.profile.max_certificates_per_day {
-                return Err(self
-                    .refuse(&request.actor, &user_id, key_detail(), IssueError::RateLimited(recent))
-                    .await);
-            }
+        if pin_state.user_pin.is_some() && pin_state.certificates_since >= self.profile.max_certificates_per_day {
+            let error = IssueError::RateLimited(pin_state.certificates_since);
+            return Err(self.refuse(&request.actor, &user_id, key_detail(), error).await);
         }
         // 4. Refuse while the log cannot record it; build and sign; 5. verify.
         if let Some(log_wait) = &self.log_wait
@@ -507,16 +500,20 @@ impl<S: IdentityStore> Issuer<S> {
         let lease = self.hsm.lease().await?;
         let ca = Arc::clone(&self.ca);
         let certificate_der = tokio::task::spawn_blocking(move || {
-            let signer = LeaseSigner::new(lease, &ca.key);
-            let issuer = rcgen::Issuer::from_ca_cert_der(&ca.certificate_der.as_slice().into(), &signer)
-                .map_err(|error| IssueError::Build(error.to_string()))?;
-            let certificate = params
-                .signed_by(&subject_key, &issuer)
-                .map_err(|error| match signer.take_error() {
-                    Some(hsm_error) => IssueError::Hsm(hsm_error),
-                    None => IssueError::Build(error.to_string()),
-                })?;
-            let certificate_der = certificate.der().to_vec();
+            let certificate_der = {
+                let signer = LeaseSigner::new(lease, &ca.key);
+                let issuer = rcgen::Issuer::from_ca_cert_der(&ca.certificate_der.as_slice().into(), &signer)
+                    .map_err(|error| IssueError::Build(error.to_string()))?;
+                let certificate =
+                    params
+                        .signed_by(&subject_key, &issuer)
+                        .map_err(|error| match signer.take_error() {
+                            Some(hsm_error) => IssueError::Hsm(hsm_error),
+                            None => IssueError::Build(error.to_string()),
+                        })?;
+                certificate.der().to_vec()
+                // The session goes back to the pool here: verifying needs no HSM.
+            };
             verify_issued(&certificate_der, &ca.certificate_der)?;
             Ok::<_, IssueError>(certificate_der)
         })

@@ -201,6 +201,20 @@ pub(crate) fn event(user_name: &str) -> AuditEvent {
     }
 }
 
+/// The certificates `user` received at or after `since`, as `pin_state` counts them.
+async fn certificates_since(store: &impl IdentityStore, user: &UserId, since: OffsetDateTime) -> u64 {
+    store
+        .pin_state(user, &key(0xee), since)
+        .await
+        .expect("pin state")
+        .certificates_since
+}
+
+/// An hour ago: every certificate a test commits counts.
+fn an_hour_ago() -> OffsetDateTime {
+    OffsetDateTime::now_utc() - time::Duration::hours(1)
+}
+
 /// Commits and expects a `Committed` outcome; returns (renewal, entry).
 async fn committed(store: &impl IdentityStore, certificate: NewCertificate) -> (bool, LogEntryRef) {
     let user_name = certificate.user_id.to_string();
@@ -229,47 +243,63 @@ async fn pins_are_unique_both_ways<H: Harness>() {
     assert_eq!(stolen_key.expect("commit"), CommitOutcome::KeyPinnedElsewhere);
 
     // Refusals write nothing: no pin, no certificate, no audit entry.
-    let bob = store.pin_state(&user("bob"), &key(2)).await.expect("pin state");
+    let bob = store
+        .pin_state(&user("bob"), &key(2), an_hour_ago())
+        .await
+        .expect("pin state");
     assert_eq!(
         bob,
         PinState {
             user_pin: None,
-            key_pinned_elsewhere: false
+            key_pinned_elsewhere: false,
+            certificates_since: 0
         },
         "key 2 was not pinned to anyone"
     );
     let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
-    assert_eq!(store.certificates_since(&user("alice"), since).await.expect("count"), 1);
-    assert_eq!(store.certificates_since(&user("bob"), since).await.expect("count"), 0);
+    assert_eq!(certificates_since(&store, &user("alice"), since).await, 1);
+    assert_eq!(certificates_since(&store, &user("bob"), since).await, 0);
     assert_eq!(next_index(&store).await, 1, "refusals appended no entry");
 }
 
 async fn pin_state_reports_both_directions<H: Harness>() {
     let harness = H::create().await;
     let store = harness.open().await.expect("open");
-    let unknown = store.pin_state(&user("alice"), &key(1)).await.expect("pin state");
+    let unknown = store
+        .pin_state(&user("alice"), &key(1), an_hour_ago())
+        .await
+        .expect("pin state");
     assert_eq!(
         unknown,
         PinState {
             user_pin: None,
-            key_pinned_elsewhere: false
+            key_pinned_elsewhere: false,
+            certificates_since: 0
         }
     );
     committed(&store, certificate("alice", 1, 1)).await;
-    let own = store.pin_state(&user("alice"), &key(1)).await.expect("pin state");
+    let own = store
+        .pin_state(&user("alice"), &key(1), an_hour_ago())
+        .await
+        .expect("pin state");
     assert_eq!(
         own,
         PinState {
             user_pin: Some(key(1)),
-            key_pinned_elsewhere: false
+            key_pinned_elsewhere: false,
+            certificates_since: 1
         }
     );
-    let other = store.pin_state(&user("bob"), &key(1)).await.expect("pin state");
+    let other = store
+        .pin_state(&user("bob"), &key(1), an_hour_ago())
+        .await
+        .expect("pin state");
     assert_eq!(
         other,
         PinState {
             user_pin: None,
-            key_pinned_elsewhere: true
+            key_pinned_elsewhere: true,
+            certificates_since: 0
         }
     );
 }
@@ -284,7 +314,7 @@ async fn renewals_are_detected<H: Harness>() {
     );
     assert!(committed(&store, certificate("alice", 1, 3)).await.0);
     let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
-    assert_eq!(store.certificates_since(&user("alice"), since).await.expect("count"), 3);
+    assert_eq!(certificates_since(&store, &user("alice"), since).await, 3);
 }
 
 async fn duplicate_serial_is_an_integrity_error_and_writes_nothing<H: Harness>() {
@@ -294,14 +324,17 @@ async fn duplicate_serial_is_an_integrity_error_and_writes_nothing<H: Harness>()
     // A new user whose certificate reuses a serial: the pin must roll back with the certificate.
     let duplicate = store.commit_issuance(certificate("bob", 2, 7), event("bob")).await;
     assert!(matches!(duplicate, Err(StoreError::Integrity(_))), "{duplicate:?}");
-    let bob = store.pin_state(&user("bob"), &key(2)).await.expect("pin state");
+    let bob = store
+        .pin_state(&user("bob"), &key(2), an_hour_ago())
+        .await
+        .expect("pin state");
     assert_eq!(bob.user_pin, None, "the pin was rolled back");
     assert!(!bob.key_pinned_elsewhere);
     // A renewal reusing a serial.
     let duplicate = store.commit_issuance(certificate("alice", 1, 7), event("alice")).await;
     assert!(matches!(duplicate, Err(StoreError::Integrity(_))), "{duplicate:?}");
     let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
-    assert_eq!(store.certificates_since(&user("alice"), since).await.expect("count"), 1);
+    assert_eq!(certificates_since(&store, &user("alice"), since).await, 1);
     assert_eq!(next_index(&store).await, 1, "no audit entry for the failed commits");
     // Bob can still enroll with a fresh serial.
     assert!(!committed(&store, certificate("bob", 2, 8)).await.0);
@@ -350,25 +383,16 @@ async fn certificates_since_counts_a_users_window<H: Harness>() {
     let now = OffsetDateTime::now_utc();
     let alice = user("alice");
     assert_eq!(
-        store
-            .certificates_since(&alice, now - time::Duration::days(1))
-            .await
-            .expect("count"),
+        certificates_since(&store, &alice, now - time::Duration::days(1)).await,
         2
     );
     assert_eq!(
-        store
-            .certificates_since(&alice, now + time::Duration::minutes(5))
-            .await
-            .expect("count"),
+        certificates_since(&store, &alice, now + time::Duration::minutes(5)).await,
         0,
         "nothing issued in the future"
     );
     assert_eq!(
-        store
-            .certificates_since(&user("carol"), now - time::Duration::days(1))
-            .await
-            .expect("count"),
+        certificates_since(&store, &user("carol"), now - time::Duration::days(1)).await,
         0
     );
 }
@@ -745,7 +769,10 @@ async fn migrations_are_idempotent_and_refuse_newer_schemas<H: Harness>() {
     committed(&store, certificate("alice", 1, 1)).await;
     drop(store);
     let store = harness.open().await.expect("second open is a no-op");
-    let alice = store.pin_state(&user("alice"), &key(1)).await.expect("pin state");
+    let alice = store
+        .pin_state(&user("alice"), &key(1), an_hour_ago())
+        .await
+        .expect("pin state");
     assert_eq!(alice.user_pin, Some(key(1)), "data survives reopening");
     drop(store);
     harness.record_schema_version(99).await;
@@ -785,7 +812,10 @@ async fn concurrent_commits_for_one_user_pin_exactly_one_key<H: Harness>() {
             .all(|outcome| *outcome == CommitOutcome::PinnedToOtherKey(winner)),
         "every loser names the winning key: {outcomes:?}"
     );
-    let alice = store.pin_state(&user("alice"), &winner).await.expect("pin state");
+    let alice = store
+        .pin_state(&user("alice"), &winner, an_hour_ago())
+        .await
+        .expect("pin state");
     assert_eq!(alice.user_pin, Some(winner));
     assert_eq!(next_index(&store).await, 1, "only the winner appended an entry");
 }

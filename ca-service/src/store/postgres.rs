@@ -251,38 +251,33 @@ async fn migrate(client: &mut Object) -> Result<i64, StoreError> {
     Ok(current)
 }
 
-async fn pin_state(client: &Object, user: &UserId, key: &KeyFingerprint) -> Result<PinState, StoreError> {
-    // One round trip, two index probes (the primary key and the key's UNIQUE index).
+async fn pin_state(
+    client: &Object,
+    user: &UserId,
+    key: &KeyFingerprint,
+    since: OffsetDateTime,
+) -> Result<PinState, StoreError> {
+    // One round trip: the primary key, the key's UNIQUE index and the (user_id, issued_at) index.
     let statement = client
         .prepare_cached(
             "SELECT (SELECT key_sha256 FROM identities WHERE user_id = $1),
-                    (SELECT user_id FROM identities WHERE key_sha256 = $2)",
+                    (SELECT user_id FROM identities WHERE key_sha256 = $2),
+                    (SELECT count(*) FROM certificates WHERE user_id = $1 AND issued_at >= $3)",
         )
         .await
         .map_err(store_error)?;
     let row = client
-        .query_one(&statement, &[&user.as_str(), &key.as_bytes().as_slice()])
+        .query_one(&statement, &[&user.as_str(), &key.as_bytes().as_slice(), &since])
         .await
         .map_err(store_error)?;
     let user_pin: Option<Vec<u8>> = row.get(0);
     let owner: Option<String> = row.get(1);
+    let certificates_since: i64 = row.get(2);
     Ok(PinState {
         user_pin: user_pin.as_deref().map(fingerprint).transpose()?,
         key_pinned_elsewhere: owner.is_some_and(|owner| owner != user.as_str()),
+        certificates_since: certificates_since.unsigned_abs(),
     })
-}
-
-async fn certificates_since(client: &Object, user: &UserId, since: OffsetDateTime) -> Result<u64, StoreError> {
-    let statement = client
-        .prepare_cached("SELECT count(*) FROM certificates WHERE user_id = $1 AND issued_at >= $2")
-        .await
-        .map_err(store_error)?;
-    let count: i64 = client
-        .query_one(&statement, &[&user.as_str(), &since])
-        .await
-        .map_err(store_error)?
-        .get(0);
-    Ok(count.unsigned_abs())
 }
 
 async fn commit_issuance(
@@ -487,17 +482,15 @@ async fn latest_certificates(client: &Object, users: &[UserId]) -> Result<Vec<St
 }
 
 impl IdentityStore for PostgresStore {
-    async fn pin_state(&self, user: &UserId, key: &KeyFingerprint) -> Result<PinState, StoreError> {
+    async fn pin_state(
+        &self,
+        user: &UserId,
+        key: &KeyFingerprint,
+        since: OffsetDateTime,
+    ) -> Result<PinState, StoreError> {
         let deadline = self.deadline();
         let client = self.client(deadline).await?;
-        let outcome = timeout_at(deadline, pin_state(&client, user, key)).await;
-        finish(client, outcome)
-    }
-
-    async fn certificates_since(&self, user: &UserId, since: OffsetDateTime) -> Result<u64, StoreError> {
-        let deadline = self.deadline();
-        let client = self.client(deadline).await?;
-        let outcome = timeout_at(deadline, certificates_since(&client, user, since)).await;
+        let outcome = timeout_at(deadline, pin_state(&client, user, key, since)).await;
         finish(client, outcome)
     }
 
@@ -975,7 +968,7 @@ mod tests {
             }
             // The dead connection was discarded: the next operation gets a fresh one.
             let state = store
-                .pin_state(&user(&user_name), &key(round + 1))
+                .pin_state(&user(&user_name), &key(round + 1), OffsetDateTime::now_utc())
                 .await
                 .expect("recovered");
             if first.is_err() {
@@ -1010,7 +1003,10 @@ mod tests {
             started.elapsed()
         );
         transaction.rollback().await.expect("release the lock");
-        let alice = store.pin_state(&user("alice"), &key(1)).await.expect("pin state");
+        let alice = store
+            .pin_state(&user("alice"), &key(1), OffsetDateTime::now_utc())
+            .await
+            .expect("pin state");
         assert_eq!(alice.user_pin, None, "the pin written before the block was rolled back");
         let retried = store.commit_issuance(certificate("alice", 1, 1), event("alice")).await;
         assert!(

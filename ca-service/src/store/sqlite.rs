@@ -473,7 +473,12 @@ fn fingerprint(bytes: Vec<u8>) -> Result<KeyFingerprint, StoreError> {
 }
 
 impl IdentityStore for SqliteStore {
-    async fn pin_state(&self, user: &UserId, key: &KeyFingerprint) -> Result<PinState, StoreError> {
+    async fn pin_state(
+        &self,
+        user: &UserId,
+        key: &KeyFingerprint,
+        since: OffsetDateTime,
+    ) -> Result<PinState, StoreError> {
         let user = user.clone();
         let key = *key;
         self.with_reader(move |connection| {
@@ -493,25 +498,18 @@ impl IdentityStore for SqliteStore {
             )
             .optional()
             .map_err(store_error)?;
-            Ok(PinState {
-                user_pin: user_pin.map(fingerprint).transpose()?,
-                key_pinned_elsewhere: owner.is_some_and(|owner| owner != user.as_str()),
-            })
-        })
-        .await
-    }
-
-    async fn certificates_since(&self, user: &UserId, since: OffsetDateTime) -> Result<u64, StoreError> {
-        let user = user.clone();
-        self.with_reader(move |connection| {
-            cached_row(
+            let certificates_since: i64 = cached_row(
                 connection,
                 "SELECT count(*) FROM certificates WHERE user_id = ?1 AND issued_at >= ?2",
                 params![user.as_str(), unix(since)],
-                |row| row.get::<_, i64>(0),
+                |row| row.get(0),
             )
-            .map(|count| count as u64)
-            .map_err(store_error)
+            .map_err(store_error)?;
+            Ok(PinState {
+                user_pin: user_pin.map(fingerprint).transpose()?,
+                key_pinned_elsewhere: owner.is_some_and(|owner| owner != user.as_str()),
+                certificates_since: certificates_since.unsigned_abs(),
+            })
         })
         .await
     }
