@@ -14,7 +14,7 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use crate::crypto::CryptoError;
-use crate::crypto::gcm::{Aes128Key, GcmNonce, GcmStream, GcmTag, TAG_LEN};
+use crate::crypto::gcm::{Aes128Key, GcmDecryptor, GcmEncryptor, GcmNonce, GcmTag, TAG_LEN};
 use crate::format::metadata::FileEntry;
 
 /// Bytes read and processed per step.
@@ -83,7 +83,7 @@ fn encrypt_with(
     mut plaintext: impl Read,
     mut blob: impl Write,
 ) -> Result<EncryptedFile, FileCryptoError> {
-    let mut stream = GcmStream::new(&key, &nonce)?;
+    let mut encryptor = GcmEncryptor::new(&key, &nonce)?;
     let mut buffer = Zeroizing::new(vec![0u8; CHUNK_LEN]);
     let mut blob_len: u64 = 0;
     loop {
@@ -93,11 +93,11 @@ fn encrypt_with(
             Err(error) if error.kind() == ErrorKind::Interrupted => continue,
             Err(error) => return Err(error.into()),
         };
-        stream.encrypt(&mut buffer[..read])?;
+        encryptor.encrypt(&mut buffer[..read])?;
         blob.write_all(&buffer[..read])?;
         blob_len += read as u64;
     }
-    let tag = stream.finish()?;
+    let tag = encryptor.finish()?;
     blob.write_all(tag.as_bytes())?;
     blob.flush()?;
     Ok(EncryptedFile {
@@ -176,7 +176,7 @@ fn decrypt_stream(
     expected_tag: Option<&GcmTag>,
     mut plaintext: impl Write,
 ) -> Result<u64, FileCryptoError> {
-    let mut stream = GcmStream::new(key, nonce)?;
+    let mut decryptor = GcmDecryptor::new(key, nonce)?;
     // Invariant: at the top of the loop at most TAG_LEN bytes are held, so a read always has CHUNK_LEN room.
     let mut buffer = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
     let mut held = 0;
@@ -191,7 +191,7 @@ fn decrypt_stream(
         held += read;
         if held > TAG_LEN {
             let ready = held - TAG_LEN;
-            stream.decrypt(&mut buffer[..ready])?;
+            decryptor.decrypt(&mut buffer[..ready])?;
             plaintext.write_all(&buffer[..ready])?;
             plaintext_len += ready as u64;
             buffer.copy_within(ready..held, 0);
@@ -205,7 +205,7 @@ fn decrypt_stream(
     if expected_tag.is_some_and(|expected| !expected.matches(received_tag)) {
         return Err(FileCryptoError::Authentication);
     }
-    stream.verify(received_tag)?;
+    decryptor.verify(received_tag)?;
     plaintext.flush()?;
     Ok(plaintext_len)
 }
