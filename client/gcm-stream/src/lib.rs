@@ -85,6 +85,11 @@ impl Encryptor {
         self.context.update_in_place(data)
     }
 
+    /// Encrypts `plaintext` onto the end of `ciphertext`, writing its spare capacity without zeroing it first.
+    pub fn update_append(&mut self, plaintext: &[u8], ciphertext: &mut Vec<u8>) -> Result<(), GcmError> {
+        self.context.update_append(plaintext, ciphertext)
+    }
+
     /// Ends the message; returns the tag over everything encrypted.
     pub fn finish(mut self) -> Result<[u8; TAG_LEN], GcmError> {
         self.context.finalize()?;
@@ -127,6 +132,12 @@ impl Decryptor {
     /// Decrypts `data` in place. The output is unauthenticated.
     pub fn update_in_place(&mut self, data: &mut [u8]) -> Result<(), GcmError> {
         self.context.update_in_place(data)
+    }
+
+    /// Decrypts `ciphertext` onto the end of `plaintext`, writing its spare capacity without zeroing it first.
+    /// The output is unauthenticated.
+    pub fn update_append(&mut self, ciphertext: &[u8], plaintext: &mut Vec<u8>) -> Result<(), GcmError> {
+        self.context.update_append(ciphertext, plaintext)
     }
 
     /// Ends the message: `Ok` only if `received_tag` is the tag over everything decrypted
@@ -260,6 +271,24 @@ impl CipherContext {
         Ok(())
     }
 
+    fn update_append(&mut self, input: &[u8], output: &mut Vec<u8>) -> Result<(), GcmError> {
+        self.count(input.len())?;
+        output.reserve(input.len());
+        for piece in input.chunks(MAX_CALL_LEN) {
+            let start = output.len();
+            let spare = output.spare_capacity_mut();
+            debug_assert!(spare.len() >= piece.len());
+            // SAFETY: `reserve` left at least `input.len()` bytes of spare capacity, so `spare` is valid for writes
+            // of `piece.len()` bytes (writing uninitialized memory through a raw pointer is fine); `piece` is
+            // valid for reads of its length, and cannot overlap `output`, which is borrowed exclusively.
+            unsafe { self.cipher_update(piece.as_ptr(), spare.as_mut_ptr().cast(), piece.len())? };
+            // SAFETY: `cipher_update` succeeded, so aws-lc wrote exactly `piece.len()` bytes after `start`,
+            // within the capacity: they are initialized now.
+            unsafe { output.set_len(start + piece.len()) };
+        }
+        Ok(())
+    }
+
     /// One `EVP_CipherUpdate` over `len` bytes.
     ///
     /// # Safety
@@ -345,7 +374,7 @@ mod tests {
         sealed
     }
 
-    /// Encrypts in pieces of the given lengths (cycled), alternating copying and in-place updates;
+    /// Encrypts in pieces of the given lengths (cycled), taking turns with the three kinds of update;
     /// returns ciphertext ‖ tag.
     fn streamed_seal<const N: usize>(key: &[u8; N], nonce: &[u8], plaintext: &[u8], pieces: &[usize]) -> Vec<u8> {
         let mut encryptor = Encryptor::new(key, nonce).expect("encryptor");
@@ -356,12 +385,18 @@ mod tests {
                 break;
             }
             let end = (offset + piece).min(plaintext.len());
-            if index % 2 == 0 {
-                encryptor
+            match index % 3 {
+                0 => encryptor
                     .update(&plaintext[offset..end], &mut sealed[offset..end])
-                    .expect("update");
-            } else {
-                encryptor.update_in_place(&mut sealed[offset..end]).expect("update");
+                    .expect("update"),
+                1 => encryptor.update_in_place(&mut sealed[offset..end]).expect("update"),
+                _ => {
+                    let mut appended = sealed[..offset].to_vec();
+                    encryptor
+                        .update_append(&plaintext[offset..end], &mut appended)
+                        .expect("update");
+                    sealed[offset..end].copy_from_slice(&appended[offset..]);
+                }
             }
             offset = end;
         }
@@ -378,14 +413,24 @@ mod tests {
     ) -> Result<Vec<u8>, GcmError> {
         let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG_LEN);
         let mut decryptor = Decryptor::new(key, nonce)?;
-        let mut plaintext = vec![0u8; ciphertext.len()];
+        let mut plaintext = Vec::new();
         let mut offset = 0;
-        for piece in pieces.iter().cycle() {
+        for (index, piece) in pieces.iter().cycle().enumerate() {
             if offset == ciphertext.len() {
                 break;
             }
             let end = (offset + piece).min(ciphertext.len());
-            decryptor.update(&ciphertext[offset..end], &mut plaintext[offset..end])?;
+            match index % 3 {
+                0 => decryptor.update_append(&ciphertext[offset..end], &mut plaintext)?,
+                1 => {
+                    plaintext.resize(end, 0);
+                    decryptor.update(&ciphertext[offset..end], &mut plaintext[offset..end])?;
+                }
+                _ => {
+                    plaintext.extend_from_slice(&ciphertext[offset..end]);
+                    decryptor.update_in_place(&mut plaintext[offset..end])?;
+                }
+            }
             offset = end;
         }
         decryptor.finish(tag.try_into().expect("16-byte tag"))?;
