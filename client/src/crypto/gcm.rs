@@ -188,7 +188,7 @@ pub fn seal<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8])
             .map_err(|_| CryptoError::MessageTooLong)?;
     } else {
         let mut encryptor = GcmEncryptor::new(key, nonce)?;
-        encryptor.encrypt(&mut buffer)?;
+        encryptor.encrypt_in_place(&mut buffer)?;
         let tag = encryptor.finish()?;
         buffer.extend_from_slice(tag.as_bytes());
     }
@@ -214,7 +214,7 @@ pub fn open<const N: usize>(
             .map_err(|_| CryptoError::Authentication)?;
     } else {
         let mut decryptor = GcmDecryptor::new(key, nonce)?;
-        decryptor.decrypt(&mut buffer[..plaintext_len])?;
+        decryptor.decrypt_in_place(&mut buffer[..plaintext_len])?;
         decryptor.verify(&ciphertext_and_tag[plaintext_len..])?;
     }
     buffer.truncate(plaintext_len);
@@ -241,8 +241,13 @@ impl GcmEncryptor {
     }
 
     /// Encrypts the next `data` in place.
-    pub(crate) fn encrypt(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
+    pub(crate) fn encrypt_in_place(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
         Ok(self.0.update_in_place(data)?)
+    }
+
+    /// Encrypts the next `plaintext` into `ciphertext`, which is exactly as long.
+    pub(crate) fn encrypt(&mut self, plaintext: &[u8], ciphertext: &mut [u8]) -> Result<(), CryptoError> {
+        Ok(self.0.update(plaintext, ciphertext)?)
     }
 
     /// The tag over everything encrypted.
@@ -267,8 +272,20 @@ impl GcmDecryptor {
     }
 
     /// Decrypts the next `data` in place. The output is unauthenticated until `verify` succeeds.
-    pub(crate) fn decrypt(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
+    pub(crate) fn decrypt_in_place(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
         Ok(self.0.update_in_place(data)?)
+    }
+
+    /// Decrypts the next `ciphertext` into `plaintext`, which is exactly as long. The output is unauthenticated
+    /// until `verify` succeeds.
+    pub(crate) fn decrypt(&mut self, ciphertext: &[u8], plaintext: &mut [u8]) -> Result<(), CryptoError> {
+        Ok(self.0.update(ciphertext, plaintext)?)
+    }
+
+    /// Decrypts the next `ciphertext` onto the end of `plaintext` (no zero-filling first). The output is
+    /// unauthenticated until `verify` succeeds.
+    pub(crate) fn decrypt_append(&mut self, ciphertext: &[u8], plaintext: &mut Vec<u8>) -> Result<(), CryptoError> {
+        Ok(self.0.update_append(ciphertext, plaintext)?)
     }
 
     /// Checks `received_tag` against the tag over everything decrypted, in constant time.
@@ -313,7 +330,7 @@ mod tests {
     fn streamed_seal_whole<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8]) -> Vec<u8> {
         let mut encryptor = GcmEncryptor::new(key, nonce).expect("encryptor");
         let mut buffer = plaintext.to_vec();
-        encryptor.encrypt(&mut buffer).expect("encrypt");
+        encryptor.encrypt_in_place(&mut buffer).expect("encrypt");
         buffer.extend_from_slice(encryptor.finish().expect("finish").as_bytes());
         buffer
     }
@@ -435,7 +452,7 @@ mod tests {
                 break;
             }
             let (now, later) = rest.split_at_mut((*piece).min(rest.len()));
-            encryptor.encrypt(now).expect("encrypt");
+            encryptor.encrypt_in_place(now).expect("encrypt");
             rest = later;
         }
         buffer.extend_from_slice(encryptor.finish().expect("finish").as_bytes());
@@ -597,8 +614,8 @@ mod tests {
             let mut encryptor = GcmEncryptor::new(&key128, &nonce).expect("encryptor");
             let mut buffer = plaintext.clone();
             let (first, second) = buffer.split_at_mut(at);
-            encryptor.encrypt(first).expect("encrypt");
-            encryptor.encrypt(second).expect("encrypt");
+            encryptor.encrypt_in_place(first).expect("encrypt");
+            encryptor.encrypt_in_place(second).expect("encrypt");
             buffer.extend_from_slice(encryptor.finish().expect("finish").as_bytes());
             prop_assert_eq!(buffer, seal(&key128, &nonce, &plaintext).expect("seal"));
         }

@@ -10,7 +10,7 @@
 //! appended to `keyChecksums`, every document re-encrypted with a higher counter. File blobs are never touched.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -413,7 +413,7 @@ impl Folder {
         let blob = storage
             .create_blob(&self.top_level, parent, &id)
             .map_err(|source| storage_error(format!("creating blob {id}"), source))?;
-        let encrypted = file::encrypt(plaintext, blob)?;
+        let encrypted = file::encrypt(BufReader::with_capacity(file::CHUNK_LEN, plaintext), blob)?;
         let entry: FileEntry = encrypted.metadata_entry(filename, mimetype);
         self.document_mut(parent)?.files.insert(id.clone(), entry);
         Ok(id)
@@ -559,9 +559,10 @@ impl Folder {
         storage: &S,
         path: &FolderPath,
         file_id: &str,
-    ) -> Result<S::BlobReader, FolderError> {
+    ) -> Result<BufReader<S::BlobReader>, FolderError> {
         storage
             .open_blob(&self.top_level, path, file_id)
+            .map(|blob| BufReader::with_capacity(file::CHUNK_LEN, blob))
             .map_err(|source| storage_error(format!("opening blob {file_id}"), source))
     }
 }
