@@ -3,8 +3,8 @@
 //! Layout (mirrors what Nextcloud keeps in WebDAV and its app data, nextcloud-e2ee.md §2.3, §5):
 //! ```text
 //! <root>/keys/<user id>.private.key      the mnemonic-wrapped private key (the `private-key` string, §1.5)
-//! <root>/<top-level name>/meta.data      the folder's metadata v2 JSON (the top-level name is visible by design)
-//! <root>/<top-level name>/meta.data.signature   the base64 CMS signature (`X-NC-E2EE-SIGNATURE`)
+//! <root>/<top-level name>/meta.data      the folder's metadata JSON: v2, or legacy v1.x (the top-level name is visible by design)
+//! <root>/<top-level name>/meta.data.signature   the base64 CMS signature (`X-NC-E2EE-SIGNATURE`); none for v1
 //! <root>/<top-level name>/<32-hex id>    a file blob: ciphertext ‖ 16-byte tag
 //! <root>/<top-level name>/<32-hex id>/   a subfolder, with its own meta.data, signature, blobs and subfolders
 //! ```
@@ -16,8 +16,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::format::metadata::MetadataDocument;
-use crate::protocol::folder::{FolderPath, FolderStorage, SignedMetadata};
+use crate::format::metadata_v1::AnyMetadataDocument;
+use crate::protocol::folder::{FolderPath, FolderStorage, SignedMetadata, StoredMetadata};
 
 /// Name of a folder's metadata file.
 const METADATA_FILE: &str = "meta.data";
@@ -87,13 +87,19 @@ impl FolderStorage for LocalDirectory {
     type BlobWriter = File;
     type BlobReader = File;
 
-    fn read_metadata(&self, top_level: &str, path: &FolderPath) -> std::io::Result<SignedMetadata> {
+    fn read_metadata(&self, top_level: &str, path: &FolderPath) -> std::io::Result<StoredMetadata> {
         let directory = self.folder_directory(top_level, path)?;
         let json = std::fs::read_to_string(directory.join(METADATA_FILE))?;
-        let signature = std::fs::read_to_string(directory.join(SIGNATURE_FILE))?;
-        let document = MetadataDocument::parse(&json)
+        let document = AnyMetadataDocument::parse(&json)
             .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
-        Ok(SignedMetadata { document, signature })
+        match document {
+            AnyMetadataDocument::V2(document) => {
+                let signature = std::fs::read_to_string(directory.join(SIGNATURE_FILE))?;
+                Ok(StoredMetadata::V2(SignedMetadata { document, signature }))
+            }
+            // v1 was never signed: there is no signature file.
+            AnyMetadataDocument::V1(document) => Ok(StoredMetadata::V1(document)),
+        }
     }
 
     fn write_metadata(&self, top_level: &str, path: &FolderPath, metadata: &SignedMetadata) -> std::io::Result<()> {

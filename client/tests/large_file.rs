@@ -100,7 +100,7 @@ fn check_round_trip(directory: &Path, len: u64) {
     let plain_path = directory.join("plain");
     let mut plaintext = SeededPlaintext::new([len as u8; 16], len);
     let encrypted = file::encrypt(
-        &mut plaintext,
+        BufReader::with_capacity(MAX_READ, &mut plaintext),
         BufWriter::new(File::create(&blob_path).expect("create")),
     )
     .expect("encrypt");

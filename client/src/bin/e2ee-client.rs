@@ -39,7 +39,9 @@ use e2ee_client::format::private_key_blob::PrivateKeyBlob;
 use e2ee_client::identity::{self, DeviceKey, IdentityError, RsaSize};
 use e2ee_client::mnemonic::Mnemonic;
 use e2ee_client::pins::{ContactTrust, PinOutcome, PinStore};
-use e2ee_client::protocol::folder::{Account, Folder, FolderPath, FolderStorage, SeenCounters, SignedMetadata};
+use e2ee_client::protocol::folder::{
+    Account, Folder, FolderPath, FolderStorage, SeenCounters, SignedMetadata, StoredMetadata,
+};
 use e2ee_client::protocol::key_backup;
 use e2ee_client::protocol::metadata::Recipient;
 use e2ee_client::storage::LocalDirectory;
@@ -553,7 +555,7 @@ impl FolderStorage for ProgressStorage {
     type BlobWriter = File;
     type BlobReader = Progress<File>;
 
-    fn read_metadata(&self, top_level: &str, path: &FolderPath) -> std::io::Result<SignedMetadata> {
+    fn read_metadata(&self, top_level: &str, path: &FolderPath) -> std::io::Result<StoredMetadata> {
         self.0.read_metadata(top_level, path)
     }
 

@@ -4,34 +4,25 @@
 //! Nextcloud's desktop, Android and iOS clients use 128-bit nonces for files and metadata
 //! (nextcloud-e2ee.md §2.3, §3), the web client 96-bit ones, and files must stream. So:
 //! * one-shot calls with a 96-bit nonce go straight to aws-lc-rs's AES-GCM;
-//! * everything else (128-bit nonces, and all streaming) is GCM as NIST SP 800-38D defines it, composed
-//!   here from aws-lc-rs's hardware AES-CTR for the keystream and the GHASH in `ghash` (aws-lc-rs's
-//!   hardware GHASH reached through its AES-GCM). For a 128-bit nonce the pre-counter block is
-//!   `J0 = GHASH_H(nonce ‖ 0^64 ‖ [128]_64)`.
+//! * everything else (128-bit nonces, and all streaming) goes through the `gcm-stream` crate: aws-lc's EVP
+//!   AES-GCM, the same stitched one-pass AES-CTR + GHASH code as aws-lc-rs's AEAD, fed incrementally.
+//!   That crate holds the FFI, so this one stays free of `unsafe`.
 //!
 //! GCM's counter is `inc32`: only the low 32 bits of the counter block count, wrapping to zero without
-//! carrying into the upper 96 bits. aws-lc-rs's CTR mode counts with all 128 bits, so every CTR call here
-//! stops where the low word would wrap and the next one restarts from the wrapped block. With a random
-//! 128-bit nonce the low word of J0 is random, so a wrap inside a large file is routine (a 64 MiB file
-//! crosses it with probability 2^-10).
+//! carrying into the upper 96 bits. With a random 128-bit nonce the low word of the pre-counter block J0
+//! is random, so a wrap inside a large file is routine (a 64 MiB file crosses it with probability 2^-10).
 //!
-//! The tests cross-check the composition against aws-lc-rs for 96-bit nonces, against Python
+//! The tests cross-check the streaming path against aws-lc-rs for 96-bit nonces, against Python
 //! `cryptography` (OpenSSL) for 128-bit ones, and across the counter wrap against a block-at-a-time
-//! reference built from the AES block function.
+//! reference built here from the AES block function and SP 800-38D's bit-serial GHASH.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{self, EncryptingKey, EncryptionContext, UnboundCipherKey};
-use aws_lc_rs::iv::FixedLength;
 use zeroize::Zeroizing;
 
-use super::ghash::{self, Ghash};
 use super::{CryptoError, constant_time_eq, fill_random};
 
 /// Length of the GCM authentication tag (128 bits, the only size Nextcloud uses).
 pub const TAG_LEN: usize = 16;
-
-/// GCM limits one message to 2^39 - 256 bits.
-const MAX_MESSAGE_LEN: u64 = (1 << 36) - 32;
 
 /// An AES key of `N` bytes: 16 (AES-128: metadata, files, file drop) or 32 (AES-256: private-key wrapping).
 /// Zeroized on drop.
@@ -86,10 +77,6 @@ impl<const N: usize> AesKey<N> {
         } else {
             &aead::AES_256_GCM
         }
-    }
-
-    fn block_algorithm() -> &'static cipher::Algorithm {
-        if N == 16 { &cipher::AES_128 } else { &cipher::AES_256 }
     }
 }
 
@@ -200,9 +187,9 @@ pub fn seal<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8])
             .seal_in_place_append_tag(aead_nonce, Aad::empty(), &mut buffer)
             .map_err(|_| CryptoError::MessageTooLong)?;
     } else {
-        let mut stream = GcmStream::new(key, nonce)?;
-        stream.encrypt(&mut buffer)?;
-        let tag = stream.finish()?;
+        let mut encryptor = GcmEncryptor::new(key, nonce)?;
+        encryptor.encrypt_in_place(&mut buffer)?;
+        let tag = encryptor.finish()?;
         buffer.extend_from_slice(tag.as_bytes());
     }
     Ok(buffer)
@@ -226,9 +213,9 @@ pub fn open<const N: usize>(
             .open_in_place(aead_nonce, Aad::empty(), &mut buffer)
             .map_err(|_| CryptoError::Authentication)?;
     } else {
-        let mut stream = GcmStream::new(key, nonce)?;
-        stream.decrypt(&mut buffer[..plaintext_len])?;
-        stream.verify(&ciphertext_and_tag[plaintext_len..])?;
+        let mut decryptor = GcmDecryptor::new(key, nonce)?;
+        decryptor.decrypt_in_place(&mut buffer[..plaintext_len])?;
+        decryptor.verify(&ciphertext_and_tag[plaintext_len..])?;
     }
     buffer.truncate(plaintext_len);
     Ok(buffer)
@@ -241,200 +228,169 @@ fn aead_key<const N: usize>(key: &AesKey<N>) -> Result<LessSafeKey, CryptoError>
     Ok(LessSafeKey::new(unbound))
 }
 
-/// One GCM message processed incrementally, in either direction, in constant memory.
-///
-/// Crate-private on purpose: `decrypt` releases plaintext before the tag is checked, so only code that
-/// withholds that plaintext until `verify` succeeds (see `protocol::file`) may use it.
-pub(crate) struct GcmStream {
-    /// AES-CTR; each call is given the counter block to start from.
-    counter_mode: EncryptingKey,
-    ghash: Ghash,
-    /// E_K(J0), XORed into the final GHASH value to form the tag.
-    tag_mask: Zeroizing<[u8; 16]>,
-    /// The counter block of the next whole keystream block.
-    counter: [u8; 16],
-    /// The keystream block of a block that the last call ended inside of.
-    partial_keystream: Zeroizing<[u8; 16]>,
-    /// Bytes of `partial_keystream` already used (16: none left).
-    partial_keystream_used: usize,
-    /// Bytes processed so far.
-    length: u64,
-}
+/// Streaming encryption of one GCM message in constant memory (one pass, through `gcm_stream`).
+pub(crate) struct GcmEncryptor(gcm_stream::Encryptor);
 
-impl GcmStream {
+impl GcmEncryptor {
     /// Starts a message under `key` and `nonce`.
-    pub(crate) fn new<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce) -> Result<GcmStream, CryptoError> {
-        let block_cipher = EncryptingKey::ecb(cipher_key(key)?).map_err(|_| CryptoError::Backend("AES-ECB"))?;
-        let mut hash_key = Zeroizing::new([0u8; 16]);
-        encrypt_blocks(&block_cipher, hash_key.as_mut())?;
-        let mut pre_counter = [0u8; 16];
-        if nonce.len == 12 {
-            pre_counter[..12].copy_from_slice(nonce.as_bytes());
-            pre_counter[15] = 1;
-        } else {
-            // SP 800-38D §7.1: J0 = GHASH_H(IV ‖ 0^(s+64) ‖ [len(IV)]_64); a 16-byte IV needs no padding.
-            let length_block = u128::from(nonce.len as u64 * 8).to_be_bytes();
-            pre_counter = ghash::hash_blocks(&hash_key, &[nonce.bytes, length_block]);
-        }
-        let mut tag_mask = Zeroizing::new(pre_counter);
-        encrypt_blocks(&block_cipher, tag_mask.as_mut())?;
-        let mut counter = pre_counter;
-        increment32(&mut counter, 1);
-        let counter_mode = EncryptingKey::ctr(cipher_key(key)?).map_err(|_| CryptoError::Backend("AES-CTR"))?;
-        Ok(GcmStream {
-            counter_mode,
-            ghash: Ghash::new(aead_key(key)?, &hash_key)?,
-            tag_mask,
-            counter,
-            partial_keystream: Zeroizing::new([0u8; 16]),
-            partial_keystream_used: 16,
-            length: 0,
-        })
+    pub(crate) fn new<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce) -> Result<GcmEncryptor, CryptoError> {
+        Ok(GcmEncryptor(gcm_stream::Encryptor::new(
+            key.as_bytes(),
+            nonce.as_bytes(),
+        )?))
     }
 
     /// Encrypts the next `data` in place.
-    pub(crate) fn encrypt(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
-        self.count(data.len())?;
-        self.apply_keystream(data)?;
-        self.ghash.update(data)
+    pub(crate) fn encrypt_in_place(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
+        Ok(self.0.update_in_place(data)?)
+    }
+
+    /// Encrypts the next `plaintext` into `ciphertext`, which is exactly as long.
+    pub(crate) fn encrypt(&mut self, plaintext: &[u8], ciphertext: &mut [u8]) -> Result<(), CryptoError> {
+        Ok(self.0.update(plaintext, ciphertext)?)
+    }
+
+    /// The tag over everything encrypted.
+    pub(crate) fn finish(self) -> Result<GcmTag, CryptoError> {
+        Ok(GcmTag(self.0.finish()?))
+    }
+}
+
+/// Streaming decryption of one GCM message in constant memory (one pass, through `gcm_stream`).
+///
+/// Crate-private on purpose: `decrypt` releases plaintext before the tag is checked, so only code that
+/// withholds that plaintext until `verify` succeeds (see `protocol::file`) may use it.
+pub(crate) struct GcmDecryptor(gcm_stream::Decryptor);
+
+impl GcmDecryptor {
+    /// Starts a message under `key` and `nonce`.
+    pub(crate) fn new<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce) -> Result<GcmDecryptor, CryptoError> {
+        Ok(GcmDecryptor(gcm_stream::Decryptor::new(
+            key.as_bytes(),
+            nonce.as_bytes(),
+        )?))
     }
 
     /// Decrypts the next `data` in place. The output is unauthenticated until `verify` succeeds.
-    pub(crate) fn decrypt(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
-        self.count(data.len())?;
-        self.ghash.update(data)?;
-        self.apply_keystream(data)
+    pub(crate) fn decrypt_in_place(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
+        Ok(self.0.update_in_place(data)?)
     }
 
-    /// The tag over everything processed.
-    pub(crate) fn finish(self) -> Result<GcmTag, CryptoError> {
-        // The length block: [len(A)]_64 ‖ [len(C)]_64 in bits; there is never associated data.
-        let mut tag = self.ghash.finish(&u128::from(self.length * 8).to_be_bytes())?;
-        for (tag_byte, mask_byte) in tag.iter_mut().zip(self.tag_mask.iter()) {
-            *tag_byte ^= mask_byte;
-        }
-        Ok(GcmTag(tag))
+    /// Decrypts the next `ciphertext` into `plaintext`, which is exactly as long. The output is unauthenticated
+    /// until `verify` succeeds.
+    pub(crate) fn decrypt(&mut self, ciphertext: &[u8], plaintext: &mut [u8]) -> Result<(), CryptoError> {
+        Ok(self.0.update(ciphertext, plaintext)?)
     }
 
-    /// Checks `received_tag` against the tag over everything processed, in constant time.
+    /// Decrypts the next `ciphertext` onto the end of `plaintext` (no zero-filling first). The output is
+    /// unauthenticated until `verify` succeeds.
+    pub(crate) fn decrypt_append(&mut self, ciphertext: &[u8], plaintext: &mut Vec<u8>) -> Result<(), CryptoError> {
+        Ok(self.0.update_append(ciphertext, plaintext)?)
+    }
+
+    /// Checks `received_tag` against the tag over everything decrypted, in constant time.
     pub(crate) fn verify(self, received_tag: &[u8]) -> Result<(), CryptoError> {
-        if self.finish()?.matches(received_tag) {
-            Ok(())
-        } else {
-            Err(CryptoError::Authentication)
-        }
-    }
-
-    fn count(&mut self, len: usize) -> Result<(), CryptoError> {
-        let new_length = self
-            .length
-            .checked_add(len as u64)
-            .filter(|total| *total <= MAX_MESSAGE_LEN)
-            .ok_or(CryptoError::MessageTooLong)?;
-        self.length = new_length;
-        Ok(())
-    }
-
-    /// XORs the next `data.len()` keystream bytes into `data`: first what is left of a block the previous call
-    /// ended inside of, then whole blocks in place through AES-CTR, then the start of one more block.
-    fn apply_keystream(&mut self, data: &mut [u8]) -> Result<(), CryptoError> {
-        let leftover = (16 - self.partial_keystream_used).min(data.len());
-        let (head, rest) = data.split_at_mut(leftover);
-        for (byte, key_byte) in head
-            .iter_mut()
-            .zip(&self.partial_keystream[self.partial_keystream_used..])
-        {
-            *byte ^= key_byte;
-        }
-        self.partial_keystream_used += leftover;
-        let whole = rest.len() - rest.len() % 16;
-        let (blocks, tail) = rest.split_at_mut(whole);
-        self.counter_mode_blocks(blocks)?;
-        if !tail.is_empty() {
-            let mut keystream = Zeroizing::new([0u8; 16]);
-            self.counter_mode_blocks(keystream.as_mut())?;
-            for (byte, key_byte) in tail.iter_mut().zip(keystream.iter()) {
-                *byte ^= key_byte;
-            }
-            self.partial_keystream = keystream;
-            self.partial_keystream_used = tail.len();
-        }
-        Ok(())
-    }
-
-    /// Encrypts whole blocks in place in counter mode from `self.counter`, advancing it with inc32.
-    /// aws-lc-rs carries into the upper 96 bits when the low 32 wrap, GCM does not: so each call ends
-    /// at the wrap, and the next one starts from the wrapped counter block.
-    fn counter_mode_blocks(&mut self, blocks: &mut [u8]) -> Result<(), CryptoError> {
-        debug_assert!(blocks.len() % 16 == 0);
-        let mut rest = blocks;
-        while !rest.is_empty() {
-            let low_word = u32::from_be_bytes([self.counter[12], self.counter[13], self.counter[14], self.counter[15]]);
-            let blocks_before_wrap = (1u64 << 32) - u64::from(low_word);
-            let block_count = ((rest.len() / 16) as u64).min(blocks_before_wrap);
-            // At most 2^32 blocks, and at most `rest.len() / 16`: the cast and the product fit in usize.
-            let (now, later) = rest.split_at_mut(block_count as usize * 16);
-            let context = EncryptionContext::Iv128(FixedLength::from(self.counter));
-            self.counter_mode
-                .less_safe_encrypt(now, context)
-                .map_err(|_| CryptoError::Backend("AES-CTR"))?;
-            increment32(&mut self.counter, block_count);
-            rest = later;
-        }
-        Ok(())
+        let received_tag = <&[u8; TAG_LEN]>::try_from(received_tag).map_err(|_| CryptoError::Authentication)?;
+        Ok(self.0.finish(received_tag)?)
     }
 }
 
-fn cipher_key<const N: usize>(key: &AesKey<N>) -> Result<UnboundCipherKey, CryptoError> {
-    UnboundCipherKey::new(AesKey::<N>::block_algorithm(), key.as_bytes()).map_err(|_| CryptoError::Backend("AES key"))
-}
-
-/// AES-encrypts whole blocks in place (ECB: the block function itself).
-fn encrypt_blocks(block_cipher: &EncryptingKey, blocks: &mut [u8]) -> Result<(), CryptoError> {
-    block_cipher
-        .encrypt(blocks)
-        .map(|_| ())
-        .map_err(|_| CryptoError::Backend("AES block"))
-}
-
-/// inc32 applied `count` times: adds `count` to the last 32 bits of the counter block, modulo 2^32,
-/// leaving the first 96 bits alone (SP 800-38D §6.2).
-fn increment32(block: &mut [u8; 16], count: u64) {
-    let low = u32::from_be_bytes([block[12], block[13], block[14], block[15]]).wrapping_add(count as u32);
-    block[12..].copy_from_slice(&low.to_be_bytes());
+impl From<gcm_stream::GcmError> for CryptoError {
+    fn from(error: gcm_stream::GcmError) -> CryptoError {
+        use gcm_stream::GcmError;
+        match error {
+            GcmError::Authentication => CryptoError::Authentication,
+            GcmError::MessageTooLong => CryptoError::MessageTooLong,
+            GcmError::KeyLength(length) => CryptoError::InvalidLength {
+                what: "AES key",
+                length,
+            },
+            GcmError::NonceLength(length) => CryptoError::InvalidLength {
+                what: "GCM nonce",
+                length,
+            },
+            GcmError::Backend(what) => CryptoError::Backend(what),
+            // Output-length mismatches cannot happen in place; anything newer is a backend failure to us.
+            _ => CryptoError::Backend("streaming AES-GCM"),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_lc_rs::cipher::{self, EncryptingKey, UnboundCipherKey};
     use proptest::prelude::*;
 
     fn unhex(text: &str) -> Vec<u8> {
         hex::decode(text).expect("hex")
     }
 
-    /// Seals through the composed GCM, whatever the nonce length (bypassing aws-lc-rs's AEAD).
-    fn composed_seal<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8]) -> Vec<u8> {
-        let mut stream = GcmStream::new(key, nonce).expect("stream");
+    /// Seals through the streaming path, whatever the nonce length (bypassing aws-lc-rs's AEAD).
+    fn streamed_seal_whole<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8]) -> Vec<u8> {
+        let mut encryptor = GcmEncryptor::new(key, nonce).expect("encryptor");
         let mut buffer = plaintext.to_vec();
-        stream.encrypt(&mut buffer).expect("encrypt");
-        buffer.extend_from_slice(stream.finish().expect("finish").as_bytes());
+        encryptor.encrypt_in_place(&mut buffer).expect("encrypt");
+        buffer.extend_from_slice(encryptor.finish().expect("finish").as_bytes());
         buffer
     }
 
-    /// GCM block at a time from the AES block function and portable GHASH, as SP 800-38D §7.1 writes it:
-    /// the reference for the streaming composition (whose keystream and bulk GHASH come from aws-lc-rs).
+    /// The reduction constant R = 11100001 || 0^120.
+    const R: u128 = 0xE1 << 120;
+
+    /// X • Y in GF(2^128), SP 800-38D algorithm 1, bit by bit (GCM's bit order: bit 0 is the most significant
+    /// bit of the first byte). Slow and obviously the specification: for the reference only.
+    fn multiply(x: u128, y: u128) -> u128 {
+        let mut product = 0u128;
+        let mut v = y;
+        for bit_index in 0..128 {
+            if (x >> (127 - bit_index)) & 1 == 1 {
+                product ^= v;
+            }
+            v = if v & 1 == 1 { (v >> 1) ^ R } else { v >> 1 };
+        }
+        product
+    }
+
+    /// GHASH_H over whole blocks (SP 800-38D algorithm 2).
+    fn hash_blocks(hash_key: &[u8; 16], blocks: &[[u8; 16]]) -> [u8; 16] {
+        let h = u128::from_be_bytes(*hash_key);
+        let mut y = 0u128;
+        for block in blocks {
+            y = multiply(y ^ u128::from_be_bytes(*block), h);
+        }
+        y.to_be_bytes()
+    }
+
+    /// inc32 applied `count` times: adds `count` to the last 32 bits of the counter block, modulo 2^32,
+    /// leaving the first 96 bits alone (SP 800-38D §6.2).
+    fn increment32(block: &mut [u8; 16], count: u64) {
+        let low = u32::from_be_bytes([block[12], block[13], block[14], block[15]]).wrapping_add(count as u32);
+        block[12..].copy_from_slice(&low.to_be_bytes());
+    }
+
+    /// The AES block function under `key` (aws-lc-rs's ECB), applied to `block` in place.
+    fn block_cipher<const N: usize>(key: &AesKey<N>) -> impl Fn(&mut [u8; 16]) {
+        let algorithm = if N == 16 { &cipher::AES_128 } else { &cipher::AES_256 };
+        let ecb = EncryptingKey::ecb(UnboundCipherKey::new(algorithm, key.as_bytes()).expect("key")).expect("ecb");
+        move |block: &mut [u8; 16]| {
+            ecb.encrypt(block).expect("block");
+        }
+    }
+
+    /// GCM block at a time from the AES block function and bit-serial GHASH, as SP 800-38D §7.1 writes it:
+    /// the reference for the streaming path (aws-lc's stitched EVP AES-GCM).
     fn reference_seal<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8]) -> Vec<u8> {
-        let block_cipher = EncryptingKey::ecb(cipher_key(key).expect("key")).expect("ecb");
+        let encrypt_block = block_cipher(key);
         let mut hash_key = [0u8; 16];
-        encrypt_blocks(&block_cipher, &mut hash_key).expect("block");
+        encrypt_block(&mut hash_key);
         let pre_counter = if nonce.len == 12 {
             let mut block = [0u8; 16];
             block[..12].copy_from_slice(nonce.as_bytes());
             block[15] = 1;
             block
         } else {
-            ghash::hash_blocks(&hash_key, &[nonce.bytes, u128::from(128u64).to_be_bytes()])
+            hash_blocks(&hash_key, &[nonce.bytes, u128::from(128u64).to_be_bytes()])
         };
         let mut counter = pre_counter;
         let mut sealed = Vec::with_capacity(plaintext.len() + TAG_LEN);
@@ -442,7 +398,7 @@ mod tests {
         for chunk in plaintext.chunks(16) {
             increment32(&mut counter, 1);
             let mut keystream = counter;
-            encrypt_blocks(&block_cipher, &mut keystream).expect("block");
+            encrypt_block(&mut keystream);
             let mut block = [0u8; 16];
             for (index, byte) in chunk.iter().enumerate() {
                 block[index] = byte ^ keystream[index];
@@ -451,9 +407,9 @@ mod tests {
             hashed_blocks.push(block);
         }
         hashed_blocks.push(u128::from(plaintext.len() as u64 * 8).to_be_bytes());
-        let mut tag = ghash::hash_blocks(&hash_key, &hashed_blocks);
+        let mut tag = hash_blocks(&hash_key, &hashed_blocks);
         let mut tag_mask = pre_counter;
-        encrypt_blocks(&block_cipher, &mut tag_mask).expect("block");
+        encrypt_block(&mut tag_mask);
         for (tag_byte, mask_byte) in tag.iter_mut().zip(tag_mask) {
             *tag_byte ^= mask_byte;
         }
@@ -464,24 +420,23 @@ mod tests {
     /// The 16-byte nonce whose pre-counter block is `pre_counter`: nonce = ((J0·H⁻¹) ⊕ [128]_128)·H⁻¹.
     /// Lets the tests put the inc32 wrap wherever they want it.
     fn nonce_for_pre_counter<const N: usize>(key: &AesKey<N>, pre_counter: u128) -> GcmNonce {
-        let block_cipher = EncryptingKey::ecb(cipher_key(key).expect("key")).expect("ecb");
         let mut hash_key = [0u8; 16];
-        encrypt_blocks(&block_cipher, &mut hash_key).expect("block");
+        block_cipher(key)(&mut hash_key);
         let h = u128::from_be_bytes(hash_key);
         // H⁻¹ = H^(2^128 - 2): square-and-multiply over the exponent's bits, most significant first.
         let one = 1u128 << 127;
         let mut inverse = one;
         for bit in (0..128).rev() {
-            inverse = ghash::multiply(inverse, inverse);
+            inverse = multiply(inverse, inverse);
             if bit != 0 {
-                inverse = ghash::multiply(inverse, h);
+                inverse = multiply(inverse, h);
             }
         }
-        assert_eq!(ghash::multiply(inverse, h), one);
-        let nonce = ghash::multiply(ghash::multiply(pre_counter, inverse) ^ 128, inverse);
+        assert_eq!(multiply(inverse, h), one);
+        let nonce = multiply(multiply(pre_counter, inverse) ^ 128, inverse);
         let nonce = GcmNonce::from_slice(&nonce.to_be_bytes()).expect("nonce");
         assert_eq!(
-            ghash::hash_blocks(&hash_key, &[nonce.bytes, 128u128.to_be_bytes()]),
+            hash_blocks(&hash_key, &[nonce.bytes, 128u128.to_be_bytes()]),
             pre_counter.to_be_bytes()
         );
         nonce
@@ -489,7 +444,7 @@ mod tests {
 
     /// Seals `plaintext` through a stream fed in pieces of the given lengths (cycled).
     fn streamed_seal<const N: usize>(key: &AesKey<N>, nonce: &GcmNonce, plaintext: &[u8], pieces: &[usize]) -> Vec<u8> {
-        let mut stream = GcmStream::new(key, nonce).expect("stream");
+        let mut encryptor = GcmEncryptor::new(key, nonce).expect("encryptor");
         let mut buffer = plaintext.to_vec();
         let mut rest = buffer.as_mut_slice();
         for piece in pieces.iter().cycle() {
@@ -497,10 +452,10 @@ mod tests {
                 break;
             }
             let (now, later) = rest.split_at_mut((*piece).min(rest.len()));
-            stream.encrypt(now).expect("encrypt");
+            encryptor.encrypt_in_place(now).expect("encrypt");
             rest = later;
         }
-        buffer.extend_from_slice(stream.finish().expect("finish").as_bytes());
+        buffer.extend_from_slice(encryptor.finish().expect("finish").as_bytes());
         buffer
     }
 
@@ -510,11 +465,11 @@ mod tests {
         let key = Aes128Key::from_slice(&[0u8; 16]).expect("key");
         let nonce = GcmNonce::from_slice(&[0u8; 12]).expect("nonce");
         assert_eq!(
-            composed_seal(&key, &nonce, b""),
+            streamed_seal_whole(&key, &nonce, b""),
             unhex("58e2fccefa7e3061367f1d57a4e7455a")
         );
         assert_eq!(
-            composed_seal(&key, &nonce, &[0u8; 16]),
+            streamed_seal_whole(&key, &nonce, &[0u8; 16]),
             unhex("0388dace60b6a392f328c2b971b2fe78ab6e47d42cec13bdf53a67b21257bddf")
         );
     }
@@ -639,10 +594,10 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// The composed GCM equals aws-lc-rs's AES-GCM wherever both apply (96-bit nonces), for both key sizes,
+        /// The streaming GCM equals aws-lc-rs's one-shot AES-GCM wherever both apply (96-bit nonces), for both key sizes,
         /// however the input is split into streaming calls.
         #[test]
-        fn composition_matches_aws_lc_rs(
+        fn streaming_matches_aws_lc_rs(
             key128 in any::<[u8; 16]>(),
             key256 in any::<[u8; 32]>(),
             nonce in any::<[u8; 12]>(),
@@ -652,16 +607,16 @@ mod tests {
             let nonce = GcmNonce::from_slice(&nonce).expect("nonce");
             let key128 = Aes128Key::from_slice(&key128).expect("key");
             let key256 = Aes256Key::from_slice(&key256).expect("key");
-            prop_assert_eq!(composed_seal(&key128, &nonce, &plaintext), seal(&key128, &nonce, &plaintext).expect("seal"));
-            prop_assert_eq!(composed_seal(&key256, &nonce, &plaintext), seal(&key256, &nonce, &plaintext).expect("seal"));
+            prop_assert_eq!(streamed_seal_whole(&key128, &nonce, &plaintext), seal(&key128, &nonce, &plaintext).expect("seal"));
+            prop_assert_eq!(streamed_seal_whole(&key256, &nonce, &plaintext), seal(&key256, &nonce, &plaintext).expect("seal"));
 
             let at = split.index(plaintext.len() + 1);
-            let mut stream = GcmStream::new(&key128, &nonce).expect("stream");
+            let mut encryptor = GcmEncryptor::new(&key128, &nonce).expect("encryptor");
             let mut buffer = plaintext.clone();
             let (first, second) = buffer.split_at_mut(at);
-            stream.encrypt(first).expect("encrypt");
-            stream.encrypt(second).expect("encrypt");
-            buffer.extend_from_slice(stream.finish().expect("finish").as_bytes());
+            encryptor.encrypt_in_place(first).expect("encrypt");
+            encryptor.encrypt_in_place(second).expect("encrypt");
+            buffer.extend_from_slice(encryptor.finish().expect("finish").as_bytes());
             prop_assert_eq!(buffer, seal(&key128, &nonce, &plaintext).expect("seal"));
         }
 

@@ -3,7 +3,6 @@
 //! Nothing here knows a wire format; `format` and `protocol` build on these.
 
 pub mod gcm;
-mod ghash;
 pub mod kdf;
 pub mod rsa;
 

@@ -92,7 +92,11 @@ pub struct MetadataDocument {
 impl MetadataDocument {
     /// Parses the JSON text the server returns in `meta-data`.
     pub fn parse(json: &str) -> Result<MetadataDocument, MetadataFormatError> {
-        let value: serde_json::Value = serde_json::from_str(json)?;
+        MetadataDocument::from_value(serde_json::from_str(json)?)
+    }
+
+    /// `parse` for JSON already parsed.
+    pub(crate) fn from_value(value: serde_json::Value) -> Result<MetadataDocument, MetadataFormatError> {
         let version = &value["version"];
         if MetadataVersion::from_json(version).is_none() {
             return Err(MetadataFormatError::UnsupportedVersion(version.to_string()));

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::metadata::{MetadataFormatError, base64_field, default_mimetype};
+use super::metadata::{MetadataDocument, MetadataFormatError, base64_field, default_mimetype};
 use crate::crypto::gcm::{Aes128Key, GcmNonce, GcmTag};
 
 /// The v1 versions this client reads.
@@ -116,7 +116,12 @@ struct RawMetadata {
 impl MetadataV1Document {
     /// Parses the JSON text the server returns in `meta-data` for a v1.x folder.
     pub fn parse(json: &str) -> Result<MetadataV1Document, MetadataFormatError> {
-        let raw: RawDocument = serde_json::from_str(json)?;
+        MetadataV1Document::from_value(serde_json::from_str(json)?)
+    }
+
+    /// `parse` for JSON already parsed.
+    fn from_value(value: serde_json::Value) -> Result<MetadataV1Document, MetadataFormatError> {
+        let raw: RawDocument = serde_json::from_value(value)?;
         let version = MetadataV1Version::from_json(&raw.metadata.version)
             .ok_or_else(|| MetadataFormatError::UnsupportedVersion(raw.metadata.version.to_string()))?;
         let metadata_keys = match version {
@@ -147,6 +152,31 @@ impl MetadataV1Document {
             checksum: raw.metadata.checksum,
             files: raw.files,
         })
+    }
+}
+
+/// A stored metadata document of either generation.
+#[derive(Debug, Clone)]
+pub enum AnyMetadataDocument {
+    /// v2.0 or 2.1.
+    V2(MetadataDocument),
+    /// v1.0, 1.1 or 1.2.
+    V1(MetadataV1Document),
+}
+
+impl AnyMetadataDocument {
+    /// Parses the JSON the server returns in `meta-data`, telling the generations apart by where `version`
+    /// sits: at the top level in v2, inside `metadata` in v1 (§2.1, §2.2). Unknown versions of either, and a
+    /// document with no version at all, are refused.
+    pub fn parse(json: &str) -> Result<AnyMetadataDocument, MetadataFormatError> {
+        let value: serde_json::Value = serde_json::from_str(json)?;
+        if value.get("version").is_some() {
+            Ok(AnyMetadataDocument::V2(MetadataDocument::from_value(value)?))
+        } else if value["metadata"].get("version").is_some() {
+            Ok(AnyMetadataDocument::V1(MetadataV1Document::from_value(value)?))
+        } else {
+            Err(MetadataFormatError::UnsupportedVersion("(none)".to_owned()))
+        }
     }
 }
 
@@ -230,6 +260,28 @@ mod tests {
                 MetadataV1Document::parse(&document(metadata)),
                 Err(MetadataFormatError::MalformedV1(_))
             ));
+        }
+    }
+
+    #[test]
+    fn either_generation_is_told_apart_by_where_its_version_sits() {
+        let v1 = AnyMetadataDocument::parse(&document(r#"{"metadataKey":"a","version":"1.2"}"#)).expect("v1");
+        assert!(matches!(v1, AnyMetadataDocument::V1(ref document) if document.version == MetadataV1Version::V1_2));
+        let v2 = r#"{"metadata":{"ciphertext":"YQ==","nonce":"YQ==","authenticationTag":"YQ=="},"version":"2.0"}"#;
+        assert!(matches!(AnyMetadataDocument::parse(v2), Ok(AnyMetadataDocument::V2(_))));
+        for unknown in [
+            r#"{"metadata":{"ciphertext":"YQ==","nonce":"YQ==","authenticationTag":"YQ=="},"version":"3.0"}"#,
+            r#"{"metadata":{"ciphertext":"YQ==","nonce":"YQ==","authenticationTag":"YQ=="},"version":"1.2"}"#,
+            r#"{"metadata":{"metadataKey":"a","version":"1.7"},"files":{}}"#,
+            r#"{"metadata":{"metadataKey":"a"},"files":{}}"#,
+        ] {
+            assert!(
+                matches!(
+                    AnyMetadataDocument::parse(unknown),
+                    Err(MetadataFormatError::UnsupportedVersion(_))
+                ),
+                "{unknown}"
+            );
         }
     }
 

@@ -1,6 +1,10 @@
 //! File contents: AES-128-GCM with a fresh key and 16-byte nonce per upload, the tag appended (§3), streamed.
 //!
-//! Both directions run in constant memory (one 64 KiB buffer), whatever the file size.
+//! Both directions run in constant memory, whatever the file size, and read through `BufRead`, so that the
+//! cipher works straight out of the reader's buffer (or the caller's slice) with no copy of its own. Encryption
+//! and `decrypt_to_path` go through one 64 KiB output buffer, because a `Write` can only be handed bytes;
+//! `decrypt_into` and `decrypt_to_vec` write straight into the `Vec`. On a memory-bound machine every extra pass over the data costs about as
+//! much as the cipher itself (BENCHMARKS.md, "Client").
 //! Decryption cannot check the tag before the last byte has been decrypted, so no public function here
 //! hands unauthenticated plaintext to the caller:
 //! * `decrypt_to_path` writes into a temporary file (mode 0600) in the destination's directory and renames it
@@ -8,17 +12,18 @@
 //!   destination is untouched;
 //! * `decrypt_to_vec` returns the plaintext only on success (it is in memory, so not constant-size).
 
-use std::io::{BufWriter, ErrorKind, Read, Write};
+use std::io::{BufRead, BufWriter, ErrorKind, Write};
 use std::path::Path;
 
 use zeroize::Zeroizing;
 
 use crate::crypto::CryptoError;
-use crate::crypto::gcm::{Aes128Key, GcmNonce, GcmStream, GcmTag, TAG_LEN};
+use crate::crypto::gcm::{Aes128Key, GcmDecryptor, GcmEncryptor, GcmNonce, GcmTag, TAG_LEN};
 use crate::format::metadata::FileEntry;
 
-/// Bytes read and processed per step.
-const CHUNK_LEN: usize = 64 * 1024;
+/// Most bytes processed per step, and the size of the output buffer. 16 KiB (fits L1) measured no better on
+/// the bench machine; 4 KiB was slower (per-call overhead).
+pub(crate) const CHUNK_LEN: usize = 64 * 1024;
 
 /// Why a file could not be encrypted or decrypted.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +77,7 @@ impl EncryptedFile {
 }
 
 /// Encrypts everything `plaintext` yields into `blob` (ciphertext then tag) under a fresh key and nonce.
-pub fn encrypt(plaintext: impl Read, blob: impl Write) -> Result<EncryptedFile, FileCryptoError> {
+pub fn encrypt(plaintext: impl BufRead, blob: impl Write) -> Result<EncryptedFile, FileCryptoError> {
     encrypt_with(Aes128Key::generate()?, GcmNonce::random16()?, plaintext, blob)
 }
 
@@ -80,24 +85,26 @@ pub fn encrypt(plaintext: impl Read, blob: impl Write) -> Result<EncryptedFile, 
 fn encrypt_with(
     key: Aes128Key,
     nonce: GcmNonce,
-    mut plaintext: impl Read,
+    mut plaintext: impl BufRead,
     mut blob: impl Write,
 ) -> Result<EncryptedFile, FileCryptoError> {
-    let mut stream = GcmStream::new(&key, &nonce)?;
-    let mut buffer = Zeroizing::new(vec![0u8; CHUNK_LEN]);
+    let mut encryptor = GcmEncryptor::new(&key, &nonce)?;
+    let mut buffer = vec![0u8; CHUNK_LEN];
     let mut blob_len: u64 = 0;
     loop {
-        let read = match plaintext.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => read,
+        let available = match plaintext.fill_buf() {
+            Ok([]) => break,
+            Ok(available) => available,
             Err(error) if error.kind() == ErrorKind::Interrupted => continue,
             Err(error) => return Err(error.into()),
         };
-        stream.encrypt(&mut buffer[..read])?;
-        blob.write_all(&buffer[..read])?;
-        blob_len += read as u64;
+        let len = available.len().min(CHUNK_LEN);
+        encryptor.encrypt(&available[..len], &mut buffer[..len])?;
+        plaintext.consume(len);
+        blob.write_all(&buffer[..len])?;
+        blob_len += len as u64;
     }
-    let tag = stream.finish()?;
+    let tag = encryptor.finish()?;
     blob.write_all(tag.as_bytes())?;
     blob.flush()?;
     Ok(EncryptedFile {
@@ -112,7 +119,7 @@ fn encrypt_with(
 /// only if the tag verifies and, when `expected_tag` is given (the metadata's `authenticationTag`), equals it.
 /// Returns the plaintext length.
 pub fn decrypt_to_path(
-    blob: impl Read,
+    blob: impl BufRead,
     key: &Aes128Key,
     nonce: &GcmNonce,
     expected_tag: Option<&GcmTag>,
@@ -128,9 +135,12 @@ pub fn decrypt_to_path(
         .prefix(".e2ee-partial-")
         .tempfile_in(directory)?;
     let plaintext_len = {
-        let mut writer = BufWriter::new(partial.as_file_mut());
-        let plaintext_len = decrypt_stream(blob, key, nonce, expected_tag, &mut writer)?;
-        writer.flush()?;
+        let mut sink = WriteSink {
+            writer: BufWriter::new(partial.as_file_mut()),
+            buffer: Zeroizing::new(vec![0u8; CHUNK_LEN]),
+        };
+        let plaintext_len = decrypt_stream(blob, key, nonce, expected_tag, &mut sink)?;
+        sink.writer.flush()?;
         plaintext_len
     };
     partial.as_file().sync_all()?;
@@ -140,7 +150,7 @@ pub fn decrypt_to_path(
 
 /// Decrypts `blob` in memory; returns the plaintext only if the tag verifies (and equals `expected_tag`, if given).
 pub fn decrypt_to_vec(
-    blob: impl Read,
+    blob: impl BufRead,
     key: &Aes128Key,
     nonce: &GcmNonce,
     expected_tag: Option<&GcmTag>,
@@ -153,60 +163,99 @@ pub fn decrypt_to_vec(
 /// `decrypt_to_vec` into a buffer the caller reuses: `plaintext` is cleared, then holds the plaintext if the tag
 /// verifies; on any error it is zeroized and left empty. Returns the plaintext length.
 pub fn decrypt_into(
-    blob: impl Read,
+    blob: impl BufRead,
     key: &Aes128Key,
     nonce: &GcmNonce,
     expected_tag: Option<&GcmTag>,
     plaintext: &mut Vec<u8>,
 ) -> Result<u64, FileCryptoError> {
     plaintext.clear();
-    let result = decrypt_stream(blob, key, nonce, expected_tag, &mut *plaintext);
+    let result = decrypt_stream(blob, key, nonce, expected_tag, &mut VecSink(&mut *plaintext));
     if result.is_err() {
         zeroize::Zeroize::zeroize(plaintext);
     }
     result
 }
 
-/// Streams `blob` through GCM into `plaintext`, holding back the last 16 bytes (the tag), then verifies.
-/// `plaintext` receives unauthenticated data: callers must discard it on error.
+/// Where `decrypt_stream` puts plaintext, which is unauthenticated until the stream's tag has verified.
+trait PlaintextSink {
+    /// Decrypts `ciphertext`, the next bytes of the message, and takes the plaintext.
+    fn decrypt(&mut self, decryptor: &mut GcmDecryptor, ciphertext: &[u8]) -> Result<(), FileCryptoError>;
+}
+
+/// Decrypts straight onto the end of a `Vec`: no copy and no zero-filling besides the cipher's own writes.
+struct VecSink<'a>(&'a mut Vec<u8>);
+
+impl PlaintextSink for VecSink<'_> {
+    fn decrypt(&mut self, decryptor: &mut GcmDecryptor, ciphertext: &[u8]) -> Result<(), FileCryptoError> {
+        Ok(decryptor.decrypt_append(ciphertext, self.0)?)
+    }
+}
+
+/// Decrypts through a buffer of at most `CHUNK_LEN` bytes (zeroized on drop) into a `Write`.
+struct WriteSink<W: Write> {
+    writer: W,
+    buffer: Zeroizing<Vec<u8>>,
+}
+
+impl<W: Write> PlaintextSink for WriteSink<W> {
+    fn decrypt(&mut self, decryptor: &mut GcmDecryptor, ciphertext: &[u8]) -> Result<(), FileCryptoError> {
+        for piece in ciphertext.chunks(CHUNK_LEN) {
+            let plaintext = &mut self.buffer[..piece.len()];
+            decryptor.decrypt(piece, plaintext)?;
+            self.writer.write_all(plaintext)?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams `blob` through GCM into `sink`, holding back the last 16 bytes seen (the tag, if the blob ends
+/// there), then verifies. `sink` receives unauthenticated data: callers must discard it on error.
 fn decrypt_stream(
-    mut blob: impl Read,
+    mut blob: impl BufRead,
     key: &Aes128Key,
     nonce: &GcmNonce,
     expected_tag: Option<&GcmTag>,
-    mut plaintext: impl Write,
+    sink: &mut impl PlaintextSink,
 ) -> Result<u64, FileCryptoError> {
-    let mut stream = GcmStream::new(key, nonce)?;
-    // Invariant: at the top of the loop at most TAG_LEN bytes are held, so a read always has CHUNK_LEN room.
-    let mut buffer = Zeroizing::new(vec![0u8; CHUNK_LEN + TAG_LEN]);
-    let mut held = 0;
+    let mut decryptor = GcmDecryptor::new(key, nonce)?;
+    // Invariant: `held[..held_len]` are the last bytes read, not yet decrypted, and held_len <= TAG_LEN.
+    let mut held = [0u8; TAG_LEN];
+    let mut held_len = 0;
     let mut plaintext_len: u64 = 0;
     loop {
-        let read = match blob.read(&mut buffer[held..]) {
-            Ok(0) => break,
-            Ok(read) => read,
+        let available = match blob.fill_buf() {
+            Ok([]) => break,
+            Ok(available) => available,
             Err(error) if error.kind() == ErrorKind::Interrupted => continue,
             Err(error) => return Err(error.into()),
         };
-        held += read;
-        if held > TAG_LEN {
-            let ready = held - TAG_LEN;
-            stream.decrypt(&mut buffer[..ready])?;
-            plaintext.write_all(&buffer[..ready])?;
-            plaintext_len += ready as u64;
-            buffer.copy_within(ready..held, 0);
-            held = TAG_LEN;
-        }
+        let piece = &available[..available.len().min(CHUNK_LEN)];
+        // Everything but the last TAG_LEN bytes of `held ‖ piece` is followed by a full tag's worth of bytes,
+        // so it is ciphertext: the held bytes that leave the window first, then the start of `piece`.
+        let total = held_len + piece.len();
+        let release = total.saturating_sub(TAG_LEN);
+        let from_held = release.min(held_len);
+        let from_piece = release - from_held;
+        sink.decrypt(&mut decryptor, &held[..from_held])?;
+        sink.decrypt(&mut decryptor, &piece[..from_piece])?;
+        let mut window = [0u8; TAG_LEN];
+        let kept_from_held = held_len - from_held;
+        window[..kept_from_held].copy_from_slice(&held[from_held..held_len]);
+        window[kept_from_held..total - release].copy_from_slice(&piece[from_piece..]);
+        held = window;
+        held_len = total - release;
+        plaintext_len += release as u64;
+        let consumed = piece.len();
+        blob.consume(consumed);
     }
-    if held < TAG_LEN {
+    if held_len < TAG_LEN {
         return Err(FileCryptoError::Authentication);
     }
-    let received_tag = &buffer[..TAG_LEN];
-    if expected_tag.is_some_and(|expected| !expected.matches(received_tag)) {
+    if expected_tag.is_some_and(|expected| !expected.matches(&held)) {
         return Err(FileCryptoError::Authentication);
     }
-    stream.verify(received_tag)?;
-    plaintext.flush()?;
+    decryptor.verify(&held)?;
     Ok(plaintext_len)
 }
 
@@ -215,18 +264,28 @@ mod tests {
     use super::*;
     use crate::crypto::gcm;
 
-    /// Hands out at most `step` bytes per read, to exercise the tag hold-back across short reads.
+    /// Hands out at most `step` bytes per read or `fill_buf`, to exercise the tag hold-back across short reads.
     struct Trickle<'a> {
         data: &'a [u8],
         step: usize,
     }
 
-    impl Read for Trickle<'_> {
+    impl std::io::Read for Trickle<'_> {
         fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
             let count = self.step.min(buffer.len()).min(self.data.len());
             buffer[..count].copy_from_slice(&self.data[..count]);
             self.data = &self.data[count..];
             Ok(count)
+        }
+    }
+
+    impl BufRead for Trickle<'_> {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            Ok(&self.data[..self.step.min(self.data.len())])
+        }
+
+        fn consume(&mut self, amount: usize) {
+            self.data = &self.data[amount..];
         }
     }
 
@@ -250,13 +309,40 @@ mod tests {
         let opened =
             decrypt_to_vec(blob.as_slice(), &encrypted.key, &encrypted.nonce, Some(&encrypted.tag)).expect("open");
         assert_eq!(opened.as_slice(), plaintext);
-        let trickled = Trickle { data: &blob, step: 7 };
-        assert_eq!(
-            decrypt_to_vec(trickled, &encrypted.key, &encrypted.nonce, None)
-                .expect("open")
-                .as_slice(),
-            plaintext
-        );
+        // Short reads on both sides of the tag hold-back, in both directions and into both kinds of sink.
+        let steps: &[usize] = if plaintext.len() < 100_000 {
+            &[1, 7, 16, 17, 40]
+        } else {
+            &[4099]
+        };
+        for &step in steps {
+            let trickled = Trickle { data: &blob, step };
+            assert_eq!(
+                decrypt_to_vec(trickled, &encrypted.key, &encrypted.nonce, None)
+                    .expect("open")
+                    .as_slice(),
+                plaintext,
+                "step {step}"
+            );
+            let mut written = Vec::new();
+            let trickled = Trickle { data: &blob, step };
+            decrypt_stream(
+                trickled,
+                &encrypted.key,
+                &encrypted.nonce,
+                None,
+                &mut WriteSink {
+                    writer: &mut written,
+                    buffer: Zeroizing::new(vec![0u8; CHUNK_LEN]),
+                },
+            )
+            .expect("open");
+            assert_eq!(written, plaintext, "step {step}");
+            let mut reencrypted = Vec::new();
+            let trickled = Trickle { data: plaintext, step };
+            encrypt_with(encrypted.key.clone(), encrypted.nonce, trickled, &mut reencrypted).expect("encrypt");
+            assert_eq!(reencrypted, blob, "step {step}");
+        }
 
         let directory = tempfile::tempdir().expect("tempdir");
         let destination = directory.path().join("plain");

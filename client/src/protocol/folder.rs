@@ -10,7 +10,7 @@
 //! appended to `keyChecksums`, every document re-encrypted with a higher counter. File blobs are never touched.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -19,9 +19,12 @@ use zeroize::Zeroizing;
 use crate::crypto::rsa::RsaPrivateKey;
 use crate::crypto::{CryptoError, fill_random};
 use crate::format::metadata::{FileEntry, FolderMetadata, MetadataDocument, MetadataUser};
+use crate::format::metadata_v1::{MetadataV1Document, MetadataV1Version};
+use crate::mnemonic::Mnemonic;
 use crate::pins::{ContactTrust, TrustError};
 use crate::protocol::file::{self, FileCryptoError};
 use crate::protocol::metadata::{self, MetadataError, MetadataKey, Recipient};
+use crate::protocol::metadata_v1;
 use crate::protocol::signature::{self, SignatureError};
 
 /// Why a folder operation failed.
@@ -79,6 +82,15 @@ pub enum FolderError {
     /// The root's `keyChecksums` lost an entry this device saw: the history is append-only (§2.4).
     #[error("keyChecksums lost an entry seen before: the metadata was rolled back or forged")]
     KeyChecksumRemoved,
+    /// The folder has v1.x metadata, which this client reads but never writes (see `Folder::open`).
+    #[error("this folder has {0:?} metadata, which is read-only here: copy its files into a new folder to change them")]
+    LegacyReadOnly(MetadataV1Version),
+    /// This device saw the folder with signed v2 metadata, and is now served unsigned v1.x: a downgrade.
+    #[error("the folder had v2 metadata on this device and is now served as v1: refused as a downgrade")]
+    Downgraded,
+    /// A subfolder's metadata is of the other generation (v1 or v2) than its top-level folder's.
+    #[error("metadata of {0} is not of the same version as its top-level folder's")]
+    MixedVersions(String),
     /// A primitive failed (randomness, backend).
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -128,17 +140,28 @@ pub struct SignedMetadata {
     pub signature: String,
 }
 
+/// One folder's metadata as stored: a signed v2 document, or a legacy v1.x one, which has no signature.
+#[derive(Debug, Clone)]
+pub enum StoredMetadata {
+    /// v2.0 or 2.1, with its CMS signature.
+    V2(SignedMetadata),
+    /// v1.0, 1.1 or 1.2 (read-only: this client never writes v1).
+    V1(MetadataV1Document),
+}
+
 /// Where folders live: the sync server, or a directory standing in for it (`storage::LocalDirectory`).
 ///
-/// Contract: reads of something never written fail with `ErrorKind::NotFound`. `write_metadata` replaces
-/// the document and signature of a folder. A blob is written completely before the metadata that names it.
+/// Contract: reads of something never written fail with `ErrorKind::NotFound`; a document that does not parse,
+/// or has a version this client does not read, fails with `ErrorKind::InvalidData` wrapping the
+/// `MetadataFormatError`. `write_metadata` replaces the document and signature of a folder (always v2).
+/// A blob is written completely before the metadata that names it.
 pub trait FolderStorage {
     /// Where a new blob is written.
     type BlobWriter: Write;
     /// Where a blob is read from.
     type BlobReader: Read;
-    /// Reads the metadata of `path` under `top_level`.
-    fn read_metadata(&self, top_level: &str, path: &FolderPath) -> std::io::Result<SignedMetadata>;
+    /// Reads the metadata of `path` under `top_level`, of either generation.
+    fn read_metadata(&self, top_level: &str, path: &FolderPath) -> std::io::Result<StoredMetadata>;
     /// Writes (creates or replaces) the metadata of `path` under `top_level`.
     fn write_metadata(&self, top_level: &str, path: &FolderPath, metadata: &SignedMetadata) -> std::io::Result<()>;
     /// Creates the blob `file_id` in `path`.
@@ -186,6 +209,11 @@ impl SeenCounters {
         }
     }
 
+    /// Whether this device has opened or saved `top_level` with v2 metadata.
+    fn knows_v2(&self, top_level: &str) -> bool {
+        self.counters.contains_key(&FolderPath::root().display(top_level)) || self.key_checksums.contains_key(top_level)
+    }
+
     /// Refuses a root whose `keyChecksums` drops or reorders an entry this device saw.
     fn check_checksums(&self, top_level: &str, folder_metadata: &FolderMetadata) -> Result<(), FolderError> {
         match self.key_checksums.get(top_level) {
@@ -229,11 +257,23 @@ pub struct Listing {
 #[derive(Debug)]
 pub struct Folder {
     top_level: String,
-    key: MetadataKey,
+    format: Format,
     users: Vec<Recipient>,
     documents: BTreeMap<FolderPath, FolderMetadata>,
     changed: BTreeSet<FolderPath>,
 }
+
+/// The metadata generation a folder was read in, which decides whether it can be written.
+#[derive(Debug)]
+enum Format {
+    /// v2: the top-level folder's current metadata key, which encrypts every document of the tree.
+    V2(MetadataKey),
+    /// v1.x: read-only; each v1 document had its own key, used once when the folder was opened.
+    V1(MetadataV1Version),
+}
+
+/// The MIME type that marks a v1 `files{}` entry as a subfolder, whose own metadata sits under its id.
+const DIRECTORY_MIMETYPE: &str = "httpd/unix-directory";
 
 impl Folder {
     /// A new, empty top-level folder named `top_level`, owned by `owner`, under a fresh metadata key.
@@ -248,16 +288,30 @@ impl Folder {
         };
         Ok(Folder {
             top_level: top_level.to_owned(),
-            key,
+            format: Format::V2(key),
             users: vec![owner.recipient()],
             documents: BTreeMap::from([(FolderPath::root(), root)]),
             changed: BTreeSet::from([FolderPath::root()]),
         })
     }
 
-    /// Opens `top_level` from `storage` as `account`, checking, for the root and every subfolder:
-    /// every user's certificate (`trust`), the signature (by one of the root's users), the metadata key's
-    /// checksum in `keyChecksums`, and that the counter is not below the one in `seen`, which is then raised.
+    /// Opens `top_level` from `storage` as `account`.
+    ///
+    /// v2 metadata is checked, for the root and every subfolder: every user's certificate (`trust`), the
+    /// signature (by one of the root's users), the metadata key's checksum in `keyChecksums`, and that the
+    /// counter is not below the one in `seen`, which is then raised.
+    ///
+    /// Legacy v1.0–1.2 metadata (§2.2) opens read-only: its files can be listed and decrypted, but every change
+    /// (`add_file`, `add_subfolder`, `share`, `unshare`, `save`) fails with `LegacyReadOnly`. The spec has
+    /// clients migrate v1 to v2 when they write; this client does not yet, because a faithful migration is more
+    /// than a re-encryption: it converts every subfolder's separately keyed v1 document, replaces them all
+    /// under the server's lock, and takes the folder away from v1-only clients. Copying the files into a new
+    /// (v2) folder gets the same result explicitly. v1 has no signature, no users and no counter, so `trust`
+    /// is not consulted and `seen` is not raised; but a folder `seen` records as v2 is refused as `Downgraded`.
+    /// Subfolders are the v1 entries with MIME type `httpd/unix-directory`, each with its own v1 document.
+    /// A v1 `filedrop` block is ignored: it is unsigned, and moving its entries into `files` would be a write.
+    /// v1.2 documents are bound to their owner's mnemonic and need `open_with_mnemonic`; here they fail with
+    /// `MnemonicRequired`.
     pub fn open(
         storage: &impl FolderStorage,
         top_level: &str,
@@ -265,7 +319,22 @@ impl Folder {
         trust: &mut impl CertificateTrust,
         seen: &mut SeenCounters,
     ) -> Result<Folder, FolderError> {
-        let root = read(storage, top_level, &FolderPath::root())?;
+        Folder::open_with_mnemonic(storage, top_level, account, None, trust, seen)
+    }
+
+    /// `open`, with the owner's mnemonic for legacy v1.2 folders, whose checksum is computed over it.
+    pub fn open_with_mnemonic(
+        storage: &impl FolderStorage,
+        top_level: &str,
+        account: &Account,
+        mnemonic: Option<&Mnemonic>,
+        trust: &mut impl CertificateTrust,
+        seen: &mut SeenCounters,
+    ) -> Result<Folder, FolderError> {
+        let root = match read(storage, top_level, &FolderPath::root())? {
+            StoredMetadata::V2(root) => root,
+            StoredMetadata::V1(root) => return Folder::open_v1(storage, top_level, account, mnemonic, seen, root),
+        };
         for user in &root.document.users {
             trust
                 .check_user(&user.user_id, &user.certificate)
@@ -292,7 +361,10 @@ impl Folder {
             }
             for id in folder_metadata.folders.keys() {
                 let child = path.child(id);
-                pending.push((child.clone(), read(storage, top_level, &child)?));
+                let StoredMetadata::V2(signed) = read(storage, top_level, &child)? else {
+                    return Err(FolderError::MixedVersions(child.display(top_level)));
+                };
+                pending.push((child, signed));
             }
             documents.insert(path, folder_metadata);
         }
@@ -302,7 +374,7 @@ impl Folder {
         }
         Ok(Folder {
             top_level: top_level.to_owned(),
-            key,
+            format: Format::V2(key),
             users: users
                 .into_iter()
                 .map(|user| Recipient {
@@ -313,6 +385,58 @@ impl Folder {
             documents,
             changed: BTreeSet::new(),
         })
+    }
+
+    /// The v1 half of `open_with_mnemonic`: every document opened with `account`'s key (and, for v1.2, checked
+    /// against `mnemonic`), subfolders found by their MIME type.
+    fn open_v1(
+        storage: &impl FolderStorage,
+        top_level: &str,
+        account: &Account,
+        mnemonic: Option<&Mnemonic>,
+        seen: &SeenCounters,
+        root: MetadataV1Document,
+    ) -> Result<Folder, FolderError> {
+        // Unsigned v1 in place of signed v2 would let whoever serves the metadata drop every v2 check.
+        if seen.knows_v2(top_level) {
+            return Err(FolderError::Downgraded);
+        }
+        let version = root.version;
+        let mut documents = BTreeMap::new();
+        let mut pending = vec![(FolderPath::root(), root)];
+        while let Some((path, document)) = pending.pop() {
+            let opened = metadata_v1::open_metadata_v1(&document, &account.private_key, mnemonic)?;
+            let mut folder_metadata = FolderMetadata::default();
+            for (id, entry) in opened.files {
+                if entry.mimetype != DIRECTORY_MIMETYPE {
+                    folder_metadata.files.insert(id, entry);
+                    continue;
+                }
+                let child = path.child(&id);
+                let StoredMetadata::V1(child_document) = read(storage, top_level, &child)? else {
+                    return Err(FolderError::MixedVersions(child.display(top_level)));
+                };
+                pending.push((child, child_document));
+                folder_metadata.folders.insert(id, entry.filename);
+            }
+            documents.insert(path, folder_metadata);
+        }
+        Ok(Folder {
+            top_level: top_level.to_owned(),
+            format: Format::V1(version),
+            // v1 has no users array: the folder is its owner's, whose key opened it.
+            users: vec![account.recipient()],
+            documents,
+            changed: BTreeSet::new(),
+        })
+    }
+
+    /// The v1.x version the folder was read in, or `None` for v2. v1 folders are read-only.
+    pub fn legacy_version(&self) -> Option<MetadataV1Version> {
+        match self.format {
+            Format::V2(_) => None,
+            Format::V1(version) => Some(version),
+        }
     }
 
     /// The top-level folder's name.
@@ -382,6 +506,7 @@ impl Folder {
 
     /// Adds an empty subfolder `name` in `parent`; returns its path.
     pub fn add_subfolder(&mut self, parent: &FolderPath, name: &str) -> Result<FolderPath, FolderError> {
+        self.key()?;
         self.check_name_free(parent, name)?;
         let id = random_id()?;
         self.document_mut(parent)?.folders.insert(id.clone(), name.to_owned());
@@ -408,12 +533,13 @@ impl Folder {
         mimetype: &str,
         plaintext: impl Read,
     ) -> Result<String, FolderError> {
+        self.key()?;
         self.check_name_free(parent, filename)?;
         let id = random_id()?;
         let blob = storage
             .create_blob(&self.top_level, parent, &id)
             .map_err(|source| storage_error(format!("creating blob {id}"), source))?;
-        let encrypted = file::encrypt(plaintext, blob)?;
+        let encrypted = file::encrypt(BufReader::with_capacity(file::CHUNK_LEN, plaintext), blob)?;
         let entry: FileEntry = encrypted.metadata_entry(filename, mimetype);
         self.document_mut(parent)?.files.insert(id.clone(), entry);
         Ok(id)
@@ -458,6 +584,7 @@ impl Folder {
     /// Gives `user` access: rotates the metadata key and wraps it for every user including `user`.
     /// The caller has checked `user.certificate_pem` (CA and pin) before.
     pub fn share(&mut self, user: Recipient) -> Result<(), FolderError> {
+        self.key()?;
         if self.users.iter().any(|existing| existing.user_id == user.user_id) {
             return Err(FolderError::AlreadyAUser(user.user_id));
         }
@@ -468,6 +595,7 @@ impl Folder {
     /// Removes `user_id`'s access: rotates the metadata key so metadata written from now on is not readable by
     /// them. Files are not re-encrypted (as in every v2 client, §4): they keep the file keys they saw before.
     pub fn unshare(&mut self, user_id: &str) -> Result<(), FolderError> {
+        self.key()?;
         let Some(position) = self.users.iter().position(|user| user.user_id == user_id) else {
             return Err(FolderError::NotAUser(user_id.to_owned()));
         };
@@ -486,6 +614,7 @@ impl Folder {
         account: &Account,
         seen: &mut SeenCounters,
     ) -> Result<(), FolderError> {
+        self.key()?;
         // The signature must verify for readers, who require a signer among the folder's users.
         if !self.users.iter().any(|user| user.user_id == account.user_id) {
             return Err(FolderError::NotAUser(account.user_id.clone()));
@@ -496,7 +625,7 @@ impl Folder {
         for path in changed {
             let folder_metadata = self.metadata(&path)?;
             let recipients: &[Recipient] = if path.is_root() { &self.users } else { &[] };
-            let document = metadata::encrypt_metadata(folder_metadata, &self.key, recipients)?;
+            let document = metadata::encrypt_metadata(folder_metadata, self.key()?, recipients)?;
             let signature = signature::sign_metadata(&document, &account.private_key, &account.certificate_pem)
                 .map_err(|source| FolderError::Signature {
                     folder: path.display(&self.top_level),
@@ -513,8 +642,9 @@ impl Folder {
 
     /// A fresh metadata key, its checksum appended, and every document marked for re-encryption.
     fn rotate_key(&mut self) -> Result<(), FolderError> {
-        self.key = MetadataKey::generate()?;
-        let checksum = self.key.checksum();
+        let key = MetadataKey::generate()?;
+        let checksum = key.checksum();
+        self.format = Format::V2(key);
         self.document_mut(&FolderPath::root())?.key_checksums.push(checksum);
         let paths: Vec<FolderPath> = self.documents.keys().cloned().collect();
         for path in paths {
@@ -532,6 +662,14 @@ impl Folder {
             document.counter += 1;
         }
         Ok(document)
+    }
+
+    /// The metadata key, for writing: v1 folders are read-only.
+    fn key(&self) -> Result<&MetadataKey, FolderError> {
+        match &self.format {
+            Format::V2(key) => Ok(key),
+            Format::V1(version) => Err(FolderError::LegacyReadOnly(*version)),
+        }
     }
 
     fn check_name_free(&self, parent: &FolderPath, name: &str) -> Result<(), FolderError> {
@@ -559,14 +697,15 @@ impl Folder {
         storage: &S,
         path: &FolderPath,
         file_id: &str,
-    ) -> Result<S::BlobReader, FolderError> {
+    ) -> Result<BufReader<S::BlobReader>, FolderError> {
         storage
             .open_blob(&self.top_level, path, file_id)
+            .map(|blob| BufReader::with_capacity(file::CHUNK_LEN, blob))
             .map_err(|source| storage_error(format!("opening blob {file_id}"), source))
     }
 }
 
-fn read(storage: &impl FolderStorage, top_level: &str, path: &FolderPath) -> Result<SignedMetadata, FolderError> {
+fn read(storage: &impl FolderStorage, top_level: &str, path: &FolderPath) -> Result<StoredMetadata, FolderError> {
     storage
         .read_metadata(top_level, path)
         .map_err(|source| storage_error(format!("reading {}", path.display(top_level)), source))
@@ -655,6 +794,14 @@ mod tests {
             _directory: directory,
             alice: alice(),
             bob: bob(),
+        }
+    }
+
+    /// The stored v2 metadata of `path` under "Projects".
+    fn read_v2(fixture: &Fixture, path: &FolderPath) -> SignedMetadata {
+        match fixture.storage.read_metadata("Projects", path).expect("read") {
+            StoredMetadata::V2(signed) => signed,
+            StoredMetadata::V1(_) => panic!("v1 metadata where v2 was written"),
         }
     }
 
@@ -775,8 +922,8 @@ mod tests {
             open(&fixture, &fixture.bob, &mut bob_seen),
             Err(FolderError::Metadata(MetadataError::NotARecipient(_)))
         ));
-        let old_key = bobs_view.key.clone();
-        let subfolder = fixture.storage.read_metadata("Projects", &drafts).expect("read");
+        let old_key = bobs_view.key().expect("v2").clone();
+        let subfolder = read_v2(&fixture, &drafts);
         assert!(matches!(
             metadata::decrypt_metadata(&subfolder.document, &old_key),
             Err(MetadataError::Authentication)
@@ -806,10 +953,7 @@ mod tests {
         folder
             .save(&fixture.storage, &fixture.alice, &mut alice_seen)
             .expect("save");
-        let old_root = fixture
-            .storage
-            .read_metadata("Projects", &FolderPath::root())
-            .expect("read");
+        let old_root = read_v2(&fixture, &FolderPath::root());
 
         folder
             .add_file(
@@ -903,10 +1047,7 @@ mod tests {
         let fixture = fixture();
         let mut seen = SeenCounters::default();
         let folder = projects(&fixture, &mut seen);
-        let root = fixture
-            .storage
-            .read_metadata("Projects", &FolderPath::root())
-            .expect("read");
+        let root = read_v2(&fixture, &FolderPath::root());
 
         // bob (not a user) signs alice's document: unknown signer.
         let by_bob = signature::sign_metadata(&root.document, &fixture.bob.private_key, &fixture.bob.certificate_pem)
@@ -932,7 +1073,7 @@ mod tests {
 
         // A signature over another document (the subfolder's) does not verify for the root.
         let drafts = folder.resolve_folder("Drafts").expect("drafts");
-        let subfolder = fixture.storage.read_metadata("Projects", &drafts).expect("read");
+        let subfolder = read_v2(&fixture, &drafts);
         fixture
             .storage
             .write_metadata(
@@ -973,5 +1114,344 @@ mod tests {
             folder.save(&fixture.storage, &fixture.bob, &mut seen),
             Err(FolderError::NotAUser(_))
         ));
+    }
+
+    /// Writes `json` as the metadata of `path` under "Legacy", the way a v1 client left it (no signature).
+    fn write_v1(fixture: &Fixture, path: &FolderPath, json: &str) {
+        let mut directory = fixture._directory.path().join("Legacy");
+        for id in path.ids() {
+            directory.push(id);
+        }
+        std::fs::create_dir_all(&directory).expect("mkdir");
+        std::fs::write(directory.join("meta.data"), json).expect("write");
+    }
+
+    fn open_legacy(fixture: &Fixture, mnemonic: Option<&Mnemonic>) -> Result<Folder, FolderError> {
+        Folder::open_with_mnemonic(
+            &fixture.storage,
+            "Legacy",
+            &fixture.alice,
+            mnemonic,
+            &mut TrustEveryone,
+            &mut SeenCounters::default(),
+        )
+    }
+
+    fn alice_mnemonic() -> Mnemonic {
+        let value: serde_json::Value =
+            serde_json::from_str(include_str!("../../testdata/nextcloud/alice.json")).expect("json");
+        Mnemonic::parse(value["mnemonic"].as_str().expect("mnemonic")).expect("mnemonic")
+    }
+
+    /// A v1.1 document for alice, as §2.2 describes it: the metadata key wrapped as
+    /// base64(RSA-OAEP(base64(base64(key)))), each entry's `encrypted` the base64 JSON of its secrets under it.
+    fn v1_1_document(alice: &Account, entries: &[(&str, &FileEntry)]) -> String {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        let metadata_key = crate::crypto::gcm::Aes128Key::generate().expect("key");
+        let public_key = crate::crypto::rsa::RsaPublicKey::from_certificate_pem(&alice.certificate_pem).expect("cert");
+        let doubled = STANDARD.encode(STANDARD.encode(metadata_key.as_bytes()));
+        let wrapped = STANDARD.encode(public_key.encrypt(doubled.as_bytes()).expect("wrap"));
+        let mut files = serde_json::Map::new();
+        for (id, entry) in entries {
+            let secrets = serde_json::json!({
+                "key": STANDARD.encode(entry.key.as_bytes()),
+                "filename": entry.filename,
+                "mimetype": entry.mimetype,
+            });
+            let nonce = crate::crypto::gcm::GcmNonce::random16().expect("nonce");
+            let sealed =
+                crate::crypto::gcm::seal(&metadata_key, &nonce, STANDARD.encode(secrets.to_string()).as_bytes())
+                    .expect("seal");
+            let encrypted = format!("{}|{}", STANDARD.encode(sealed), STANDARD.encode(nonce.as_bytes()));
+            files.insert(
+                (*id).to_owned(),
+                serde_json::json!({
+                    "encrypted": encrypted,
+                    "initializationVector": STANDARD.encode(entry.nonce.as_bytes()),
+                    "authenticationTag": STANDARD.encode(entry.authentication_tag.as_bytes()),
+                }),
+            );
+        }
+        serde_json::json!({"metadata": {"metadataKey": wrapped, "version": "1.1"}, "files": files}).to_string()
+    }
+
+    /// The generated v1.0, v1.1 and v1.2 documents (testdata/metadata-v1) open through `Folder::open` and list
+    /// the files their generator recorded; v1.2 only with the owner's mnemonic.
+    #[test]
+    fn generated_v1_documents_open_read_only() {
+        let expected: serde_json::Value =
+            serde_json::from_str(include_str!("../../testdata/metadata-v1/expected.json")).expect("json");
+        for (version, json, legacy_version) in [
+            (
+                "v1.0",
+                include_str!("../../testdata/metadata-v1/v1.0.json"),
+                MetadataV1Version::V1_0,
+            ),
+            (
+                "v1.1",
+                include_str!("../../testdata/metadata-v1/v1.1.json"),
+                MetadataV1Version::V1_1,
+            ),
+            (
+                "v1.2",
+                include_str!("../../testdata/metadata-v1/v1.2.json"),
+                MetadataV1Version::V1_2,
+            ),
+        ] {
+            let fixture = fixture();
+            write_v1(&fixture, &FolderPath::root(), json);
+            let entries = expected[version]["files"].as_object().expect("files");
+            let is_directory = |secrets: &serde_json::Value| secrets["mimetype"] == DIRECTORY_MIMETYPE;
+            // v1.0's "Photos" is a subfolder: its own document is the v1.1 one (any v1 document for alice).
+            for (id, _) in entries.iter().filter(|(_, secrets)| is_directory(secrets)) {
+                write_v1(
+                    &fixture,
+                    &FolderPath::root().child(id),
+                    include_str!("../../testdata/metadata-v1/v1.1.json"),
+                );
+            }
+            let folder = if legacy_version == MetadataV1Version::V1_2 {
+                assert!(matches!(
+                    Folder::open(
+                        &fixture.storage,
+                        "Legacy",
+                        &fixture.alice,
+                        &mut TrustEveryone,
+                        &mut SeenCounters::default()
+                    ),
+                    Err(FolderError::Metadata(MetadataError::MnemonicRequired))
+                ));
+                let other = Mnemonic::generate().expect("mnemonic");
+                assert!(matches!(
+                    open_legacy(&fixture, Some(&other)),
+                    Err(FolderError::Metadata(MetadataError::ChecksumMismatch))
+                ));
+                open_legacy(&fixture, Some(&alice_mnemonic())).expect(version)
+            } else {
+                let mut seen = SeenCounters::default();
+                let folder = Folder::open(
+                    &fixture.storage,
+                    "Legacy",
+                    &fixture.alice,
+                    &mut TrustEveryone,
+                    &mut seen,
+                )
+                .expect(version);
+                assert_eq!(seen, SeenCounters::default(), "v1 has no counter to record");
+                folder
+            };
+            assert_eq!(folder.legacy_version(), Some(legacy_version));
+            assert_eq!(folder.user_ids().collect::<Vec<_>>(), ["alice"]);
+            let listing = folder.list(&FolderPath::root()).expect("list");
+            let names = |directories: bool| {
+                let mut names: Vec<&str> = entries
+                    .values()
+                    .filter(|secrets| is_directory(secrets) == directories)
+                    .map(|secrets| secrets["filename"].as_str().expect("filename"))
+                    .collect();
+                names.sort_unstable();
+                names
+            };
+            let listed_files: Vec<&str> = listing.files.iter().map(|(name, _, _)| name.as_str()).collect();
+            assert_eq!(listed_files, names(false), "{version}");
+            let listed_folders: Vec<&str> = listing.folders.iter().map(|(name, _)| name.as_str()).collect();
+            assert_eq!(listed_folders, names(true), "{version}");
+            for (_, subfolder) in &listing.folders {
+                assert_eq!(folder.list(subfolder).expect("list").files.len(), 1, "{version}");
+            }
+        }
+    }
+
+    /// A v1 folder with a subfolder and real blobs: files decrypt, every change is refused, nothing is written.
+    #[test]
+    fn a_v1_folder_with_a_subfolder_decrypts_and_refuses_changes() {
+        let fixture = fixture();
+        let storage = &fixture.storage;
+        let subfolder_id = "0123456789abcdef0123456789abcdef";
+        let subfolder = FolderPath::root().child(subfolder_id);
+        let mut blob = Vec::new();
+        let top_file = file::encrypt(&b"top secret"[..], &mut blob).expect("encrypt");
+        let mut top_blob = storage.create_blob("Legacy", &FolderPath::root(), "aa").expect("blob");
+        top_blob.write_all(&blob).expect("write");
+        let mut blob = Vec::new();
+        let inner_file = file::encrypt(&b"inner secret"[..], &mut blob).expect("encrypt");
+        let mut inner_blob = storage.create_blob("Legacy", &subfolder, "bb").expect("blob");
+        inner_blob.write_all(&blob).expect("write");
+        let directory_entry = FileEntry {
+            mimetype: DIRECTORY_MIMETYPE.to_owned(),
+            ..top_file.metadata_entry("Drafts", "")
+        };
+        write_v1(
+            &fixture,
+            &FolderPath::root(),
+            &v1_1_document(
+                &fixture.alice,
+                &[
+                    ("aa", &top_file.metadata_entry("top.txt", "text/plain")),
+                    (subfolder_id, &directory_entry),
+                ],
+            ),
+        );
+        write_v1(
+            &fixture,
+            &subfolder,
+            &v1_1_document(
+                &fixture.alice,
+                &[("bb", &inner_file.metadata_entry("inner.txt", "text/plain"))],
+            ),
+        );
+
+        let mut folder = open_legacy(&fixture, None).expect("open");
+        let listing = folder.list(&FolderPath::root()).expect("list");
+        assert_eq!(listing.folders, [("Drafts".to_owned(), subfolder.clone())]);
+        assert_eq!(listing.files.len(), 1);
+        assert_eq!(folder.resolve_folder("Drafts").expect("resolve"), subfolder);
+        let (path, id) = folder.resolve_file("Drafts/inner.txt").expect("resolve");
+        assert_eq!(*folder.read_file(storage, &path, &id).expect("read"), b"inner secret");
+        let (path, id) = folder.resolve_file("top.txt").expect("resolve");
+        assert_eq!(*folder.read_file(storage, &path, &id).expect("read"), b"top secret");
+
+        let before: Vec<_> = std::fs::read_dir(fixture._directory.path().join("Legacy"))
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        let read_only = |result: Result<(), FolderError>| {
+            assert!(
+                matches!(result, Err(FolderError::LegacyReadOnly(MetadataV1Version::V1_1))),
+                "{result:?}"
+            );
+        };
+        read_only(
+            folder
+                .add_file(storage, &FolderPath::root(), "new.txt", "text/plain", &b"new"[..])
+                .map(|_| ()),
+        );
+        read_only(folder.add_subfolder(&FolderPath::root(), "New").map(|_| ()));
+        read_only(folder.share(fixture.bob.recipient()));
+        read_only(folder.unshare("alice"));
+        read_only(folder.save(storage, &fixture.alice, &mut SeenCounters::default()));
+        let after: Vec<_> = std::fs::read_dir(fixture._directory.path().join("Legacy"))
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(before, after, "no blob or metadata was written");
+
+        // bob cannot open alice's v1 folder: the key is wrapped for her alone.
+        assert!(matches!(
+            Folder::open(
+                storage,
+                "Legacy",
+                &fixture.bob,
+                &mut TrustEveryone,
+                &mut SeenCounters::default()
+            ),
+            Err(FolderError::Metadata(MetadataError::KeyUnwrap))
+        ));
+    }
+
+    /// The Android v1.2 checksum vector in a folder: the right mnemonic passes the checksum and stops at the key
+    /// (the vector truncated it), a wrong one stops at the checksum.
+    #[test]
+    fn nextcloud_vector_android_checksum_v1_2_through_folder_open() {
+        let vector: serde_json::Value =
+            serde_json::from_str(include_str!("../../testdata/nextcloud/android-checksum-v1.2.json")).expect("json");
+        let mnemonic = Mnemonic::parse(vector["mnemonic"].as_str().expect("mnemonic")).expect("parse");
+        let entry = serde_json::json!({
+            "encrypted": "AAAA|AAAAAAAAAAAAAAAAAAAAAA==",
+            "initializationVector": "AAAAAAAAAAAAAAAAAAAAAA==",
+            "authenticationTag": "AAAAAAAAAAAAAAAAAAAAAA==",
+        });
+        let files: serde_json::Map<String, serde_json::Value> = vector["fileIds"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|id| (id.as_str().expect("id").to_owned(), entry.clone()))
+            .collect();
+        let document = serde_json::json!({
+            "metadata": {
+                "metadataKey": vector["encryptedMetadataKey"],
+                "checksum": vector["expectedChecksum"],
+                "version": 1.2,
+            },
+            "files": files,
+        });
+        let fixture = fixture();
+        write_v1(&fixture, &FolderPath::root(), &document.to_string());
+        assert!(matches!(
+            open_legacy(&fixture, Some(&mnemonic)),
+            Err(FolderError::Metadata(MetadataError::Base64("metadataKey")))
+        ));
+        assert!(matches!(
+            open_legacy(&fixture, Some(&alice_mnemonic())),
+            Err(FolderError::Metadata(MetadataError::ChecksumMismatch))
+        ));
+    }
+
+    /// A folder this device saw as v2 is refused when served as v1; a v2 root with a v1 subfolder is refused.
+    #[test]
+    fn v1_in_place_of_v2_is_refused() {
+        let fixture = fixture();
+        let mut seen = SeenCounters::default();
+        let mut folder = Folder::create("Legacy", &fixture.alice).expect("create");
+        let drafts = folder.add_subfolder(&FolderPath::root(), "Drafts").expect("mkdir");
+        folder.save(&fixture.storage, &fixture.alice, &mut seen).expect("save");
+
+        write_v1(&fixture, &drafts, include_str!("../../testdata/metadata-v1/v1.1.json"));
+        assert!(matches!(
+            Folder::open(
+                &fixture.storage,
+                "Legacy",
+                &fixture.alice,
+                &mut TrustEveryone,
+                &mut seen
+            ),
+            Err(FolderError::MixedVersions(_))
+        ));
+        write_v1(
+            &fixture,
+            &FolderPath::root(),
+            include_str!("../../testdata/metadata-v1/v1.1.json"),
+        );
+        assert!(matches!(
+            Folder::open(
+                &fixture.storage,
+                "Legacy",
+                &fixture.alice,
+                &mut TrustEveryone,
+                &mut seen
+            ),
+            Err(FolderError::Downgraded)
+        ));
+        // A device that never saw it as v2 reads it.
+        open_legacy(&fixture, None).expect("a fresh device");
+    }
+
+    /// Metadata of a version this client does not know is refused, whichever generation it looks like.
+    #[test]
+    fn unknown_metadata_versions_are_refused() {
+        for json in [
+            r#"{"metadata":{"ciphertext":"YQ==","nonce":"YQ==","authenticationTag":"YQ=="},"version":"3.0"}"#,
+            r#"{"metadata":{"metadataKey":"YQ==","version":"1.7"},"files":{}}"#,
+            r#"{"metadata":{"metadataKey":"YQ=="},"files":{}}"#,
+        ] {
+            let fixture = fixture();
+            write_v1(&fixture, &FolderPath::root(), json);
+            let error = open_legacy(&fixture, None).expect_err(json);
+            let FolderError::Storage { source, .. } = &error else {
+                panic!("{error:?}")
+            };
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidData);
+            let format_error = source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<crate::format::metadata::MetadataFormatError>());
+            assert!(
+                matches!(
+                    format_error,
+                    Some(crate::format::metadata::MetadataFormatError::UnsupportedVersion(_))
+                ),
+                "{error:?}"
+            );
+        }
     }
 }

@@ -49,6 +49,9 @@ pub enum MetadataError {
     /// another user's folder, or the file list or the wrapped key was altered.
     #[error("the v1.2 metadata checksum does not match")]
     ChecksumMismatch,
+    /// v1.2 metadata is checked against its owner's mnemonic, and none was given.
+    #[error("v1.2 metadata can only be checked with its owner's mnemonic, and none was given")]
+    MnemonicRequired,
     /// A v1.0 file names a metadata key index the document does not have.
     #[error("the v1.0 metadata has no key with index {0}")]
     UnknownKeyIndex(u64),

@@ -38,14 +38,16 @@ pub struct FolderV1 {
     pub files: BTreeMap<String, FileEntry>,
 }
 
-/// Opens a v1.x document with its owner's private key; for v1.2, first checks `checksum` against `mnemonic`.
+/// Opens a v1.x document with its owner's private key; for v1.2, first checks `checksum` against `mnemonic`,
+/// which v1.0 and v1.1 do not need (`MnemonicRequired` if a v1.2 document comes without it).
 pub fn open_metadata_v1(
     document: &MetadataV1Document,
     private_key: &RsaPrivateKey,
-    mnemonic: &Mnemonic,
+    mnemonic: Option<&Mnemonic>,
 ) -> Result<FolderV1, MetadataError> {
     // 1. The checksum, before any decryption: a mismatch means the document is not this user's, or was altered.
     if document.version == MetadataV1Version::V1_2 {
+        let mnemonic = mnemonic.ok_or(MetadataError::MnemonicRequired)?;
         let WrappedMetadataKeys::Single(wrapped_key) = &document.metadata_keys else {
             return Err(MetadataError::ChecksumMismatch);
         };
@@ -186,7 +188,7 @@ mod tests {
     fn check(document_json: &str, version: &str) -> MetadataV1Document {
         let owner = alice();
         let document = MetadataV1Document::parse(document_json).expect("parse");
-        let folder = open_metadata_v1(&document, &owner.key, &owner.mnemonic).expect("open");
+        let folder = open_metadata_v1(&document, &owner.key, Some(&owner.mnemonic)).expect("open");
         let expected = &json(include_str!("../../testdata/metadata-v1/expected.json"))[version]["files"];
         let expected = expected.as_object().expect("files");
         assert_eq!(folder.files.len(), expected.len());
@@ -229,6 +231,28 @@ mod tests {
                     .expect("key")
             );
         }
+    }
+
+    #[test]
+    fn only_v1_2_needs_the_mnemonic() {
+        let owner = alice();
+        for document_json in [
+            include_str!("../../testdata/metadata-v1/v1.0.json"),
+            include_str!("../../testdata/metadata-v1/v1.1.json"),
+        ] {
+            let document = MetadataV1Document::parse(document_json).expect("parse");
+            assert!(
+                !open_metadata_v1(&document, &owner.key, None)
+                    .expect("open")
+                    .files
+                    .is_empty()
+            );
+        }
+        let v1_2 = MetadataV1Document::parse(include_str!("../../testdata/metadata-v1/v1.2.json")).expect("parse");
+        assert!(matches!(
+            open_metadata_v1(&v1_2, &owner.key, None),
+            Err(MetadataError::MnemonicRequired)
+        ));
     }
 
     #[test]
@@ -279,12 +303,12 @@ mod tests {
         };
         let expected = vector["expectedChecksum"].as_str().expect("checksum");
         assert!(matches!(
-            open_metadata_v1(&document(expected), &alice().key, &mnemonic),
+            open_metadata_v1(&document(expected), &alice().key, Some(&mnemonic)),
             Err(MetadataError::Base64("metadataKey"))
         ));
         let other = v1_2_checksum(&mnemonic, &[], encrypted_key);
         assert!(matches!(
-            open_metadata_v1(&document(&other), &alice().key, &mnemonic),
+            open_metadata_v1(&document(&other), &alice().key, Some(&mnemonic)),
             Err(MetadataError::ChecksumMismatch)
         ));
     }
@@ -312,14 +336,14 @@ mod tests {
             .insert("ffffffffffffffffffffffffffffffff".into(), entry);
         for altered in [flipped, uppercase, missing, dropped_file, renamed_file] {
             assert!(matches!(
-                open_metadata_v1(&altered, &owner.key, &owner.mnemonic),
+                open_metadata_v1(&altered, &owner.key, Some(&owner.mnemonic)),
                 Err(MetadataError::ChecksumMismatch)
             ));
         }
         // Somebody else's mnemonic (v1.2 folders are bound to their owner's).
         let other = Mnemonic::generate().expect("mnemonic");
         assert!(matches!(
-            open_metadata_v1(&document, &owner.key, &other),
+            open_metadata_v1(&document, &owner.key, Some(&other)),
             Err(MetadataError::ChecksumMismatch)
         ));
         // A document rewrapped for another key fails the checksum, before any unwrapping.
@@ -329,7 +353,7 @@ mod tests {
         rewrapped.metadata_keys =
             WrappedMetadataKeys::Single(STANDARD.encode(public_key.encrypt(fresh.as_bytes()).expect("wrap")));
         assert!(matches!(
-            open_metadata_v1(&rewrapped, &owner.key, &owner.mnemonic),
+            open_metadata_v1(&rewrapped, &owner.key, Some(&owner.mnemonic)),
             Err(MetadataError::ChecksumMismatch)
         ));
     }
@@ -344,7 +368,7 @@ mod tests {
         ] {
             let document = MetadataV1Document::parse(document_json).expect("parse");
             assert!(matches!(
-                open_metadata_v1(&document, &bob_key(), &owner.mnemonic),
+                open_metadata_v1(&document, &bob_key(), Some(&owner.mnemonic)),
                 Err(MetadataError::KeyUnwrap)
             ));
             let mut altered = document.clone();
@@ -354,7 +378,7 @@ mod tests {
             sealed[0] ^= 1;
             entry.encrypted = format!("{}|{nonce}", STANDARD.encode(&sealed));
             assert!(matches!(
-                open_metadata_v1(&altered, &owner.key, &owner.mnemonic),
+                open_metadata_v1(&altered, &owner.key, Some(&owner.mnemonic)),
                 Err(MetadataError::Authentication)
             ));
         }
@@ -363,7 +387,7 @@ mod tests {
             MetadataV1Document::parse(include_str!("../../testdata/metadata-v1/v1.0.json")).expect("parse");
         document.files.values_mut().next().expect("a file").metadata_key = Some(9);
         assert!(matches!(
-            open_metadata_v1(&document, &owner.key, &owner.mnemonic),
+            open_metadata_v1(&document, &owner.key, Some(&owner.mnemonic)),
             Err(MetadataError::UnknownKeyIndex(9))
         ));
         // v1.0: a file naming the older key while the entry is under the newer one.
@@ -373,7 +397,7 @@ mod tests {
             entry.metadata_key = entry.metadata_key.map(|index| 1 - index);
         }
         assert!(matches!(
-            open_metadata_v1(&document, &owner.key, &owner.mnemonic),
+            open_metadata_v1(&document, &owner.key, Some(&owner.mnemonic)),
             Err(MetadataError::Authentication)
         ));
     }
