@@ -23,6 +23,8 @@ echo "== audit log (append, sequencing, commit to checkpoint, offline recomputat
 for writers in 8 32; do
   cargo bench --quiet -p ca-service --bench audit_log -- "$SECONDS_EACH" "$writers" | tee "$OUT/audit_log_$writers.txt"
 done
+echo "== client file crypto and folder opening"
+cargo bench --quiet -p e2ee-client --bench throughput | tee "$OUT/client.txt"
 echo "== peers"
 ca-service/benches/peers.sh "$SECONDS_EACH" "$CLIENTS" 2 2>&1 | tee "$OUT/peers.txt"
 
@@ -40,6 +42,10 @@ ca-service/benches/peers.sh "$SECONDS_EACH" "$CLIENTS" 2 2>&1 | tee "$OUT/peers.
   echo
   echo '```text'
   cat "$OUT/audit_log_8.txt" "$OUT/audit_log_32.txt"
+  echo '```'
+  echo
+  echo '```text'
+  cat "$OUT/client.txt"
   echo '```'
   echo "<!-- generated:end -->"
 } >"$OUT/generated.md"
