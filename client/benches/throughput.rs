@@ -28,6 +28,12 @@ fn best_of(runs: usize, mut run: impl FnMut()) -> Duration {
         .unwrap_or_default()
 }
 
+fn timed(run: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    run();
+    start.elapsed()
+}
+
 fn mib_per_second(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
 }
@@ -44,83 +50,94 @@ impl CertificateTrust for TrustEveryone {
 fn main() {
     let plaintext: Vec<u8> = (0..FILE_LEN).map(|index| (index % 251) as u8).collect();
 
-    // Raw AES-128-GCM, one message over the whole buffer, 12-byte nonce: the ceiling.
     let raw_key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &[7u8; 16]).expect("16-byte key"));
     let mut buffer = plaintext.clone();
-    let raw = best_of(RUNS, || {
-        let nonce = Nonce::assume_unique_for_key([9u8; 12]);
-        let tag = raw_key
-            .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buffer)
-            .expect("seal");
-        let _ = std::hint::black_box(tag);
-    });
-
-    // The client's file path: fresh key, 16-byte nonce, streamed in 64 KiB chunks, tag appended.
     let mut blob = Vec::with_capacity(FILE_LEN + 16);
-    let mut encrypted = None;
-    let encrypt = best_of(RUNS, || {
-        blob.clear();
-        encrypted = Some(file::encrypt(plaintext.as_slice(), &mut blob).expect("encrypt"));
-    });
-    let encrypted = encrypted.expect("ran at least once");
-    // The same into a sink that keeps nothing (as a socket or file keeps the bytes in the kernel, not in our
-    // memory): what the streaming path itself costs, without the copy into a 64 MiB Vec.
-    let encrypt_discarding = best_of(RUNS, || {
-        let encrypted = file::encrypt(plaintext.as_slice(), std::io::sink()).expect("encrypt");
-        std::hint::black_box(encrypted.tag);
-    });
-    // Into a reused buffer, as encryption writes into a reused `blob`: both then measure the crypto and the
-    // copies, not the page faults of a fresh 64 MiB allocation.
+    let mut encrypted = file::encrypt(plaintext.as_slice(), &mut blob).expect("encrypt");
     let mut opened = Vec::with_capacity(FILE_LEN);
-    let decrypt = best_of(RUNS, || {
-        file::decrypt_into(
-            blob.as_slice(),
-            &encrypted.key,
-            &encrypted.nonce,
-            Some(&encrypted.tag),
-            &mut opened,
-        )
-        .expect("decrypt");
-        std::hint::black_box(opened.len());
-    });
-    let decrypt_fresh = best_of(RUNS, || {
-        let opened = file::decrypt_to_vec(blob.as_slice(), &encrypted.key, &encrypted.nonce, Some(&encrypted.tag))
-            .expect("decrypt");
-        std::hint::black_box(opened.len());
-    });
-
-    // The client's GCM primitive alone (gcm-stream: aws-lc's EVP AES-128-GCM, 16-byte nonce), in place over the
-    // whole buffer in one call: the file path minus its streaming and copies.
-    let primitive = best_of(RUNS, || {
-        let mut encryptor = gcm_stream::Encryptor::new(&[7u8; 16], &[9u8; 16]).expect("encryptor");
-        encryptor.update_in_place(&mut buffer).expect("update");
-        let _ = std::hint::black_box(encryptor.finish().expect("finish"));
-    });
-    // The same from the plaintext into a second, already-written buffer in 16 KiB pieces: the ceiling for any
-    // path that reads one buffer and writes another, as streaming from a reader to a writer must.
     let mut output = vec![0u8; FILE_LEN];
-    let out_of_place = best_of(RUNS, || {
-        let mut encryptor = gcm_stream::Encryptor::new(&[7u8; 16], &[9u8; 16]).expect("encryptor");
-        for (input, output) in plaintext.chunks(16 * 1024).zip(output.chunks_mut(16 * 1024)) {
-            encryptor.update(input, output).expect("update");
-        }
-        let _ = std::hint::black_box(encryptor.finish().expect("finish"));
-    });
-    // What handing ciphertext to a `Write` adds: a hot 64 KiB buffer copied into the reused 64 MiB blob `Vec`,
-    // alone, as `file::encrypt` does after each step.
     let staging = vec![5u8; 64 * 1024];
-    let sink_copy = best_of(RUNS, || {
-        blob.clear();
-        for _ in 0..FILE_LEN / staging.len() {
-            blob.extend_from_slice(&staging);
-        }
-        std::hint::black_box(blob.len());
-    });
+    // Every measurement once per round, the best of the rounds kept: a disturbance of the shared machine then
+    // spoils one round of one line, not the whole baseline the ratios divide by.
+    let [
+        mut raw,
+        mut encrypt,
+        mut encrypt_discarding,
+        mut decrypt,
+        mut decrypt_fresh,
+    ] = [Duration::MAX; 5];
+    let [mut primitive, mut out_of_place, mut sink_copy] = [Duration::MAX; 3];
+    for _ in 0..RUNS {
+        // Raw AES-128-GCM, one message over the whole buffer, 12-byte nonce: the ceiling.
+        raw = raw.min(timed(|| {
+            let nonce = Nonce::assume_unique_for_key([9u8; 12]);
+            let tag = raw_key
+                .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buffer)
+                .expect("seal");
+            let _ = std::hint::black_box(tag);
+        }));
+        // The client's file path: fresh key, 16-byte nonce, streamed, tag appended, into a reused blob `Vec`.
+        encrypt = encrypt.min(timed(|| {
+            blob.clear();
+            encrypted = file::encrypt(plaintext.as_slice(), &mut blob).expect("encrypt");
+        }));
+        // The same into a sink that keeps nothing (a socket or a file keeps the bytes in the kernel, not in our
+        // memory): what the streaming path itself costs, without the copy into a 64 MiB `Vec`.
+        encrypt_discarding = encrypt_discarding.min(timed(|| {
+            let encrypted = file::encrypt(plaintext.as_slice(), std::io::sink()).expect("encrypt");
+            std::hint::black_box(encrypted.tag);
+        }));
+        // Into a reused buffer, as encryption writes into a reused `blob`: both then measure the crypto and the
+        // copies, not the page faults of a fresh 64 MiB allocation.
+        decrypt = decrypt.min(timed(|| {
+            file::decrypt_into(
+                blob.as_slice(),
+                &encrypted.key,
+                &encrypted.nonce,
+                Some(&encrypted.tag),
+                &mut opened,
+            )
+            .expect("decrypt");
+            std::hint::black_box(opened.len());
+        }));
+        decrypt_fresh = decrypt_fresh.min(timed(|| {
+            let opened = file::decrypt_to_vec(blob.as_slice(), &encrypted.key, &encrypted.nonce, Some(&encrypted.tag))
+                .expect("decrypt");
+            std::hint::black_box(opened.len());
+        }));
+        // The client's GCM primitive alone (gcm-stream: aws-lc's EVP AES-128-GCM, 16-byte nonce), in place over
+        // the whole buffer in one call: the file path minus its streaming and copies.
+        primitive = primitive.min(timed(|| {
+            let mut encryptor = gcm_stream::Encryptor::new(&[7u8; 16], &[9u8; 16]).expect("encryptor");
+            encryptor.update_in_place(&mut buffer).expect("update");
+            let _ = std::hint::black_box(encryptor.finish().expect("finish"));
+        }));
+        // The same from the plaintext into a second, already-written buffer in 16 KiB pieces: the ceiling for
+        // any path that reads one buffer and writes another, as streaming from a reader to a writer must.
+        out_of_place = out_of_place.min(timed(|| {
+            let mut encryptor = gcm_stream::Encryptor::new(&[7u8; 16], &[9u8; 16]).expect("encryptor");
+            for (input, output) in plaintext.chunks(16 * 1024).zip(output.chunks_mut(16 * 1024)) {
+                encryptor.update(input, output).expect("update");
+            }
+            let _ = std::hint::black_box(encryptor.finish().expect("finish"));
+        }));
+        // What handing ciphertext to a `Write` adds: a hot 64 KiB buffer copied into a reused 64 MiB `Vec`, alone.
+        sink_copy = sink_copy.min(timed(|| {
+            output.clear();
+            for _ in 0..FILE_LEN / staging.len() {
+                output.extend_from_slice(&staging);
+            }
+            std::hint::black_box(output.len());
+        }));
+    }
 
     let raw_rate = mib_per_second(FILE_LEN, raw);
     let encrypt_rate = mib_per_second(FILE_LEN, encrypt);
     let decrypt_rate = mib_per_second(FILE_LEN, decrypt);
-    println!("file crypto, {} MiB, best of {RUNS}:", FILE_LEN / (1024 * 1024));
+    println!(
+        "file crypto, {} MiB, best of {RUNS} interleaved rounds:",
+        FILE_LEN / (1024 * 1024)
+    );
     println!("  raw AES-128-GCM (aws-lc-rs, 12-byte nonce): {raw_rate:8.0} MiB/s");
     println!(
         "  client encrypt (16-byte nonce, streamed):   {encrypt_rate:8.0} MiB/s  ({:.2} x raw)",

@@ -23,7 +23,7 @@ use crate::format::metadata::FileEntry;
 
 /// Most bytes processed per step, and the size of the output buffer. 16 KiB (fits L1) measured no better on
 /// the bench machine; 4 KiB was slower (per-call overhead).
-pub(crate) const CHUNK_LEN: usize = 16 * 1024;
+pub(crate) const CHUNK_LEN: usize = 256 * 1024;
 
 /// Why a file could not be encrypted or decrypted.
 #[derive(Debug, thiserror::Error)]
