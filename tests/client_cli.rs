@@ -1,0 +1,266 @@
+//! The command-line client for people (`e2ee-client`), end to end against the real CA in dev mode: enroll with a
+//! printed key backup, create a folder, add files, share, list, decrypt, unshare, recover a second device from
+//! the 12 words, and the refusals a person meets on the way (wrong words, a removed user, an unknown file).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{DevServer, output_text};
+
+/// The workspace root (this file's crate is `ca-service`, one level down).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("ca-service sits in the workspace")
+        .to_path_buf()
+}
+
+/// Builds the `e2ee-client` binary (a no-op when `cargo test --workspace` already did) and returns its path.
+/// Cargo gives tests the path of their own package's binaries only, and the client is another package.
+fn client_binary() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/e2ee-client, built with the same profile.
+    let test_binary = std::env::current_exe().expect("current exe");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf();
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "-p", "e2ee-client", "--bin", "e2ee-client"])
+        .current_dir(workspace_root());
+    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().expect("run cargo build").success(),
+        "cannot build e2ee-client"
+    );
+    let binary = profile_dir.join("e2ee-client");
+    assert!(binary.exists(), "{} was not built", binary.display());
+    binary
+}
+
+/// One person's use of the command line: the CA, the shared storage, and the binary.
+struct Cli {
+    binary: PathBuf,
+    ca: String,
+    storage: PathBuf,
+}
+
+impl Cli {
+    fn run(&self, device: &Path, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(&self.binary)
+            .arg("--ca")
+            .arg(&self.ca)
+            .arg("--dir")
+            .arg(device)
+            .arg("--storage")
+            .arg(&self.storage)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn e2ee-client");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("e2ee-client output")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, device: &Path, args: &[&str]) -> String {
+        self.ok_with_input(device, args, "")
+    }
+
+    fn ok_with_input(&self, device: &Path, args: &[&str], stdin: &str) -> String {
+        let output = self.run(device, args, stdin);
+        assert!(
+            output.status.success(),
+            "e2ee-client {args:?} failed:\n{}",
+            output_text(&output)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, device: &Path, args: &[&str], stdin: &str) -> String {
+        let output = self.run(device, args, stdin);
+        assert!(
+            !output.status.success(),
+            "e2ee-client {args:?} succeeded:\n{}",
+            output_text(&output)
+        );
+        String::from_utf8(output.stderr).expect("utf-8 stderr")
+    }
+}
+
+/// The 12 recovery words `enroll` prints once: the indented line of twelve lowercase words.
+fn recovery_words(enroll_output: &str) -> String {
+    enroll_output
+        .lines()
+        .map(str::trim)
+        .find(|line| {
+            let words: Vec<&str> = line.split(' ').collect();
+            words.len() == 12
+                && words
+                    .iter()
+                    .all(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase()))
+        })
+        .unwrap_or_else(|| panic!("no recovery words in:\n{enroll_output}"))
+        .to_owned()
+}
+
+#[test]
+fn a_person_shares_unshares_and_recovers_with_the_command_line() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let server = DevServer::start(directory.path(), "ecdsa-p256");
+    let cli = Cli {
+        binary: client_binary(),
+        ca: server.endpoint.clone(),
+        storage: directory.path().join("storage"),
+    };
+    let alice = directory.path().join("alice-laptop");
+    let bob = directory.path().join("bob-laptop");
+    let report = directory.path().join("report.txt");
+    std::fs::write(&report, b"quarterly numbers\n").expect("write");
+    let draft = directory.path().join("draft.txt");
+    std::fs::write(&draft, vec![b'd'; 300_000]).expect("write");
+    let later = directory.path().join("later.txt");
+    std::fs::write(&later, b"written after bob left\n").expect("write");
+
+    // Enrollment prints the 12 words once, and the key backup lands in the storage.
+    let enrolled = cli.ok(&alice, &["enroll", "--user", "alice"]);
+    assert!(
+        enrolled.contains("certificate issued and key pinned for \"alice\""),
+        "{enrolled}"
+    );
+    let words = recovery_words(&enrolled);
+    assert!(cli.storage.join("keys").read_dir().expect("keys").count() >= 1);
+    cli.ok(&bob, &["enroll", "--user", "bob"]);
+
+    // A folder with a subfolder and files, shared with bob, who decrypts both.
+    cli.ok(&alice, &["create", "--folder", "Projects"]);
+    cli.ok(&alice, &["mkdir", "--folder", "Projects", "drafts"]);
+    cli.ok(&alice, &["add", "--folder", "Projects", report.to_str().expect("path")]);
+    cli.ok(
+        &alice,
+        &[
+            "add",
+            "--folder",
+            "Projects",
+            "--to",
+            "drafts",
+            draft.to_str().expect("path"),
+        ],
+    );
+    let shared = cli.ok(&alice, &["share", "--folder", "Projects", "--user", "bob"]);
+    assert!(shared.contains("shared \"Projects\" with \"bob\""), "{shared}");
+    let listing = cli.ok(&bob, &["list", "--folder", "Projects"]);
+    assert!(
+        listing.contains("report.txt") && listing.contains("drafts/"),
+        "{listing}"
+    );
+    let bob_report = directory.path().join("bob-report.txt");
+    cli.ok(
+        &bob,
+        &[
+            "get",
+            "--folder",
+            "Projects",
+            "report.txt",
+            "--out",
+            bob_report.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(std::fs::read(&bob_report).expect("read"), b"quarterly numbers\n");
+    let bob_draft = directory.path().join("bob-draft.txt");
+    cli.ok(
+        &bob,
+        &[
+            "get",
+            "--folder",
+            "Projects",
+            "drafts/draft.txt",
+            "--out",
+            bob_draft.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(std::fs::read(&bob_draft).expect("read"), vec![b'd'; 300_000]);
+
+    // Unshared, bob cannot read what alice writes next; nothing is left where he asked for it.
+    cli.ok(&alice, &["unshare", "--folder", "Projects", "--user", "bob"]);
+    cli.ok(&alice, &["add", "--folder", "Projects", later.to_str().expect("path")]);
+    let bob_later = directory.path().join("bob-later.txt");
+    let refused = cli.fails(
+        &bob,
+        &[
+            "get",
+            "--folder",
+            "Projects",
+            "later.txt",
+            "--out",
+            bob_later.to_str().expect("path"),
+        ],
+        "",
+    );
+    assert!(refused.contains("e2ee-client: error:"), "{refused}");
+    assert!(!bob_later.exists());
+
+    // A second device of alice: wrong words are refused and set nothing up; the right ones recover the key.
+    let alice_phone = directory.path().join("alice-phone");
+    let mut wrong: Vec<&str> = words.split(' ').collect();
+    wrong.swap(0, 1);
+    let wrong = if wrong.join(" ") == words {
+        "abandon ".repeat(11) + "ability"
+    } else {
+        wrong.join(" ")
+    };
+    let refused = cli.fails(&alice_phone, &["recover", "--user", "alice"], &format!("{wrong}\n"));
+    assert!(refused.contains("e2ee-client: error:"), "{refused}");
+    assert!(!refused.contains(&words), "the error must not echo the words");
+    assert!(
+        !alice_phone.join("private-key.pem").exists(),
+        "no key written after a wrong mnemonic"
+    );
+    cli.ok_with_input(&alice_phone, &["recover", "--user", "alice"], &format!("{words}\n"));
+    let phone_later = directory.path().join("phone-later.txt");
+    cli.ok(
+        &alice_phone,
+        &[
+            "get",
+            "--folder",
+            "Projects",
+            "later.txt",
+            "--out",
+            phone_later.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(std::fs::read(&phone_later).expect("read"), b"written after bob left\n");
+
+    // An unknown file is a clear error, not a panic.
+    let missing = cli.fails(
+        &alice_phone,
+        &[
+            "get",
+            "--folder",
+            "Projects",
+            "nope.txt",
+            "--out",
+            phone_later.to_str().expect("path"),
+        ],
+        "",
+    );
+    assert!(
+        missing.contains("e2ee-client: error:") && !missing.contains("panicked"),
+        "{missing}"
+    );
+    server.stop();
+}
