@@ -1,13 +1,21 @@
 //! The command-line client for people (`e2ee-client`), end to end against the real CA in dev mode: enroll with a
 //! printed key backup, create a folder, add files, share, list, decrypt, unshare, recover a second device from
-//! the 12 words, and the refusals a person meets on the way (wrong words, a removed user, an unknown file).
+//! the 12 words, and the refusals a person meets on the way (wrong words, a removed user, an unknown file); and a
+//! legacy metadata v1.2 folder, which opens only with its owner's words.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use common::{DevServer, output_text};
+use e2ee_client::crypto::gcm::{self, Aes128Key, GcmNonce};
+use e2ee_client::crypto::rsa::RsaPublicKey;
+use e2ee_client::mnemonic::Mnemonic;
+use e2ee_client::protocol::file;
+use e2ee_client::protocol::metadata_v1::v1_2_checksum;
 
 /// The workspace root (this file's crate is `ca-service`, one level down).
 fn workspace_root() -> PathBuf {
@@ -116,6 +124,52 @@ fn recovery_words(enroll_output: &str) -> String {
         })
         .unwrap_or_else(|| panic!("no recovery words in:\n{enroll_output}"))
         .to_owned()
+}
+
+/// Writes `storage/<folder>` as a v1.2 client left it (nextcloud-e2ee.md §2.2): unsigned metadata whose key is
+/// wrapped for `certificate_pem`'s key as base64(RSA-OAEP(base64(base64(key)))), whose checksum binds the file list
+/// to the owner's `words`, and one file `name` with `contents`.
+fn write_legacy_v1_2_folder(
+    storage: &Path,
+    folder: &str,
+    certificate_pem: &str,
+    words: &str,
+    name: &str,
+    contents: &[u8],
+) {
+    let directory = storage.join(folder);
+    std::fs::create_dir_all(&directory).expect("mkdir");
+    let file_id = "0123456789abcdef0123456789abcdef";
+    let blob = std::fs::File::create(directory.join(file_id)).expect("blob");
+    let encrypted_file = file::encrypt(contents, blob).expect("encrypt file");
+
+    let metadata_key = Aes128Key::generate().expect("metadata key");
+    let owner_key = RsaPublicKey::from_certificate_pem(certificate_pem).expect("certificate");
+    let doubled = STANDARD.encode(STANDARD.encode(metadata_key.as_bytes()));
+    let wrapped = STANDARD.encode(owner_key.encrypt(doubled.as_bytes()).expect("wrap"));
+    let secrets = serde_json::json!({
+        "key": STANDARD.encode(encrypted_file.key.as_bytes()),
+        "filename": name,
+        "mimetype": "text/plain",
+    });
+    let nonce = GcmNonce::random16().expect("nonce");
+    let sealed = gcm::seal(&metadata_key, &nonce, STANDARD.encode(secrets.to_string()).as_bytes()).expect("seal");
+    let mnemonic = Mnemonic::parse(words).expect("words");
+    let document = serde_json::json!({
+        "metadata": {
+            "metadataKey": wrapped,
+            "checksum": v1_2_checksum(&mnemonic, &[file_id], &wrapped),
+            "version": 1.2,
+        },
+        "files": {
+            file_id: {
+                "encrypted": format!("{}|{}", STANDARD.encode(sealed), STANDARD.encode(nonce.as_bytes())),
+                "initializationVector": STANDARD.encode(encrypted_file.nonce.as_bytes()),
+                "authenticationTag": STANDARD.encode(encrypted_file.tag.as_bytes()),
+            }
+        },
+    });
+    std::fs::write(directory.join("meta.data"), document.to_string()).expect("metadata");
 }
 
 #[test]
@@ -262,5 +316,45 @@ fn a_person_shares_unshares_and_recovers_with_the_command_line() {
         missing.contains("e2ee-client: error:") && !missing.contains("panicked"),
         "{missing}"
     );
+
+    // A legacy v1.2 folder of alice's: read-only, and only with her words (asked for on stdin).
+    let certificate_pem = std::fs::read_to_string(alice.join("certificate.pem")).expect("certificate");
+    write_legacy_v1_2_folder(
+        &cli.storage,
+        "Old",
+        &certificate_pem,
+        &words,
+        "notes.txt",
+        b"from 2022\n",
+    );
+    let refused = cli.fails(&alice_phone, &["list", "--folder", "Old"], "");
+    assert!(refused.contains("legacy (metadata v1.2)"), "{refused}");
+    let refused = cli.fails(&alice_phone, &["list", "--folder", "Old"], &format!("{wrong}\n"));
+    assert!(
+        refused.contains("e2ee-client: error:") && !refused.contains(&words),
+        "{refused}"
+    );
+    let listing = cli.ok_with_input(&alice_phone, &["list", "--folder", "Old"], &format!("{words}\n"));
+    assert!(listing.contains("notes.txt"), "{listing}");
+    let notes = directory.path().join("notes.txt");
+    cli.ok_with_input(
+        &alice_phone,
+        &[
+            "get",
+            "--folder",
+            "Old",
+            "notes.txt",
+            "--out",
+            notes.to_str().expect("path"),
+        ],
+        &format!("{words}\n"),
+    );
+    assert_eq!(std::fs::read(&notes).expect("read"), b"from 2022\n");
+    let added = cli.fails(
+        &alice_phone,
+        &["add", "--folder", "Old", later.to_str().expect("path")],
+        &format!("{words}\n"),
+    );
+    assert!(added.contains("e2ee-client: error:"), "{added}");
     server.stop();
 }

@@ -24,6 +24,8 @@
 //! `create --dir A --storage S --folder Projects`, `add … --folder Projects report.pdf`,
 //! `share … --folder Projects --user bob`, `list …`, `get … --folder Projects report.pdf --out r.pdf`,
 //! and on a new device `recover --user alice --dir A2 --storage S` (reads the 12 words from stdin).
+//! Legacy folders (metadata v1.0–1.2, from older Nextcloud clients) open read-only; a v1.2 folder's file list
+//! is bound to its owner's mnemonic, so opening one asks for the 12 words on stdin.
 
 #![forbid(unsafe_code)]
 
@@ -40,14 +42,25 @@ use e2ee_client::identity::{self, DeviceKey, IdentityError, RsaSize};
 use e2ee_client::mnemonic::Mnemonic;
 use e2ee_client::pins::{ContactTrust, PinOutcome, PinStore};
 use e2ee_client::protocol::folder::{
-    Account, Folder, FolderPath, FolderStorage, SeenCounters, SignedMetadata, StoredMetadata,
+    Account, Folder, FolderError, FolderPath, FolderStorage, SeenCounters, SignedMetadata, StoredMetadata,
 };
 use e2ee_client::protocol::key_backup;
-use e2ee_client::protocol::metadata::Recipient;
+use e2ee_client::protocol::metadata::{MetadataError, Recipient};
 use e2ee_client::storage::LocalDirectory;
 use e2ee_client::transport::{CaError, CaInfo, CaTransport, GrpcTransport};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+/// Reads `user`'s 12 recovery words from stdin (a prompt on stderr); they are never echoed or logged.
+fn read_mnemonic(user: &str) -> anyhow::Result<Mnemonic> {
+    eprint!("the 12 recovery words for {user:?}: ");
+    let mut words = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut words)
+        .context("cannot read the words")?;
+    Ok(Mnemonic::parse(&words)?)
+}
 
 /// Files at least this large get a byte counter on stderr.
 const PROGRESS_THRESHOLD: u64 = 8 * 1024 * 1024;
@@ -282,9 +295,24 @@ impl Device {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Opens `folder`; a legacy v1.2 folder is bound to its owner's mnemonic, which is then read from stdin.
     fn open(&mut self, storage: &ProgressStorage, folder: &str) -> anyhow::Result<Folder> {
-        Folder::open(storage, folder, &self.account, &mut self.trust, &mut self.seen)
-            .with_context(|| format!("cannot open {folder:?}"))
+        let opened = match Folder::open(storage, folder, &self.account, &mut self.trust, &mut self.seen) {
+            Err(FolderError::Metadata(MetadataError::MnemonicRequired)) => {
+                eprintln!("{folder:?} is a legacy (metadata v1.2) folder: its file list is checked with your mnemonic");
+                let mnemonic = read_mnemonic(&self.account.user_id)?;
+                Folder::open_with_mnemonic(
+                    storage,
+                    folder,
+                    &self.account,
+                    Some(&mnemonic),
+                    &mut self.trust,
+                    &mut self.seen,
+                )
+            }
+            other => other,
+        };
+        opened.with_context(|| format!("cannot open {folder:?}"))
     }
 
     fn save(&mut self, storage: &ProgressStorage, folder: &mut Folder) -> anyhow::Result<()> {
@@ -485,13 +513,7 @@ async fn recover(ca: &str, user: &str, dir: &Path, storage: &LocalDirectory) -> 
         .read_private_key(user)
         .with_context(|| format!("no key backup for {user:?} in the storage"))?;
     let blob = PrivateKeyBlob::parse(stored.trim()).context("the stored key backup is malformed")?;
-    eprint!("the 12 recovery words for {user:?}: ");
-    let mut words = Zeroizing::new(String::new());
-    std::io::stdin()
-        .lock()
-        .read_line(&mut words)
-        .context("cannot read the words")?;
-    let mnemonic = Mnemonic::parse(&words)?;
+    let mnemonic = read_mnemonic(user)?;
     let recovered = key_backup::unwrap(&blob, &mnemonic)?;
 
     let mut transport = GrpcTransport::connect(ca).await?;
