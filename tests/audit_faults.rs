@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::faults::{AUDIT_ORIGIN, AuditBounds, Server, Setup, Token};
-use common::{UserKey, UserKeyPair, ca_info, issue, run_ca_service};
+use common::{UserKey, UserKeyPair, audit_export, audit_verify, ca_info, issue};
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
 use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
 use e2ee_ca_proto::v1::{
@@ -469,23 +469,9 @@ async fn a_batch_sequenced_but_unsigned_at_a_crash_is_signed_as_it_was_after_the
     let export = token.path("export");
     let vkey_text = vkey.to_string();
     let config = token.serve_config();
-    let (ok, text) = run_ca_service(&[
-        "audit",
-        "export",
-        "--config",
-        config.to_str().expect("utf-8 path"),
-        "--out",
-        export.to_str().expect("utf-8 path"),
-    ]);
+    let (ok, text) = audit_export(&config, &export, &[]);
     assert!(ok, "export failed: {text}\n{output}");
-    let (ok, text) = run_ca_service(&[
-        "audit",
-        "verify",
-        "--dir",
-        export.to_str().expect("utf-8 path"),
-        "--trusted-key",
-        &vkey_text,
-    ]);
+    let (ok, text) = audit_verify(&export, &vkey_text, None, &[]);
     assert!(ok, "the export does not verify: {text}");
     assert!(text.contains("PASS exported checkpoint: signature verifies"), "{text}");
 }

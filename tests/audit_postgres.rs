@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::postgres::{ProvisionedCa, TestDatabase};
-use common::{DevServer, UserKey, UserKeyPair, ca_info, issue, run_ca_service};
+use common::{DevServer, UserKey, UserKeyPair, audit_export, audit_verify, ca_info, issue};
 use tonic::Code;
 
 /// The signed log every case starts from.
@@ -47,19 +47,7 @@ impl Fixture {
 
     /// `audit verify` of the export in `dir`, with `extra` options.
     fn verify(&self, dir: &Path, pinned: Option<&Path>, extra: &[&str]) -> (bool, String) {
-        let mut args = vec![
-            "audit",
-            "verify",
-            "--dir",
-            dir.to_str().expect("utf-8 path"),
-            "--trusted-key",
-            &self.vkey,
-        ];
-        if let Some(pinned) = pinned {
-            args.extend(["--pinned-checkpoint", pinned.to_str().expect("utf-8 path")]);
-        }
-        args.extend(extra);
-        run_ca_service(&args)
+        audit_verify(dir, &self.vkey, pinned, extra)
     }
 
     fn assert_verify_fails(&self, dir: &Path, pinned: Option<&Path>, extra: &[&str], fragment: &str) {
@@ -89,14 +77,7 @@ impl Case {
     }
 
     fn export(&self) -> (bool, String) {
-        run_ca_service(&[
-            "audit",
-            "export",
-            "--config",
-            self.config.to_str().expect("utf-8 path"),
-            "--out",
-            self.out.to_str().expect("utf-8 path"),
-        ])
+        audit_export(&self.config, &self.out, &[])
     }
 
     fn assert_exported(&self) {

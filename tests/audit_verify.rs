@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{DevServer, ca_info, issue_and_wait_for_checkpoint, run_ca_service};
+use common::{DevServer, audit_export, audit_verify, ca_info, issue_and_wait_for_checkpoint};
 use tlog::checkpoint::SignedCheckpoint;
 use tlog::key::VerifierKey;
 use tlog::note::SignedNote;
@@ -13,33 +13,12 @@ use tlog::note::SignedNote;
 const MAGIC: &[u8] = b"e2ee-ca log entries v1\n";
 
 fn export(data_dir: &Path, out: &Path, vkey: &str) {
-    let config = data_dir.join("ca-service.toml");
-    let (ok, text) = run_ca_service(&[
-        "audit",
-        "export",
-        "--config",
-        config.to_str().expect("utf-8 path"),
-        "--out",
-        out.to_str().expect("utf-8 path"),
-        "--vkey",
-        vkey,
-    ]);
+    let (ok, text) = audit_export(&data_dir.join("ca-service.toml"), out, &["--vkey", vkey]);
     assert!(ok, "export failed: {text}");
 }
 
 fn verify(dir: &Path, vkey: &str, pinned: Option<&Path>) -> (bool, String) {
-    let mut args = vec![
-        "audit",
-        "verify",
-        "--dir",
-        dir.to_str().expect("utf-8 path"),
-        "--trusted-key",
-        vkey,
-    ];
-    if let Some(pinned) = pinned {
-        args.extend(["--pinned-checkpoint", pinned.to_str().expect("utf-8 path")]);
-    }
-    run_ca_service(&args)
+    audit_verify(dir, vkey, pinned, &[])
 }
 
 fn assert_fails(result: (bool, String), fragment: &str) {

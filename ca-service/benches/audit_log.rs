@@ -15,6 +15,8 @@
 //!    recomputation alone (leaf hashes of 1,000,000 entries of the same size, then `Frontier`, one
 //!    thread).
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use ca_service::transparency::guard::SignerGuard;
 use ca_service::transparency::sequencer::{self, SequencerHandle};
 use ca_service::transparency::signer::AuditKey;
 use ca_service::transparency::{LogHead, LogStore, NodeKey, SequenceOutcome, StoredCheckpoint, export};
+use common::postgres::TestDatabase;
 use sha2::{Digest, Sha256};
 use tlog::merkle::{Frontier, Hash, leaf_hash};
 
@@ -85,16 +88,9 @@ fn main() -> anyhow::Result<()> {
             sequencer_config().max_batch
         );
 
-        let database = format!("e2ee_ca_bench_{}", hex::encode(rand::random::<[u8; 6]>()));
-        let maintenance_url = std::env::var("E2EE_CA_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let (maintenance, connection) = tokio_postgres::connect(&maintenance_url, tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        maintenance
-            .batch_execute(&format!("CREATE DATABASE {database}"))
-            .await?;
-        let mut connection: tokio_postgres::Config = maintenance_url.parse()?;
-        connection.dbname(&database);
+        // Dropped (with FORCE) at the end of the run.
+        let database = TestDatabase::create().await;
+        let connection: tokio_postgres::Config = database.url.parse()?;
         let location = PostgresLocation {
             connection,
             pool_size: writers + 4,
@@ -114,9 +110,6 @@ fn main() -> anyhow::Result<()> {
             Ok(store) => offline(store, &key, workspace.path()).await,
             Err(_) => Err(anyhow::anyhow!("the PostgreSQL run failed")),
         };
-        maintenance
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-            .await?;
         postgres?;
         sqlite?;
         offline?;

@@ -11,6 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::postgres::TestDatabase;
 use common::{DevServer, UserKey, UserKeyPair};
 use e2ee_ca_proto::v1::IssueCertificateRequest;
 
@@ -37,18 +38,9 @@ fn main() -> anyhow::Result<()> {
         let workspace = tempfile::tempdir()?;
         let data_dir = DevServer::start(workspace.path(), "ecdsa-p256").stop();
         let sqlite_config = data_dir.join("ca-service.toml");
-        let database = format!("e2ee_ca_bench_{}", hex::encode(rand::random::<[u8; 6]>()));
-        let maintenance_url = std::env::var("E2EE_CA_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let (maintenance, connection) = tokio_postgres::connect(&maintenance_url, tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        maintenance
-            .batch_execute(&format!("CREATE DATABASE {database}"))
-            .await?;
-        let postgres_url = match maintenance_url.rsplit_once('/') {
-            Some((prefix, _)) => format!("{prefix}/{database}"),
-            None => anyhow::bail!("E2EE_CA_TEST_POSTGRES_URL must end in /DATABASE"),
-        };
+        // Dropped (with FORCE) at the end of the run.
+        let database = TestDatabase::create().await;
+        let postgres_url = &database.url;
         // The same token and CA, served one store at a time (SoftHSM: one process per token directory).
         let postgres_config = data_dir.join("ca-service-postgres.toml");
         // Another log, so another signer guard: the embedded store's would (rightly) refuse a
@@ -104,9 +96,6 @@ fn main() -> anyhow::Result<()> {
                 },
             );
         }
-        maintenance
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-            .await?;
         Ok(())
     })
 }

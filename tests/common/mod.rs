@@ -340,3 +340,35 @@ pub fn run_ca_service(args: &[&str]) -> (bool, String) {
         .expect("run ca-service");
     (output.status.success(), output_text(&output))
 }
+
+/// `ca-service audit export --config CONFIG --out OUT`, then `extra` options (`--vkey …`).
+pub fn audit_export(config: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "audit",
+        "export",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ];
+    args.extend(extra);
+    run_ca_service(&args)
+}
+
+/// `ca-service audit verify --dir DIR --trusted-key VKEY`, with `--pinned-checkpoint` when given, then
+/// `extra` options: the offline auditor's check of an export.
+pub fn audit_verify(dir: &Path, vkey: &str, pinned: Option<&Path>, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--dir",
+        dir.to_str().expect("utf-8 path"),
+        "--trusted-key",
+        vkey,
+    ];
+    if let Some(pinned) = pinned {
+        args.extend(["--pinned-checkpoint", pinned.to_str().expect("utf-8 path")]);
+    }
+    args.extend(extra);
+    run_ca_service(&args)
+}

@@ -29,7 +29,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 pub struct TestDatabase {
     /// The database name.
     pub name: String,
-    /// Its URL (the maintenance URL's user, host and port).
+    /// Its URL (the maintenance URL's user, password, host and port).
     pub url: String,
 }
 
@@ -71,17 +71,11 @@ impl TestDatabase {
                 }
             }
         }
-        let mut config: tokio_postgres::Config = maintenance_url().parse().expect("maintenance URL");
-        config.dbname(&name);
-        let url = format!(
-            "postgres://{user}@{host}:{port}/{name}",
-            user = config.get_user().unwrap_or("postgres"),
-            host = match config.get_hosts().first() {
-                Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-                _ => "127.0.0.1".to_owned(),
-            },
-            port = config.get_ports().first().copied().unwrap_or(5432),
-        );
+        // The maintenance URL with another database: user, password, host and port carry over.
+        let url = match maintenance_url().rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("E2EE_CA_TEST_POSTGRES_URL must end in /DATABASE"),
+        };
         TestDatabase { name, url }
     }
 
