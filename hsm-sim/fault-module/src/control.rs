@@ -134,13 +134,16 @@ return_values![
 
 /// A `CKR_` name, or a hexadecimal value such as `0x80000001` (vendor-defined).
 fn parse_return_value(text: &str) -> Option<CK_RV> {
+    parse_named(text, RETURN_VALUES)
+}
+
+/// A name from `names`, or a hexadecimal value such as `0x1041` (return values and mechanisms are
+/// both `CK_ULONG`s).
+fn parse_named(text: &str, names: &[(&str, CK_ULONG)]) -> Option<CK_ULONG> {
     if let Some(hex) = text.strip_prefix("0x") {
-        return CK_RV::from_str_radix(hex, 16).ok();
+        return CK_ULONG::from_str_radix(hex, 16).ok();
     }
-    RETURN_VALUES
-        .iter()
-        .find(|(name, _)| *name == text)
-        .map(|(_, value)| *value)
+    names.iter().find(|(name, _)| *name == text).map(|(_, value)| *value)
 }
 
 /// Mechanism names the control file accepts in `mechanism=NAME` (the signing mechanisms the CA
@@ -174,13 +177,7 @@ const MECHANISMS: &[(&str, CK_MECHANISM_TYPE)] = &[
 
 /// A `CKM_` name from [`MECHANISMS`], or a hexadecimal value such as `0x1041`.
 fn parse_mechanism(text: &str) -> Option<CK_MECHANISM_TYPE> {
-    if let Some(hex) = text.strip_prefix("0x") {
-        return CK_MECHANISM_TYPE::from_str_radix(hex, 16).ok();
-    }
-    MECHANISMS
-        .iter()
-        .find(|(name, _)| *name == text)
-        .map(|(_, value)| *value)
+    parse_named(text, MECHANISMS)
 }
 
 fn return_value_name(value: CK_RV) -> String {
