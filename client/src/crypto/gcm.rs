@@ -250,6 +250,11 @@ impl GcmEncryptor {
         Ok(self.0.update(plaintext, ciphertext)?)
     }
 
+    /// Encrypts the next `plaintext` onto the end of `ciphertext` (no zero-filling first).
+    pub(crate) fn encrypt_append(&mut self, plaintext: &[u8], ciphertext: &mut Vec<u8>) -> Result<(), CryptoError> {
+        Ok(self.0.update_append(plaintext, ciphertext)?)
+    }
+
     /// The tag over everything encrypted.
     pub(crate) fn finish(self) -> Result<GcmTag, CryptoError> {
         Ok(GcmTag(self.0.finish()?))

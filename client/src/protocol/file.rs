@@ -1,10 +1,11 @@
 //! File contents: AES-128-GCM with a fresh key and 16-byte nonce per upload, the tag appended (§3), streamed.
 //!
 //! Both directions run in constant memory, whatever the file size, and read through `BufRead`, so that the
-//! cipher works straight out of the reader's buffer (or the caller's slice) with no copy of its own. Encryption
-//! and `decrypt_to_path` go through one 64 KiB output buffer, because a `Write` can only be handed bytes;
-//! `decrypt_into` and `decrypt_to_vec` write straight into the `Vec`. On a memory-bound machine every extra pass over the data costs about as
-//! much as the cipher itself (BENCHMARKS.md, "Client").
+//! cipher works straight out of the reader's buffer (or the caller's slice) with no copy of its own. `encrypt`
+//! and `decrypt_to_path` go through one `CHUNK_LEN` output buffer, because a `Write` can only be handed bytes;
+//! `encrypt_into`, `decrypt_into` and `decrypt_to_vec` have the cipher write straight into the `Vec`. On a
+//! memory-bound machine every extra pass over the data costs about as much as the cipher itself
+//! (BENCHMARKS.md, "Client").
 //! Decryption cannot check the tag before the last byte has been decrypted, so no public function here
 //! hands unauthenticated plaintext to the caller:
 //! * `decrypt_to_path` writes into a temporary file (mode 0600) in the destination's directory and renames it
@@ -81,16 +82,53 @@ pub fn encrypt(plaintext: impl BufRead, blob: impl Write) -> Result<EncryptedFil
     encrypt_with(Aes128Key::generate()?, GcmNonce::random16()?, plaintext, blob)
 }
 
+/// `encrypt` onto the end of an in-memory `blob`: the cipher writes straight into the `Vec`'s spare capacity,
+/// sparing the copy that handing bytes to a `Write` costs. `blob` is not cleared first; on error it is
+/// truncated back to its length on entry.
+pub fn encrypt_into(plaintext: impl BufRead, blob: &mut Vec<u8>) -> Result<EncryptedFile, FileCryptoError> {
+    let (key, nonce) = (Aes128Key::generate()?, GcmNonce::random16()?);
+    let start = blob.len();
+    let result = encrypt_stream(key, nonce, plaintext, &mut VecSink(&mut *blob));
+    if result.is_err() {
+        blob.truncate(start);
+    }
+    result
+}
+
 /// `encrypt` under a given key and nonce: private, because reusing either breaks GCM.
 fn encrypt_with(
     key: Aes128Key,
     nonce: GcmNonce,
+    plaintext: impl BufRead,
+    blob: impl Write,
+) -> Result<EncryptedFile, FileCryptoError> {
+    let mut sink = WriteSink {
+        writer: blob,
+        buffer: Zeroizing::new(vec![0u8; CHUNK_LEN]),
+    };
+    let encrypted = encrypt_stream(key, nonce, plaintext, &mut sink)?;
+    sink.writer.flush()?;
+    Ok(encrypted)
+}
+
+/// Where `encrypt_stream` puts ciphertext, then the tag.
+trait CiphertextSink {
+    /// Encrypts `plaintext`, the next bytes of the message, and takes the ciphertext.
+    fn encrypt(&mut self, encryptor: &mut GcmEncryptor, plaintext: &[u8]) -> Result<(), FileCryptoError>;
+
+    /// Takes the tag, which ends the blob.
+    fn append_tag(&mut self, tag: &GcmTag) -> Result<(), FileCryptoError>;
+}
+
+/// Streams `plaintext` through GCM into `sink`, then appends the tag.
+fn encrypt_stream(
+    key: Aes128Key,
+    nonce: GcmNonce,
     mut plaintext: impl BufRead,
-    mut blob: impl Write,
+    sink: &mut impl CiphertextSink,
 ) -> Result<EncryptedFile, FileCryptoError> {
     let mut encryptor = GcmEncryptor::new(&key, &nonce)?;
-    let mut buffer = vec![0u8; CHUNK_LEN];
-    let mut blob_len: u64 = 0;
+    let mut plaintext_len: u64 = 0;
     loop {
         let available = match plaintext.fill_buf() {
             Ok([]) => break,
@@ -99,19 +137,17 @@ fn encrypt_with(
             Err(error) => return Err(error.into()),
         };
         let len = available.len().min(CHUNK_LEN);
-        encryptor.encrypt(&available[..len], &mut buffer[..len])?;
+        sink.encrypt(&mut encryptor, &available[..len])?;
         plaintext.consume(len);
-        blob.write_all(&buffer[..len])?;
-        blob_len += len as u64;
+        plaintext_len += len as u64;
     }
     let tag = encryptor.finish()?;
-    blob.write_all(tag.as_bytes())?;
-    blob.flush()?;
+    sink.append_tag(&tag)?;
     Ok(EncryptedFile {
         key,
         nonce,
         tag,
-        blob_len: blob_len + TAG_LEN as u64,
+        blob_len: plaintext_len + TAG_LEN as u64,
     })
 }
 
@@ -183,7 +219,8 @@ trait PlaintextSink {
     fn decrypt(&mut self, decryptor: &mut GcmDecryptor, ciphertext: &[u8]) -> Result<(), FileCryptoError>;
 }
 
-/// Decrypts straight onto the end of a `Vec`: no copy and no zero-filling besides the cipher's own writes.
+/// Encrypts or decrypts straight onto the end of a `Vec`: no copy and no zero-filling besides the cipher's own
+/// writes.
 struct VecSink<'a>(&'a mut Vec<u8>);
 
 impl PlaintextSink for VecSink<'_> {
@@ -192,10 +229,36 @@ impl PlaintextSink for VecSink<'_> {
     }
 }
 
-/// Decrypts through a buffer of at most `CHUNK_LEN` bytes (zeroized on drop) into a `Write`.
+/// Encrypts or decrypts through a buffer of at most `CHUNK_LEN` bytes (zeroized on drop) into a `Write`.
 struct WriteSink<W: Write> {
     writer: W,
     buffer: Zeroizing<Vec<u8>>,
+}
+
+impl CiphertextSink for VecSink<'_> {
+    fn encrypt(&mut self, encryptor: &mut GcmEncryptor, plaintext: &[u8]) -> Result<(), FileCryptoError> {
+        Ok(encryptor.encrypt_append(plaintext, self.0)?)
+    }
+
+    fn append_tag(&mut self, tag: &GcmTag) -> Result<(), FileCryptoError> {
+        self.0.extend_from_slice(tag.as_bytes());
+        Ok(())
+    }
+}
+
+impl<W: Write> CiphertextSink for WriteSink<W> {
+    fn encrypt(&mut self, encryptor: &mut GcmEncryptor, plaintext: &[u8]) -> Result<(), FileCryptoError> {
+        for piece in plaintext.chunks(CHUNK_LEN) {
+            let ciphertext = &mut self.buffer[..piece.len()];
+            encryptor.encrypt(piece, ciphertext)?;
+            self.writer.write_all(ciphertext)?;
+        }
+        Ok(())
+    }
+
+    fn append_tag(&mut self, tag: &GcmTag) -> Result<(), FileCryptoError> {
+        Ok(self.writer.write_all(tag.as_bytes())?)
+    }
 }
 
 impl<W: Write> PlaintextSink for WriteSink<W> {
@@ -344,6 +407,16 @@ mod tests {
             assert_eq!(reencrypted, blob, "step {step}");
         }
 
+        // Straight into a `Vec`, after what it already held: the same layout under its own fresh key.
+        let mut in_memory = b"already here".to_vec();
+        let direct = encrypt_into(plaintext, &mut in_memory).expect("encrypt into");
+        assert_eq!(direct.blob_len, encrypted.blob_len);
+        assert_eq!(&in_memory[..12], b"already here");
+        assert_eq!(
+            in_memory[12..],
+            gcm::seal(&direct.key, &direct.nonce, plaintext).expect("seal")
+        );
+
         let directory = tempfile::tempdir().expect("tempdir");
         let destination = directory.path().join("plain");
         let written = decrypt_to_path(
@@ -446,6 +519,30 @@ mod tests {
             Err(FileCryptoError::Authentication)
         ));
         assert!(output.is_empty());
+    }
+
+    #[test]
+    fn a_failed_read_leaves_encrypt_into_blob_as_it_was() {
+        /// Yields `good` bytes, then fails.
+        struct FailingAfter {
+            good: Vec<u8>,
+        }
+        impl std::io::Read for FailingAfter {
+            fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+                if self.good.is_empty() {
+                    return Err(std::io::Error::other("disk gone"));
+                }
+                let count = buffer.len().min(self.good.len());
+                buffer[..count].copy_from_slice(&self.good[..count]);
+                self.good.drain(..count);
+                Ok(count)
+            }
+        }
+        let mut blob = b"earlier blob".to_vec();
+        let reader = std::io::BufReader::new(FailingAfter { good: sample(100_000) });
+        let result = encrypt_into(reader, &mut blob);
+        assert!(matches!(result, Err(FileCryptoError::Io(_))), "{result:?}");
+        assert_eq!(blob, b"earlier blob");
     }
 
     #[test]
