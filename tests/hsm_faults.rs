@@ -11,8 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::faults::{Token, USER_PIN};
+use common::faults::{AuditBounds, Setup, Token, USER_PIN};
 use common::{UserKey, UserKeyPair, issue};
+use e2ee_ca_proto::v1::GetCertificatesRequest;
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
 use hsm_sim::faults::Fault;
 use tonic::transport::Channel;
@@ -200,6 +201,62 @@ async fn session_limit_of_one_still_issues_with_a_pool_of_one() {
     server
         .wait_for_health(ServingStatus::Serving, Duration::from_secs(10))
         .await;
+}
+
+/// A token that signs wrongly (the RSA CA key's signature comes back `CKR_OK` with a bit flipped) gets
+/// no certificate out: the CA verifies each certificate against its public key before release, so
+/// the caller hears INTERNAL, nothing is stored or pinned, and the same key enrolls normally once the
+/// token signs correctly again. (An RSA-CRT fault can leak the key in the faulty signature itself.)
+#[tokio::test]
+async fn a_wrong_signature_from_the_token_is_never_released() {
+    let token = Token::provision(Setup {
+        ca_key_algorithm: "rsa-2048",
+        audit: AuditBounds {
+            sequence_wait_ms: 5000,
+            heartbeat_seconds: 60,
+        },
+    });
+    let server = token.serve(2, 2000, &[]);
+    let mut client = server.client().await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    let csr = key.csr("ivan");
+
+    // 256 bytes and up: the RSA-2048 CA key's signatures, never the P-256 audit key's 64-byte ones.
+    token
+        .control
+        .set(&[Fault::CorruptSignature {
+            times: Some(1),
+            min_len: 256,
+        }])
+        .expect("set fault");
+    let refused = issue(&mut client, "ivan", &csr)
+        .await
+        .expect_err("a wrongly signed certificate was released");
+    assert_eq!(refused.code(), tonic::Code::Internal, "{refused:?}");
+    let stored = client
+        .get_certificates(GetCertificatesRequest {
+            user_ids: vec!["ivan".to_owned()],
+        })
+        .await
+        .expect("GetCertificates")
+        .into_inner();
+    assert!(
+        stored.certificates.is_empty(),
+        "stored after a bad signature: {stored:?}"
+    );
+
+    let issued = issue(&mut client, "ivan", &csr)
+        .await
+        .expect("issued once the token signs correctly");
+    assert!(!issued.renewal, "the refused attempt pinned nothing");
+    let (_, certificate_pem) = x509_parser::pem::parse_x509_pem(issued.certificate_pem.as_bytes()).expect("PEM");
+    let (_, ca_pem) = x509_parser::pem::parse_x509_pem(issued.chain_pem.as_bytes()).expect("chain PEM");
+    let certificate = certificate_pem.parse_x509().expect("certificate");
+    let ca = ca_pem.parse_x509().expect("CA certificate");
+    certificate
+        .verify_signature(Some(ca.public_key()))
+        .expect("the released certificate verifies");
+    assert_eq!(server.health().await, ServingStatus::Serving);
 }
 
 /// A pool larger than the token's session limit is a configuration error, reported at startup with

@@ -60,6 +60,16 @@ pub enum Fault {
     },
     /// `C_OpenSession` returns `CKR_SESSION_COUNT` while this many sessions are open.
     SessionLimit(u32),
+    /// The next `times` signatures of at least `min_len` bytes that `C_Sign` returns (every one while
+    /// the fault is set, when `None`) come back `CKR_OK` with their last bit flipped: a token that
+    /// signs wrongly. `min_len` picks the key: 256 bytes and more is an RSA-2048+ CA key, never
+    /// the P-256 audit key's 64-byte signatures.
+    CorruptSignature {
+        /// How many signatures to corrupt; `None` for "until removed".
+        times: Option<u32>,
+        /// Shorter signatures are left alone.
+        min_len: usize,
+    },
 }
 
 impl Fault {
@@ -89,6 +99,11 @@ impl Fault {
             } => format!("fail {function} {rv} mechanism={mechanism}"),
             Fault::Latency { function, millis } => format!("latency {function} {millis}"),
             Fault::SessionLimit(limit) => format!("session-limit {limit}"),
+            Fault::CorruptSignature {
+                times: Some(times),
+                min_len,
+            } => format!("corrupt C_Sign {times} min-length={min_len}"),
+            Fault::CorruptSignature { times: None, min_len } => format!("corrupt C_Sign min-length={min_len}"),
         }
     }
 }

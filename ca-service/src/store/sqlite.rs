@@ -177,8 +177,9 @@ fn group_commit(connection: Arc<Mutex<Connection>>, writes: mpsc::Receiver<Group
 
 /// Writes `group` in one transaction, each write in its own savepoint, and answers every caller:
 /// with its own outcome once `COMMIT` returned, or with the error that stopped the group.
+/// A group of one needs no savepoint: a refused write rolls the whole (empty) transaction back.
 fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>) {
-    let mut transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+    let transaction = match WriteTransaction::begin(connection) {
         Ok(transaction) => transaction,
         Err(error) => {
             let error = store_error(error);
@@ -186,35 +187,43 @@ fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>) {
             return;
         }
     };
+    let savepoints = group.len() > 1;
     let mut written = Vec::with_capacity(group.len());
+    let mut kept = 0;
     let mut writes = group.into_iter();
     let mut failure = None;
     while failure.is_none()
         && let Some(write) = writes.next()
     {
-        let savepoint = match transaction.savepoint() {
-            Ok(savepoint) => savepoint,
-            Err(error) => {
-                let error = store_error(error);
-                write.fail(error.clone());
-                failure = Some(error);
-                continue;
-            }
-        };
-        let done = write.write(&savepoint);
+        if savepoints && let Err(error) = transaction.run("SAVEPOINT grouped_write") {
+            let error = store_error(error);
+            write.fail(error.clone());
+            failure = Some(error);
+            continue;
+        }
+        let done = write.write(&transaction);
         failure = done.group_error();
-        // A savepoint rolls back when dropped: refusals keep nothing.
         if failure.is_none() && done.keeps() {
-            failure = savepoint.commit().map_err(store_error).err();
+            kept += 1;
+        }
+        if savepoints && failure.is_none() {
+            // Refusals keep nothing: back to the savepoint, which RELEASE then drops either way.
+            let ended = if done.keeps() {
+                transaction.run("RELEASE grouped_write")
+            } else {
+                transaction
+                    .run("ROLLBACK TO grouped_write")
+                    .and_then(|()| transaction.run("RELEASE grouped_write"))
+            };
+            failure = ended.map_err(store_error).err();
         }
         written.push(done);
     }
     let failure = match failure {
-        Some(error) => {
-            // Nothing of the group stays; the rollback's own error changes nothing for the callers.
-            let _ = transaction.rollback();
-            Some(error)
-        }
+        // Dropping the transaction rolls it back; nothing of the group stays.
+        Some(error) => Some(error),
+        // Nothing to keep (a lone refused write): roll back rather than commit an empty transaction.
+        None if kept == 0 => None,
         None => transaction.commit().map_err(store_error).err(),
     };
     match failure {
@@ -224,6 +233,55 @@ fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>) {
             writes.for_each(|write| write.fail(error.clone()));
         }
     }
+}
+
+/// A `BEGIN IMMEDIATE` transaction whose control statements (`BEGIN`, `SAVEPOINT`, `RELEASE`,
+/// `COMMIT`, `ROLLBACK`) are prepared once per connection and cached, where rusqlite's `Transaction`
+/// parses each one every time: on the write path that parsing cost more than some of the writes.
+/// Rolls back when dropped uncommitted.
+struct WriteTransaction<'a> {
+    connection: &'a Connection,
+    open: bool,
+}
+
+impl<'a> WriteTransaction<'a> {
+    fn begin(connection: &'a Connection) -> rusqlite::Result<WriteTransaction<'a>> {
+        run_cached(connection, "BEGIN IMMEDIATE")?;
+        Ok(WriteTransaction { connection, open: true })
+    }
+
+    /// Runs one cached statement that returns no rows.
+    fn run(&self, sql: &str) -> rusqlite::Result<()> {
+        run_cached(self.connection, sql)
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        // A failed COMMIT leaves the transaction open: the drop then rolls it back.
+        self.run("COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTransaction<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection
+    }
+}
+
+impl Drop for WriteTransaction<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // If the rollback fails the connection is broken, and the next BEGIN reports it.
+            let _ = run_cached(self.connection, "ROLLBACK");
+        }
+    }
+}
+
+fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -674,10 +732,8 @@ fn read_nodes(connection: &Connection, keys: &[NodeKey]) -> Result<Vec<Option<Ha
 
 /// One sequencing transaction (the `LogStore::sequence` contract). `BEGIN IMMEDIATE` takes the
 /// write lock first, so the head read here is the head the update replaces.
-fn sequence(connection: &mut Connection, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
-    let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(store_error)?;
+fn sequence(connection: &Connection, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
+    let transaction = WriteTransaction::begin(connection).map_err(store_error)?;
     let head = read_head(&transaction)?;
     if head != expected {
         return Ok(SequenceOutcome::HeadMoved(head));
@@ -727,16 +783,17 @@ fn sequence(connection: &mut Connection, expected: LogHead, max_entries: usize) 
         }
     }
     // The compare-and-swap: only the head this transaction read may be replaced.
+    let (new_size, old_size) = (to_i64(planned.head.size)?, to_i64(head.size)?);
     let swapped = transaction
-        .execute(
-            "UPDATE audit_log_head SET size = ?1, root = ?2 WHERE id = 1 AND size = ?3 AND root = ?4",
-            params![
-                to_i64(planned.head.size)?,
+        .prepare_cached("UPDATE audit_log_head SET size = ?1, root = ?2 WHERE id = 1 AND size = ?3 AND root = ?4")
+        .and_then(|mut statement| {
+            statement.execute(params![
+                new_size,
                 planned.head.root.as_slice(),
-                to_i64(head.size)?,
+                old_size,
                 head.root.as_slice()
-            ],
-        )
+            ])
+        })
         .map_err(store_error)?;
     if swapped != 1 {
         return Err(StoreError::Integrity(

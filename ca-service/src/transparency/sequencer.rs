@@ -321,6 +321,16 @@ impl<L: LogStore> Sequencer<L> {
                     head = new_head;
                     heads.send_replace(head);
                     self.publish(head.size);
+                    if assignments.len() < self.config.max_batch {
+                        // The batch took everything pending when it read: anything committed since
+                        // has woken us (a commit notifies after it returns), so wait for that wake
+                        // rather than spend a write transaction finding nothing. The timer covers
+                        // entries other replicas commit.
+                        tokio::select! {
+                            () = self.wake.notified() => {}
+                            () = tokio::time::sleep(self.config.poll_interval) => {}
+                        }
+                    }
                 }
                 SequenceOutcome::Idle(current) if current != head => {
                     // The store checks the expected head first; this is only a second line.

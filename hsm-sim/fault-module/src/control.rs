@@ -205,6 +205,13 @@ enum Rule {
     Latency { function: String, delay: Duration },
     /// `session-limit N`.
     SessionLimit(usize),
+    /// `corrupt C_Sign [COUNT] [min-length=N]`: flips a bit of the signatures `C_Sign` returns.
+    Corrupt {
+        /// Signatures still to corrupt; `None` corrupts every one until the line is removed.
+        remaining: Option<u64>,
+        /// Only signatures at least this long are corrupted (an RSA CA key's, not a P-256 audit key's).
+        min_len: usize,
+    },
 }
 
 /// Parses a control file; malformed lines are reported (to stderr, by the caller) and skipped, so
@@ -260,12 +267,39 @@ fn parse(text: &str, known_functions: &[&str], mechanism_functions: &[&str]) -> 
                     delay: Duration::from_millis(millis),
                 })
             }),
+            ["corrupt", "C_Sign", rest @ ..] if rest.len() <= 2 => {
+                let (mut remaining, mut min_len) = (None, None);
+                let mut problem = None;
+                for word in rest {
+                    if let Some(length) = word.strip_prefix("min-length=") {
+                        match (min_len, length.parse::<usize>()) {
+                            (None, Ok(length)) => min_len = Some(length),
+                            (Some(_), _) => problem = Some("more than one min-length= qualifier".to_owned()),
+                            (None, Err(_)) => problem = Some(format!("bad length {length:?}")),
+                        }
+                    } else {
+                        match (remaining, word.parse::<u64>()) {
+                            (None, Ok(count)) => remaining = Some(count),
+                            (Some(_), _) => problem = Some("more than one count".to_owned()),
+                            (None, Err(_)) => problem = Some(format!("bad count {word:?}")),
+                        }
+                    }
+                }
+                match problem {
+                    Some(problem) => Err(problem),
+                    None => Ok(Rule::Corrupt {
+                        remaining,
+                        min_len: min_len.unwrap_or(0),
+                    }),
+                }
+            }
+            ["corrupt", name, ..] => Err(format!("only C_Sign can be corrupted, not {name:?}")),
             ["session-limit", limit] => limit
                 .parse()
                 .map(Rule::SessionLimit)
                 .map_err(|_| format!("bad session limit {limit:?}")),
             _ => {
-                Err("expected `fail FUNCTION CKR_NAME [COUNT] [mechanism=CKM_NAME]`, `latency FUNCTION MS` or `session-limit N`".to_owned())
+                Err("expected `fail FUNCTION CKR_NAME [COUNT] [mechanism=CKM_NAME]`, `latency FUNCTION MS`, `session-limit N` or `corrupt C_Sign [COUNT] [min-length=N]`".to_owned())
             }
         };
         match rule {
@@ -392,6 +426,22 @@ impl Faults {
         injected
     }
 
+    /// Called after a forwarded `C_Sign` returned a signature of `len` bytes: whether to corrupt it
+    /// (a `corrupt` line with calls left and a `min-length` it reaches; that line's count goes down).
+    pub fn corrupt_signature(&self, len: usize) -> bool {
+        let mut state = self.lock();
+        self.refresh(&mut state);
+        state.rules.iter_mut().any(|rule| match rule {
+            Rule::Corrupt { remaining, min_len } if *remaining != Some(0) && len >= *min_len => {
+                if let Some(remaining) = remaining {
+                    *remaining -= 1;
+                }
+                true
+            }
+            _ => false,
+        })
+    }
+
     /// Like [`Faults::before`] for `C_OpenSession`, which the session limit applies to as well.
     /// On `None`, the caller must report the outcome with [`Faults::opened`].
     pub fn before_open_session(&self) -> Option<CK_RV> {
@@ -503,6 +553,52 @@ mod tests {
             problems[0].starts_with("line 8: unknown PKCS#11 function"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn parses_corrupt_lines_and_counts_only_long_enough_signatures() {
+        let text = "corrupt C_Sign\n\
+                    corrupt C_Sign 2 min-length=100\n\
+                    corrupt C_Sign min-length=8 1\n\
+                    corrupt C_Login 1\n\
+                    corrupt C_Sign 1 2\n\
+                    corrupt C_Sign min-length=x\n";
+        let (rules, problems) = parse(text, KNOWN, WITH_MECHANISM);
+        assert_eq!(
+            rules,
+            [
+                Rule::Corrupt {
+                    remaining: None,
+                    min_len: 0
+                },
+                Rule::Corrupt {
+                    remaining: Some(2),
+                    min_len: 100
+                },
+                Rule::Corrupt {
+                    remaining: Some(1),
+                    min_len: 8
+                },
+            ]
+        );
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("only C_Sign"), "{problems:?}");
+
+        let control = std::env::temp_dir().join(format!("pkcs11-fault-corrupt-test-{}", std::process::id()));
+        fs::write(&control, "corrupt C_Sign 2 min-length=100\n").expect("write");
+        let faults = Faults {
+            control: Some(control.clone()),
+            known_functions: KNOWN,
+            mechanism_functions: WITH_MECHANISM,
+            state: Mutex::new(State::default()),
+            log: None,
+        };
+        // A 64-byte ECDSA signature is left alone; two 256-byte RSA signatures are corrupted, then none.
+        assert!(!faults.corrupt_signature(64));
+        assert!(faults.corrupt_signature(256));
+        assert!(faults.corrupt_signature(256));
+        assert!(!faults.corrupt_signature(256));
+        let _ = fs::remove_file(control);
     }
 
     #[test]

@@ -349,6 +349,15 @@ unsafe extern "C" fn C_Sign(
         return rv;
     }
     let rv = forward!(C_Sign(session, data, data_len, signature, signature_len));
+    if rv == CKR_OK && !signature.is_null() && !signature_len.is_null() {
+        // SAFETY: the target returned CKR_OK with an output buffer, so it wrote the signature's length
+        // through `signature_len` and that many bytes into `signature`, the caller's buffer.
+        let len = unsafe { *signature_len } as usize;
+        if len > 0 && FAULTS.corrupt_signature(len) {
+            // SAFETY: `len - 1` is inside the `len` bytes just written (see above).
+            unsafe { *signature.add(len - 1) ^= 0x01 };
+        }
+    }
     FAULTS.record("C_Sign", rv, false);
     rv
 }
