@@ -320,7 +320,8 @@ impl SqliteStore {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
-                 PRAGMA busy_timeout = 5000;",
+                 PRAGMA busy_timeout = 5000;
+                 PRAGMA cache_size = -32768;",
             )
             .map_err(store_error)?;
         let mut connection = connection;
@@ -330,7 +331,7 @@ impl SqliteStore {
                 let reader =
                     Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(store_error)?;
                 reader
-                    .execute_batch("PRAGMA busy_timeout = 5000;")
+                    .execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -8192;")
                     .map_err(store_error)?;
                 Ok(Mutex::new(reader))
             })
