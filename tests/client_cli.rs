@@ -110,6 +110,11 @@ impl Cli {
     }
 }
 
+/// `get --folder FOLDER FILE --out OUT`.
+fn get<'a>(folder: &'a str, file: &'a str, out: &'a Path) -> [&'a str; 6] {
+    ["get", "--folder", folder, file, "--out", out.to_str().expect("path")]
+}
+
 /// The 12 recovery words `enroll` prints once: the indented line of twelve lowercase words.
 fn recovery_words(enroll_output: &str) -> String {
     enroll_output
@@ -223,48 +228,17 @@ fn a_person_shares_unshares_and_recovers_with_the_command_line() {
         "{listing}"
     );
     let bob_report = directory.path().join("bob-report.txt");
-    cli.ok(
-        &bob,
-        &[
-            "get",
-            "--folder",
-            "Projects",
-            "report.txt",
-            "--out",
-            bob_report.to_str().expect("path"),
-        ],
-    );
+    cli.ok(&bob, &get("Projects", "report.txt", &bob_report));
     assert_eq!(std::fs::read(&bob_report).expect("read"), b"quarterly numbers\n");
     let bob_draft = directory.path().join("bob-draft.txt");
-    cli.ok(
-        &bob,
-        &[
-            "get",
-            "--folder",
-            "Projects",
-            "drafts/draft.txt",
-            "--out",
-            bob_draft.to_str().expect("path"),
-        ],
-    );
+    cli.ok(&bob, &get("Projects", "drafts/draft.txt", &bob_draft));
     assert_eq!(std::fs::read(&bob_draft).expect("read"), vec![b'd'; 300_000]);
 
     // Unshared, bob cannot read what alice writes next; nothing is left where he asked for it.
     cli.ok(&alice, &["unshare", "--folder", "Projects", "--user", "bob"]);
     cli.ok(&alice, &["add", "--folder", "Projects", later.to_str().expect("path")]);
     let bob_later = directory.path().join("bob-later.txt");
-    let refused = cli.fails(
-        &bob,
-        &[
-            "get",
-            "--folder",
-            "Projects",
-            "later.txt",
-            "--out",
-            bob_later.to_str().expect("path"),
-        ],
-        "",
-    );
+    let refused = cli.fails(&bob, &get("Projects", "later.txt", &bob_later), "");
     assert!(refused.contains("e2ee-client: error:"), "{refused}");
     assert!(!bob_later.exists());
 
@@ -286,32 +260,11 @@ fn a_person_shares_unshares_and_recovers_with_the_command_line() {
     );
     cli.ok_with_input(&alice_phone, &["recover", "--user", "alice"], &format!("{words}\n"));
     let phone_later = directory.path().join("phone-later.txt");
-    cli.ok(
-        &alice_phone,
-        &[
-            "get",
-            "--folder",
-            "Projects",
-            "later.txt",
-            "--out",
-            phone_later.to_str().expect("path"),
-        ],
-    );
+    cli.ok(&alice_phone, &get("Projects", "later.txt", &phone_later));
     assert_eq!(std::fs::read(&phone_later).expect("read"), b"written after bob left\n");
 
     // An unknown file is a clear error, not a panic.
-    let missing = cli.fails(
-        &alice_phone,
-        &[
-            "get",
-            "--folder",
-            "Projects",
-            "nope.txt",
-            "--out",
-            phone_later.to_str().expect("path"),
-        ],
-        "",
-    );
+    let missing = cli.fails(&alice_phone, &get("Projects", "nope.txt", &phone_later), "");
     assert!(
         missing.contains("e2ee-client: error:") && !missing.contains("panicked"),
         "{missing}"
@@ -337,18 +290,7 @@ fn a_person_shares_unshares_and_recovers_with_the_command_line() {
     let listing = cli.ok_with_input(&alice_phone, &["list", "--folder", "Old"], &format!("{words}\n"));
     assert!(listing.contains("notes.txt"), "{listing}");
     let notes = directory.path().join("notes.txt");
-    cli.ok_with_input(
-        &alice_phone,
-        &[
-            "get",
-            "--folder",
-            "Old",
-            "notes.txt",
-            "--out",
-            notes.to_str().expect("path"),
-        ],
-        &format!("{words}\n"),
-    );
+    cli.ok_with_input(&alice_phone, &get("Old", "notes.txt", &notes), &format!("{words}\n"));
     assert_eq!(std::fs::read(&notes).expect("read"), b"from 2022\n");
     let added = cli.fails(
         &alice_phone,

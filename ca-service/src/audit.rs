@@ -28,6 +28,15 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
+    /// The kind of a committed certificate: a renewal when the key was already pinned to the user.
+    pub fn issuance(renewal: bool) -> AuditKind {
+        if renewal {
+            AuditKind::Renewal
+        } else {
+            AuditKind::Issuance
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             AuditKind::Issuance => "issuance",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use e2ee_client::crypto::rsa::RsaPrivateKey;
 use e2ee_client::pins::TrustError;
-use e2ee_client::protocol::file;
+use e2ee_client::protocol::file::{self, EncryptedFile};
 use e2ee_client::protocol::folder::{Account, CertificateTrust, Folder, FolderPath, SeenCounters};
 use e2ee_client::storage::LocalDirectory;
 
@@ -38,6 +38,31 @@ fn mib_per_second(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
 }
 
+/// One output line: a rate and its ratio to raw AES-GCM in the same run.
+fn ratio_line(label: &str, rate: f64, raw_rate: f64) {
+    println!("  {label:<44}{rate:8.0} MiB/s  ({:.2} x raw)", rate / raw_rate);
+}
+
+/// The plaintext every measurement encrypts.
+fn sample(len: usize) -> Vec<u8> {
+    (0..len).map(|index| (index % 251) as u8).collect()
+}
+
+/// Raw AES-128-GCM: one message over `buffer`, in place, 12-byte nonce.
+fn seal_raw(key: &LessSafeKey, buffer: &mut [u8]) {
+    let nonce = Nonce::assume_unique_for_key([9u8; 12]);
+    let tag = key
+        .seal_in_place_separate_tag(nonce, Aad::empty(), buffer)
+        .expect("seal");
+    let _ = std::hint::black_box(tag);
+}
+
+/// `file::decrypt_into` a reused buffer.
+fn decrypt_reused(blob: &[u8], encrypted: &EncryptedFile, opened: &mut Vec<u8>) {
+    file::decrypt_into(blob, &encrypted.key, &encrypted.nonce, Some(&encrypted.tag), opened).expect("decrypt");
+    std::hint::black_box(opened.len());
+}
+
 /// The bench's folder users are self-signed; the folder protocol, not the CA check, is what is measured.
 struct TrustEveryone;
 
@@ -56,7 +81,7 @@ const SMALL_FILES: usize = FILE_LEN / SMALL_FILE_LEN;
 
 /// Raw AES-128-GCM, `file::encrypt_into` and `file::decrypt_into` over 1 MiB files, 64 per round.
 fn small_files() {
-    let plaintext: Vec<u8> = (0..SMALL_FILE_LEN).map(|index| (index % 251) as u8).collect();
+    let plaintext = sample(SMALL_FILE_LEN);
     let raw_key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &[7u8; 16]).expect("16-byte key"));
     let mut buffer = plaintext.clone();
     let mut blob = Vec::with_capacity(SMALL_FILE_LEN + 16);
@@ -66,11 +91,7 @@ fn small_files() {
     for _ in 0..RUNS {
         raw = raw.min(timed(|| {
             for _ in 0..SMALL_FILES {
-                let nonce = Nonce::assume_unique_for_key([9u8; 12]);
-                let tag = raw_key
-                    .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buffer)
-                    .expect("seal");
-                let _ = std::hint::black_box(tag);
+                seal_raw(&raw_key, &mut buffer);
             }
         }));
         encrypt = encrypt.min(timed(|| {
@@ -81,15 +102,7 @@ fn small_files() {
         }));
         decrypt = decrypt.min(timed(|| {
             for _ in 0..SMALL_FILES {
-                file::decrypt_into(
-                    blob.as_slice(),
-                    &encrypted.key,
-                    &encrypted.nonce,
-                    Some(&encrypted.tag),
-                    &mut opened,
-                )
-                .expect("decrypt");
-                std::hint::black_box(opened.len());
+                decrypt_reused(&blob, &encrypted, &mut opened);
             }
         }));
     }
@@ -104,18 +117,12 @@ fn small_files() {
         SMALL_FILE_LEN / (1024 * 1024)
     );
     println!("  raw AES-128-GCM (aws-lc-rs, 12-byte nonce): {raw_rate:8.0} MiB/s");
-    println!(
-        "  client encrypt (16-byte nonce, streamed):   {encrypt_rate:8.0} MiB/s  ({:.2} x raw)",
-        encrypt_rate / raw_rate
-    );
-    println!(
-        "  client decrypt (16-byte nonce, streamed):   {decrypt_rate:8.0} MiB/s  ({:.2} x raw)",
-        decrypt_rate / raw_rate
-    );
+    ratio_line("client encrypt (16-byte nonce, streamed):", encrypt_rate, raw_rate);
+    ratio_line("client decrypt (16-byte nonce, streamed):", decrypt_rate, raw_rate);
 }
 
 fn main() {
-    let plaintext: Vec<u8> = (0..FILE_LEN).map(|index| (index % 251) as u8).collect();
+    let plaintext = sample(FILE_LEN);
 
     let raw_key = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &[7u8; 16]).expect("16-byte key"));
     let mut buffer = plaintext.clone();
@@ -139,11 +146,7 @@ fn main() {
     for _ in 0..RUNS {
         // Raw AES-128-GCM, one message over the whole buffer, 12-byte nonce: the ceiling.
         raw = raw.min(timed(|| {
-            let nonce = Nonce::assume_unique_for_key([9u8; 12]);
-            let tag = raw_key
-                .seal_in_place_separate_tag(nonce, Aad::empty(), &mut buffer)
-                .expect("seal");
-            let _ = std::hint::black_box(tag);
+            seal_raw(&raw_key, &mut buffer);
         }));
         // The client's file path: fresh key, 16-byte nonce, streamed, tag appended, into a reused blob `Vec`
         // (`encrypt_into`: the cipher writes the `Vec` itself, as `decrypt_into` does).
@@ -166,15 +169,7 @@ fn main() {
         // Into a reused buffer, as encryption writes into a reused `blob`: both then measure the crypto and the
         // copies, not the page faults of a fresh 64 MiB allocation.
         decrypt = decrypt.min(timed(|| {
-            file::decrypt_into(
-                blob.as_slice(),
-                &encrypted.key,
-                &encrypted.nonce,
-                Some(&encrypted.tag),
-                &mut opened,
-            )
-            .expect("decrypt");
-            std::hint::black_box(opened.len());
+            decrypt_reused(&blob, &encrypted, &mut opened);
         }));
         // A fresh output `Vec` each time: its page faults are part of the call; zeroizing it on drop is timed apart.
         let mut opened = None;
@@ -220,48 +215,32 @@ fn main() {
         FILE_LEN / (1024 * 1024)
     );
     println!("  raw AES-128-GCM (aws-lc-rs, 12-byte nonce): {raw_rate:8.0} MiB/s");
-    println!(
-        "  client encrypt (16-byte nonce, streamed):   {encrypt_rate:8.0} MiB/s  ({:.2} x raw)",
-        encrypt_rate / raw_rate
-    );
+    ratio_line("client encrypt (16-byte nonce, streamed):", encrypt_rate, raw_rate);
     let encrypt_write_rate = mib_per_second(FILE_LEN, encrypt_write);
-    println!(
-        "  client encrypt through Write into a Vec:    {encrypt_write_rate:8.0} MiB/s  ({:.2} x raw)",
-        encrypt_write_rate / raw_rate
-    );
-    println!(
-        "  client decrypt (16-byte nonce, streamed):   {decrypt_rate:8.0} MiB/s  ({:.2} x raw)",
-        decrypt_rate / raw_rate
-    );
+    ratio_line("client encrypt through Write into a Vec:", encrypt_write_rate, raw_rate);
+    ratio_line("client decrypt (16-byte nonce, streamed):", decrypt_rate, raw_rate);
     let encrypt_discarding_rate = mib_per_second(FILE_LEN, encrypt_discarding);
-    println!(
-        "  client encrypt into a discarding sink:      {encrypt_discarding_rate:8.0} MiB/s  ({:.2} x raw)",
-        encrypt_discarding_rate / raw_rate
+    ratio_line(
+        "client encrypt into a discarding sink:",
+        encrypt_discarding_rate,
+        raw_rate,
     );
     let decrypt_fresh_rate = mib_per_second(FILE_LEN, decrypt_fresh);
-    println!(
-        "  client decrypt_to_vec (fresh output Vec):   {decrypt_fresh_rate:8.0} MiB/s  ({:.2} x raw)",
-        decrypt_fresh_rate / raw_rate
+    ratio_line(
+        "client decrypt_to_vec (fresh output Vec):",
+        decrypt_fresh_rate,
+        raw_rate,
     );
     println!(
         "  dropping that Vec (zeroized, then freed):   {:8.1} ms",
         zeroize_drop.as_secs_f64() * 1000.0
     );
     let primitive_rate = mib_per_second(FILE_LEN, primitive);
-    println!(
-        "  gcm-stream alone, in place, one call:       {primitive_rate:8.0} MiB/s  ({:.2} x raw)",
-        primitive_rate / raw_rate
-    );
+    ratio_line("gcm-stream alone, in place, one call:", primitive_rate, raw_rate);
     let out_of_place_rate = mib_per_second(FILE_LEN, out_of_place);
-    println!(
-        "  gcm-stream alone, buffer to buffer:         {out_of_place_rate:8.0} MiB/s  ({:.2} x raw)",
-        out_of_place_rate / raw_rate
-    );
+    ratio_line("gcm-stream alone, buffer to buffer:", out_of_place_rate, raw_rate);
     let sink_copy_rate = mib_per_second(FILE_LEN, sink_copy);
-    println!(
-        "  copy into a Write sink alone (64 KiB steps): {sink_copy_rate:8.0} MiB/s  ({:.2} x raw)",
-        sink_copy_rate / raw_rate
-    );
+    ratio_line("copy into a Write sink alone (64 KiB steps):", sink_copy_rate, raw_rate);
 
     small_files();
 

@@ -356,11 +356,7 @@ impl<S: IdentityStore> Issuer<S> {
         // 6. Commit pin, certificate and audit entry in one transaction.
         let renewal_hint = pin_state.user_pin.is_some();
         let event = AuditEvent {
-            kind: if renewal_hint {
-                AuditKind::Renewal
-            } else {
-                AuditKind::Issuance
-            },
+            kind: AuditKind::issuance(renewal_hint),
             actor: request.actor.clone(),
             subject: user_id.to_string(),
             details: vec![

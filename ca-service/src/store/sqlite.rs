@@ -500,11 +500,7 @@ fn write_issuance(
         .map_err(store_error)?;
     // The recorded kind follows what the transaction saw, not the earlier read.
     let event = AuditEvent {
-        kind: if renewal {
-            AuditKind::Renewal
-        } else {
-            AuditKind::Issuance
-        },
+        kind: AuditKind::issuance(renewal),
         ..event
     };
     let entry = append_entry(connection, &event)?;

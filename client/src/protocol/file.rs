@@ -246,14 +246,26 @@ impl CiphertextSink for VecSink<'_> {
     }
 }
 
-impl<W: Write> CiphertextSink for WriteSink<W> {
-    fn encrypt(&mut self, encryptor: &mut GcmEncryptor, plaintext: &[u8]) -> Result<(), FileCryptoError> {
-        for piece in plaintext.chunks(CHUNK_LEN) {
-            let ciphertext = &mut self.buffer[..piece.len()];
-            encryptor.encrypt(piece, ciphertext)?;
-            self.writer.write_all(ciphertext)?;
+impl<W: Write> WriteSink<W> {
+    /// Runs `cipher` over `input` in pieces of at most `CHUNK_LEN`, each into the buffer, and writes the
+    /// buffer out after each piece.
+    fn through_buffer(
+        &mut self,
+        input: &[u8],
+        mut cipher: impl FnMut(&[u8], &mut [u8]) -> Result<(), CryptoError>,
+    ) -> Result<(), FileCryptoError> {
+        for piece in input.chunks(CHUNK_LEN) {
+            let output = &mut self.buffer[..piece.len()];
+            cipher(piece, output)?;
+            self.writer.write_all(output)?;
         }
         Ok(())
+    }
+}
+
+impl<W: Write> CiphertextSink for WriteSink<W> {
+    fn encrypt(&mut self, encryptor: &mut GcmEncryptor, plaintext: &[u8]) -> Result<(), FileCryptoError> {
+        self.through_buffer(plaintext, |piece, ciphertext| encryptor.encrypt(piece, ciphertext))
     }
 
     fn append_tag(&mut self, tag: &GcmTag) -> Result<(), FileCryptoError> {
@@ -263,12 +275,7 @@ impl<W: Write> CiphertextSink for WriteSink<W> {
 
 impl<W: Write> PlaintextSink for WriteSink<W> {
     fn decrypt(&mut self, decryptor: &mut GcmDecryptor, ciphertext: &[u8]) -> Result<(), FileCryptoError> {
-        for piece in ciphertext.chunks(CHUNK_LEN) {
-            let plaintext = &mut self.buffer[..piece.len()];
-            decryptor.decrypt(piece, plaintext)?;
-            self.writer.write_all(plaintext)?;
-        }
-        Ok(())
+        self.through_buffer(ciphertext, |piece, plaintext| decryptor.decrypt(piece, plaintext))
     }
 }
 
