@@ -3,14 +3,18 @@
 //! `cargo bench -p ca-service --bench issuance -- [SECONDS] [CLIENTS] [USERS] [PREFILLED]`
 //! (defaults 8 16 512 1000000). One run measures:
 //! 1. the raw rate of `Hsm::sign` through the service's own session pool, same token and keys, with
-//!    no gRPC, parsing or storage (the physical limit), for each CA key type;
+//!    no gRPC, parsing or storage (the physical limit), for each CA key type, right before and right
+//!    after the empty-store scenario: ratios are to the mean, and the difference shows the host's drift;
 //! 2. `IssueCertificate` over gRPC from CLIENTS concurrent clients against `serve --config` on the
-//!    embedded store with the transparency log on (each answer waits for its log index), with pre-generated RSA-2048 CSRs (as Nextcloud clients use) for USERS users:
-//!    the first round pins, later rounds renew; rate, p50/p95/p99 latency, errors by code, the
-//!    ratio to the raw rate, the CPU time per certificate of the service and of the load generator (robust
-//!    against other load, unlike rates), the service's peak RSS and its startup time;
-//! 3. the same at half the maximum rate (paced), for the p99 latency target;
-//! 4. the same on a store already holding PREFILLED pinned identities, with its startup time.
+//!    embedded store with the transparency log on (each answer waits for its log index), with
+//!    pre-generated RSA-2048 CSRs (as Nextcloud clients use) for USERS users: the first round pins,
+//!    later rounds renew; rate, p50/p95/p99 latency, errors by code, the ratio to the raw rate, the
+//!    CPU time per certificate of the service and of the load generator (robust against other load,
+//!    unlike rates) and the raw signature's share of it, the service's peak RSS and its startup time;
+//! 3. with the P-256 CA, back to back: the same on a store already holding PREFILLED pinned
+//!    identities (with its startup time), then the empty store again, so that the prefilled run is
+//!    compared with the mean of the two empty-store runs around it;
+//! 4. the same at half the maximum rate (paced), for the p99 latency target.
 //!
 //! Results go to stdout; with `BENCH_MARKDOWN=FILE` a Markdown table is also written to FILE.
 
@@ -77,53 +81,50 @@ fn main() -> anyhow::Result<()> {
             settings.seconds, settings.clients, settings.users
         ));
         let duration = Duration::from_secs(settings.seconds);
+        // Filled first, so that the comparison below runs back to back.
+        let prefilled_store = workspace.path().join("store-prefilled.sqlite3");
+        prefill(workspace.path(), &tokens, &prefilled_store, settings.prefilled)?;
         for algorithm in algorithms {
-            let raw = raw_signing_rate(&hsm, algorithm, duration).await?;
             let store = workspace.path().join(format!("store-{algorithm}.sqlite3"));
-            let full = run_scenario(workspace.path(), &tokens, algorithm, &store, &csrs, &settings, None).await?;
+            let scenario = async |store: &Path, paced: Option<f64>| {
+                run_scenario(workspace.path(), &tokens, algorithm, store, &csrs, &settings, paced).await
+            };
+            // The raw rate is measured right before and right after the full-rate scenario: the
+            // host's drift shows as the difference, and the ratio is to their mean.
+            let raw_before = raw_signing_rate(&hsm, algorithm, duration).await?;
+            let full = scenario(&store, None).await?;
+            let raw = raw_before.bracket(raw_signing_rate(&hsm, algorithm, duration).await?);
             report.row(algorithm, "embedded store, empty", raw, &full);
             if algorithm == KeyAlgorithm::EcdsaP256 {
-                let half = full.rate / 2.0;
-                let paced = run_scenario(
-                    workspace.path(),
-                    &tokens,
-                    algorithm,
-                    &store,
-                    &csrs,
-                    &settings,
-                    Some(half),
-                )
-                .await?;
-                report.row(
-                    algorithm,
-                    &format!("paced at half the maximum ({half:.0}/s)"),
-                    raw,
-                    &paced,
-                );
-                let prefilled_store = workspace.path().join("store-prefilled.sqlite3");
-                prefill(workspace.path(), &tokens, &prefilled_store, settings.prefilled)?;
-                let large = run_scenario(
-                    workspace.path(),
-                    &tokens,
-                    algorithm,
-                    &prefilled_store,
-                    &csrs,
-                    &settings,
-                    None,
-                )
-                .await?;
+                // Empty, prefilled, empty again, back to back: the prefilled run is compared with
+                // the mean of the two around it.
+                let large = scenario(&prefilled_store, None).await?;
                 report.row(
                     algorithm,
                     &format!("embedded store, {} identities pinned", settings.prefilled),
                     raw,
                     &large,
                 );
+                let again = scenario(&store, None).await?;
+                report.row(algorithm, "embedded store, empty store again", raw, &again);
+                let empty_rate = (full.rate + again.rate) / 2.0;
+                let empty_cpu = (full.cpu_us + again.cpu_us) / 2.0;
                 report.line(format!(
-                    "  with {} identities: {:.0}% of the empty-store rate, startup {:.2} s",
+                    "  with {} identities: {:.0}% of the empty-store rate (mean of the runs before and after), \
+                     CPU per certificate {:+.0}%, startup {:.2} s",
                     settings.prefilled,
-                    100.0 * large.rate / full.rate,
+                    100.0 * large.rate / empty_rate,
+                    100.0 * (large.cpu_us / empty_cpu - 1.0),
                     large.startup.as_secs_f64()
                 ));
+                let half = full.rate.min(again.rate) / 2.0;
+                let paced = scenario(&store, Some(half)).await?;
+                report.row(
+                    algorithm,
+                    &format!("paced at half the maximum ({half:.0}/s)"),
+                    raw,
+                    &paced,
+                );
             }
         }
         report.finish()
@@ -143,20 +144,31 @@ impl Report {
 
     fn row(&mut self, algorithm: KeyAlgorithm, scenario: &str, raw: Raw, result: &Scenario) {
         println!("\nCA key {algorithm}, {scenario}:");
+        let (raw_text, raw_cell) = match raw.before_after {
+            Some((before, after)) => (
+                format!(
+                    "{:.0} signatures/s (mean of {before:.0} before and {after:.0} after the empty-store run: drift {:+.0}%)",
+                    raw.rate,
+                    100.0 * (after / before - 1.0)
+                ),
+                format!("{:.0} ({before:.0} / {after:.0})", raw.rate),
+            ),
+            None => (format!("{:.0} signatures/s", raw.rate), format!("{:.0}", raw.rate)),
+        };
         println!(
-            "  raw SoftHSM signing (service pool, {POOL_SIZE} signers): {:.0} signatures/s, {:.0} µs CPU each",
-            raw.rate, raw.cpu_us
+            "  raw SoftHSM signing (service pool, {POOL_SIZE} signers): {raw_text}, {:.0} µs CPU each",
+            raw.cpu_us
         );
-        let raw_rate = raw.rate;
+        let ratio = result.rate / raw.rate;
+        // What the ratio would be if both saturated the cores: steadier than rates on a shared host.
+        let cpu_share = raw.cpu_us / (result.cpu_us + result.client_cpu_us);
         println!(
-            "  IssueCertificate over gRPC: {:.0} certificates/s ({} ok in {:.1} s); ratio to raw signing {:.2}",
-            result.rate,
-            result.ok,
-            result.elapsed,
-            result.rate / raw_rate
+            "  IssueCertificate over gRPC: {:.0} certificates/s ({} ok in {:.1} s); ratio to raw signing {ratio:.2}",
+            result.rate, result.ok, result.elapsed,
         );
         println!(
-            "  CPU per certificate: service {:.0} µs ({:.0} µs beyond the raw signature), load generator {:.0} µs",
+            "  CPU per certificate: service {:.0} µs ({:.0} µs beyond the raw signature), load generator {:.0} µs; \
+             raw signature's share of it {cpu_share:.2}",
             result.cpu_us,
             result.cpu_us - raw.cpu_us,
             result.client_cpu_us
@@ -172,9 +184,8 @@ impl Report {
         );
         let _ = writeln!(
             self.markdown,
-            "| {algorithm} | {scenario} | {raw_rate:.0} | {:.0} | {:.2} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {} | {:.2} s | {:?} |",
+            "| {algorithm} | {scenario} | {raw_cell} | {:.0} | {ratio:.2} | {cpu_share:.2} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {} | {:.2} s | {:?} |",
             result.rate,
-            result.rate / raw_rate,
             result.cpu_us,
             raw.cpu_us,
             result.client_cpu_us,
@@ -189,8 +200,8 @@ impl Report {
 
     fn finish(self) -> anyhow::Result<()> {
         if let Ok(path) = std::env::var("BENCH_MARKDOWN") {
-            let header = "| CA key | scenario | raw signing/s | issued/s | ratio | CPU µs: service per certificate / raw signature / load generator per certificate | p50 / p95 / p99 ms | peak RSS MB | startup | errors |\n\
-                          |---|---|---|---|---|---|---|---|---|---|\n";
+            let header = "| CA key | scenario | raw signing/s: mean (before / after) | issued/s | ratio | CPU share | CPU µs: service per certificate / raw signature / load generator per certificate | p50 / p95 / p99 ms | peak RSS MB | startup | errors |\n\
+                          |---|---|---|---|---|---|---|---|---|---|---|\n";
             std::fs::write(path, format!("{header}{}", self.markdown))?;
         }
         Ok(())
@@ -327,16 +338,31 @@ async fn raw_signing_rate(hsm: &Hsm, algorithm: KeyAlgorithm, duration: Duration
     Ok(Raw {
         rate: total as f64 / elapsed,
         cpu_us: cpu.map_or(f64::NAN, |cpu| cpu * 1e6 / total.max(1) as f64),
+        before_after: None,
     })
 }
 
-/// The physical limit: the raw signing rate and its CPU cost.
+/// The physical limit: the raw signing rate and its CPU cost; after `bracket`, the mean of a
+/// measurement before and one after the scenario it is compared with.
 #[derive(Clone, Copy)]
 struct Raw {
     /// Signatures per second.
     rate: f64,
     /// CPU microseconds per signature (SoftHSM and the pool).
     cpu_us: f64,
+    /// The rates measured before and after, when bracketed.
+    before_after: Option<(f64, f64)>,
+}
+
+impl Raw {
+    /// The mean of this measurement and `after`, keeping both rates.
+    fn bracket(self, after: Raw) -> Raw {
+        Raw {
+            rate: (self.rate + after.rate) / 2.0,
+            cpu_us: (self.cpu_us + after.cpu_us) / 2.0,
+            before_after: Some((self.rate, after.rate)),
+        }
+    }
 }
 
 /// Fills a new embedded store with `identities` pinned users, each with one certificate row.
