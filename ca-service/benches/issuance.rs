@@ -16,7 +16,9 @@
 //!    compared with the mean of the two empty-store runs around it;
 //! 4. the same at half the maximum rate (paced), for the p99 latency target.
 //!
-//! Results go to stdout; with `BENCH_MARKDOWN=FILE` a Markdown table is also written to FILE.
+//! Results go to stdout; with `BENCH_MARKDOWN=FILE` a Markdown table is also written to FILE. With
+//! `BENCH_SERVICE_BINARY=PATH` the scenarios serve with that `ca-service` build instead (to compare
+//! a change against a copy of the binary before it).
 
 mod support;
 
@@ -525,7 +527,9 @@ impl Server {
     fn start(config: &Path) -> anyhow::Result<Server> {
         use std::io::BufRead;
         let spawned = Instant::now();
-        let mut child = Command::new(CA_SERVICE)
+        // BENCH_SERVICE_BINARY serves with another build (A/B comparisons of a change, same run).
+        let binary = std::env::var_os("BENCH_SERVICE_BINARY").map_or_else(|| PathBuf::from(CA_SERVICE), PathBuf::from);
+        let mut child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "error")
