@@ -19,7 +19,8 @@ command -v wrk >/dev/null || missing+=(wrk)
 ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || missing+=(libengine-pkcs11-openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+    { echo "peers.sh: apt-get install ${missing[*]} failed" >&2; exit 1; }
 fi
 cargo build --release --quiet -p ca-service
 CA_SERVICE=$PWD/target/release/ca-service
