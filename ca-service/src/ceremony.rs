@@ -114,7 +114,7 @@ async fn self_signed(hsm: &Hsm, key: &HsmKey, subject: &SubjectSection, days: u3
     let now = OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + time::Duration::days(i64::from(days));
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(SerialNumber::random().as_bytes()));
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(SerialNumber::generate().as_bytes()));
     let lease = hsm.lease().await?;
     let key = key.clone();
     let pem = tokio::task::spawn_blocking(move || {

@@ -475,7 +475,7 @@ impl<S: IdentityStore> Issuer<S> {
         let now = OffsetDateTime::now_utc();
         let not_before = now - self.profile.backdate;
         let not_after = now + self.profile.validity;
-        let serial = SerialNumber::random();
+        let serial = SerialNumber::generate();
         let mut params = rcgen::CertificateParams::default();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
         params.not_before = not_before;
