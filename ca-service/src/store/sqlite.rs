@@ -219,12 +219,11 @@ fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>) {
         }
         written.push(done);
     }
+    // Commit only what is worth keeping. After a failure nothing of the group stays, and a lone
+    // refused write keeps nothing: dropping the transaction then rolls it back.
     let failure = match failure {
-        // Dropping the transaction rolls it back; nothing of the group stays.
-        Some(error) => Some(error),
-        // Nothing to keep (a lone refused write): roll back rather than commit an empty transaction.
-        None if kept == 0 => None,
-        None => transaction.commit().map_err(store_error).err(),
+        None if kept > 0 => transaction.commit().map_err(store_error).err(),
+        failure => failure,
     };
     match failure {
         None => written.into_iter().for_each(Written::answer),

@@ -326,10 +326,7 @@ impl<L: LogStore> Sequencer<L> {
                         // has woken us (a commit notifies after it returns), so wait for that wake
                         // rather than spend a write transaction finding nothing. The timer covers
                         // entries other replicas commit.
-                        tokio::select! {
-                            () = self.wake.notified() => {}
-                            () = tokio::time::sleep(self.config.poll_interval) => {}
-                        }
+                        self.until_woken_or_polled().await;
                     }
                 }
                 SequenceOutcome::Idle(current) if current != head => {
@@ -339,12 +336,7 @@ impl<L: LogStore> Sequencer<L> {
                         actual: current.size,
                     });
                 }
-                SequenceOutcome::Idle(_) => {
-                    tokio::select! {
-                        () = self.wake.notified() => {}
-                        () = tokio::time::sleep(self.config.poll_interval) => {}
-                    }
-                }
+                SequenceOutcome::Idle(_) => self.until_woken_or_polled().await,
                 SequenceOutcome::HeadMoved(actual) => {
                     // Another sequencer extended (or someone rewrote) the log: only possible if
                     // two replicas both believe they lead, or behind the CA's back. The CAS kept
@@ -399,6 +391,14 @@ impl<L: LogStore> Sequencer<L> {
             }
         }
         Ok(())
+    }
+
+    /// Waits for a local commit's wake, or at most one poll interval (entries other replicas commit).
+    async fn until_woken_or_polled(&self) {
+        tokio::select! {
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(self.config.poll_interval) => {}
+        }
     }
 
     /// Tells waiting issuers the sequenced size, waking them only when it changed.

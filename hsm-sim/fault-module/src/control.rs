@@ -506,6 +506,21 @@ mod tests {
     const KNOWN: &[&str] = &["C_Sign", "C_SignInit", "C_Login", "C_OpenSession"];
     const WITH_MECHANISM: &[&str] = &["C_SignInit"];
 
+    /// Faults read from a control file of this test's own (`name` keeps tests apart) holding `text`;
+    /// the caller removes the file.
+    fn faults_controlled_by(name: &str, text: &str) -> (PathBuf, Faults) {
+        let control = std::env::temp_dir().join(format!("pkcs11-fault-{name}-test-{}", std::process::id()));
+        fs::write(&control, text).expect("write the control file");
+        let faults = Faults {
+            control: Some(control.clone()),
+            known_functions: KNOWN,
+            mechanism_functions: WITH_MECHANISM,
+            state: Mutex::new(State::default()),
+            log: None,
+        };
+        (control, faults)
+    }
+
     #[test]
     fn parses_every_command_and_reports_bad_lines() {
         let text = "# header\n\
@@ -584,15 +599,7 @@ mod tests {
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("only C_Sign"), "{problems:?}");
 
-        let control = std::env::temp_dir().join(format!("pkcs11-fault-corrupt-test-{}", std::process::id()));
-        fs::write(&control, "corrupt C_Sign 2 min-length=100\n").expect("write");
-        let faults = Faults {
-            control: Some(control.clone()),
-            known_functions: KNOWN,
-            mechanism_functions: WITH_MECHANISM,
-            state: Mutex::new(State::default()),
-            log: None,
-        };
+        let (control, faults) = faults_controlled_by("corrupt", "corrupt C_Sign 2 min-length=100\n");
         // A 64-byte ECDSA signature is left alone; two 256-byte RSA signatures are corrupted, then none.
         assert!(!faults.corrupt_signature(64));
         assert!(faults.corrupt_signature(256));
@@ -654,19 +661,10 @@ mod tests {
 
     #[test]
     fn a_mechanism_rule_matches_only_its_mechanism_and_an_unqualified_rule_matches_all() {
-        let temp = std::env::temp_dir().join(format!("pkcs11-fault-mechanism-test-{}", std::process::id()));
-        fs::write(
-            &temp,
+        let (temp, faults) = faults_controlled_by(
+            "mechanism",
             "fail C_SignInit CKR_FUNCTION_FAILED 1 mechanism=CKM_ECDSA\nfail C_SignInit CKR_DEVICE_ERROR mechanism=CKM_SHA256_RSA_PKCS\n",
-        )
-        .expect("write");
-        let faults = Faults {
-            control: Some(temp.clone()),
-            known_functions: KNOWN,
-            mechanism_functions: WITH_MECHANISM,
-            state: Mutex::new(State::default()),
-            log: None,
-        };
+        );
         assert_eq!(
             faults.before_mechanism("C_SignInit", Some(CKM_RSA_PKCS)),
             None,
@@ -711,15 +709,8 @@ mod tests {
 
     #[test]
     fn one_off_faults_are_consumed_and_the_session_limit_counts_open_sessions() {
-        let temp = std::env::temp_dir().join(format!("pkcs11-fault-test-{}", std::process::id()));
-        fs::write(&temp, "fail C_Sign CKR_SESSION_HANDLE_INVALID 1\nsession-limit 1\n").expect("write");
-        let faults = Faults {
-            control: Some(temp.clone()),
-            known_functions: KNOWN,
-            mechanism_functions: WITH_MECHANISM,
-            state: Mutex::new(State::default()),
-            log: None,
-        };
+        let (temp, faults) =
+            faults_controlled_by("one-off", "fail C_Sign CKR_SESSION_HANDLE_INVALID 1\nsession-limit 1\n");
         assert_eq!(faults.before("C_Sign"), Some(CKR_SESSION_HANDLE_INVALID));
         assert_eq!(faults.before("C_Sign"), None);
         assert_eq!(faults.before_open_session(), None);
