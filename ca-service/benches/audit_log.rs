@@ -31,6 +31,7 @@ use ca_service::store::StoreError;
 use ca_service::store::postgres::PostgresStore;
 use ca_service::store::sqlite::SqliteStore;
 use ca_service::transparency::guard::SignerGuard;
+use ca_service::transparency::inline::InlineSequencing;
 use ca_service::transparency::sequencer::{self, SequencerHandle};
 use ca_service::transparency::signer::AuditKey;
 use ca_service::transparency::{LogHead, LogStore, NodeKey, SequenceOutcome, StoredCheckpoint, export};
@@ -452,6 +453,14 @@ impl<L: LogStore> LogStore for Timed<L> {
 
     async fn sequence(&self, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
         self.inner.sequence(expected, max_entries).await
+    }
+
+    fn inline_sequencing(&self) -> Option<&InlineSequencing> {
+        self.inner.inline_sequencing()
+    }
+
+    fn nudge(&self) {
+        self.inner.nudge();
     }
 
     async fn subtree_hashes(&self, keys: Vec<NodeKey>) -> Result<Vec<Option<Hash>>, StoreError> {

@@ -32,14 +32,17 @@ use crate::store::StoreError;
 use crate::transparency::sequencer::SequencerHandle;
 pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES};
 
-/// Where an audit entry landed: its row in the store's outbox. Its log index is assigned later,
-/// by the sequencer (`IdentityStore::log_index`).
+/// Where an audit entry landed: its row in the store's outbox, and its log index when the store
+/// sequenced it in the same transaction (the embedded store, `transparency::inline`); otherwise
+/// the index is assigned later, by the sequencer (`IdentityStore::log_index`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntryRef {
     /// The store's id of the entry (`audit_entries.id`): opaque, unique, not the log index.
     pub entry_id: i64,
     /// SHA-256 of the stored entry bytes.
     pub entry_hash: [u8; 32],
+    /// The log index, if the entry was sequenced in the transaction that wrote it.
+    pub leaf_index: Option<u64>,
 }
 
 /// The pin state of a (user, key) pair and the user's recent issuance, read before signing.
@@ -406,6 +409,9 @@ impl<S: IdentityStore> Issuer<S> {
         let Some(log_wait) = &self.log_wait else {
             return Ok(None);
         };
+        if entry.leaf_index.is_some() {
+            return Ok(entry.leaf_index);
+        }
         // Subscribed before the first look, so that no batch goes unnoticed in between.
         let mut sequenced = log_wait.sequencer.sequenced();
         log_wait.sequencer.wake();

@@ -378,6 +378,7 @@ async fn append_entry(
     Ok(LogEntryRef {
         entry_id,
         entry_hash: entry.hash,
+        leaf_index: None,
     })
 }
 
@@ -407,6 +408,7 @@ async fn group_appends(pool: Pool, timeout: Duration, mut pending: mpsc::Receive
                     let _ = append.reply.send(Ok(LogEntryRef {
                         entry_id,
                         entry_hash: append.entry.hash,
+                        leaf_index: None,
                     }));
                 }
             }

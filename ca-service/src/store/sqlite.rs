@@ -9,7 +9,9 @@
 //! waiting in one transaction, each write in its own savepoint, so that one fsync makes a whole
 //! group durable. A write that the constraints refuse rolls back its savepoint alone; any other
 //! failure, or a failed `COMMIT`, fails the whole group and writes nothing. No caller hears back
-//! before the `COMMIT` that holds its write has returned.
+//! before the `COMMIT` that holds its write has returned. Once the sequencer has handed the log
+//! head over (`transparency::inline`), each group also sequences what is pending, in a savepoint
+//! of the same transaction, and answers each write with its entry's log index.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +26,7 @@ use super::StoreError;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
 use crate::issuer::{CommitOutcome, IdentityStore, LogEntryRef, NewCertificate, PinState};
+use crate::transparency::inline::InlineSequencing;
 use crate::transparency::{
     LogHead, LogStore, NodeKey, PendingEntry, SequenceOutcome, StoredCheckpoint, frontier_keys, plan_batch,
 };
@@ -56,9 +59,11 @@ pub struct SqliteStore {
     next_reader: Arc<AtomicUsize>,
     /// The group committer's queue (see the module docs); its thread ends with the last clone.
     writes: mpsc::Sender<GroupedWrite>,
+    /// The sequencer's hand-over to the group committer (see `transparency::inline`).
+    inline: Arc<InlineSequencing>,
 }
 
-/// One write waiting for the group committer, with where its outcome goes.
+/// One message for the group committer: a write, with where its outcome goes, or a nudge.
 enum GroupedWrite {
     Issuance {
         certificate: NewCertificate,
@@ -69,6 +74,12 @@ enum GroupedWrite {
         event: AuditEvent,
         reply: oneshot::Sender<Result<LogEntryRef, StoreError>>,
     },
+    Checkpoint {
+        checkpoint: StoredCheckpoint,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Nothing to write: run a group anyway, so that pending entries are sequenced.
+    Nudge,
 }
 
 impl GroupedWrite {
@@ -79,14 +90,19 @@ impl GroupedWrite {
                 certificate,
                 event,
                 reply,
-            } => Written::Issuance {
+            } => Written::Issuance(Answer {
                 outcome: write_issuance(connection, &certificate, event),
                 reply,
-            },
-            GroupedWrite::Append { event, reply } => Written::Append {
+            }),
+            GroupedWrite::Append { event, reply } => Written::Append(Answer {
                 outcome: append_entry(connection, &event),
                 reply,
-            },
+            }),
+            GroupedWrite::Checkpoint { checkpoint, reply } => Written::Checkpoint(Answer {
+                outcome: write_checkpoint(connection, &checkpoint),
+                reply,
+            }),
+            GroupedWrite::Nudge => Written::Nothing,
         }
     }
 
@@ -96,72 +112,110 @@ impl GroupedWrite {
         let _ = match self {
             GroupedWrite::Issuance { reply, .. } => reply.send(Err(error)).map_err(drop),
             GroupedWrite::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
+            GroupedWrite::Checkpoint { reply, .. } => reply.send(Err(error)).map_err(drop),
+            GroupedWrite::Nudge => Ok(()),
         };
+    }
+}
+
+/// A grouped write's outcome and where it goes.
+struct Answer<T> {
+    outcome: Result<T, StoreError>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T> Answer<T> {
+    fn error(&self) -> Option<&StoreError> {
+        self.outcome.as_ref().err()
+    }
+
+    fn send(self) {
+        // A caller that gave up waiting is not an error: its write stays committed, as it would have
+        // without grouping.
+        let _ = self.reply.send(self.outcome);
+    }
+
+    fn fail(self, error: StoreError) {
+        let _ = self.reply.send(Err(error));
     }
 }
 
 /// A grouped write done inside its savepoint, not yet answered.
 enum Written {
-    Issuance {
-        outcome: Result<CommitOutcome, StoreError>,
-        reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
-    },
-    Append {
-        outcome: Result<LogEntryRef, StoreError>,
-        reply: oneshot::Sender<Result<LogEntryRef, StoreError>>,
-    },
+    Issuance(Answer<CommitOutcome>),
+    Append(Answer<LogEntryRef>),
+    Checkpoint(Answer<()>),
+    Nothing,
 }
 
 impl Written {
     /// True when the savepoint holds something to commit: refusals and constraint failures
     /// are rolled back to it.
     fn keeps(&self) -> bool {
-        matches!(
-            self,
-            Written::Issuance {
-                outcome: Ok(CommitOutcome::Committed { .. }),
-                ..
-            } | Written::Append { outcome: Ok(_), .. }
-        )
+        match self {
+            Written::Issuance(answer) => matches!(answer.outcome, Ok(CommitOutcome::Committed { .. })),
+            Written::Append(answer) => answer.outcome.is_ok(),
+            Written::Checkpoint(answer) => answer.outcome.is_ok(),
+            Written::Nothing => false,
+        }
     }
 
     /// An error that must fail the whole group: anything but a constraint the store enforces for
     /// this one write.
     fn group_error(&self) -> Option<StoreError> {
         let error = match self {
-            Written::Issuance {
-                outcome: Err(error), ..
-            }
-            | Written::Append {
-                outcome: Err(error), ..
-            } => error,
-            _ => return None,
-        };
+            Written::Issuance(answer) => answer.error(),
+            Written::Append(answer) => answer.error(),
+            Written::Checkpoint(answer) => answer.error(),
+            Written::Nothing => None,
+        }?;
         (!matches!(error, StoreError::Integrity(_))).then(|| error.clone())
     }
 
-    /// Answers with this write's own outcome (after the group committed).
-    fn answer(self) {
-        // A caller that gave up waiting is not an error: its write stays committed, as it would have
-        // without grouping.
-        let _ = match self {
-            Written::Issuance { outcome, reply } => reply.send(outcome).map_err(drop),
-            Written::Append { outcome, reply } => reply.send(outcome).map_err(drop),
+    /// Answers with this write's own outcome (after the group committed), with the log index of
+    /// its entry when the group's transaction sequenced it (`assignments` in entry id order).
+    fn answer(self, assignments: &[(i64, u64)]) {
+        let indexed = |mut entry: LogEntryRef| {
+            entry.leaf_index = assignments
+                .binary_search_by_key(&entry.entry_id, |(entry_id, _)| *entry_id)
+                .ok()
+                .map(|position| assignments[position].1);
+            entry
         };
+        match self {
+            Written::Issuance(mut answer) => {
+                if let Ok(CommitOutcome::Committed { entry, .. }) = &mut answer.outcome {
+                    *entry = indexed(entry.clone());
+                }
+                answer.send();
+            }
+            Written::Append(mut answer) => {
+                answer.outcome = answer.outcome.map(indexed);
+                answer.send();
+            }
+            Written::Checkpoint(answer) => answer.send(),
+            Written::Nothing => {}
+        }
     }
 
     /// Answers with the group's error instead: nothing of the group was written.
     fn fail(self, error: StoreError) {
-        let _ = match self {
-            Written::Issuance { reply, .. } => reply.send(Err(error)).map_err(drop),
-            Written::Append { reply, .. } => reply.send(Err(error)).map_err(drop),
-        };
+        match self {
+            Written::Issuance(answer) => answer.fail(error),
+            Written::Append(answer) => answer.fail(error),
+            Written::Checkpoint(answer) => answer.fail(error),
+            Written::Nothing => {}
+        }
     }
 }
 
-/// The group committer's thread: takes what is waiting (at most `MAX_GROUP_COMMIT`), writes it in
-/// one transaction, answers, and starts again; it ends when every store clone is gone.
-fn group_commit(connection: Arc<Mutex<Connection>>, writes: mpsc::Receiver<GroupedWrite>) {
+/// The group committer's thread: takes what is waiting (at most `MAX_GROUP_COMMIT` writes), writes
+/// it in one transaction, answers, and starts again; it ends when every store clone is gone.
+fn group_commit(
+    connection: Arc<Mutex<Connection>>,
+    writes: mpsc::Receiver<GroupedWrite>,
+    inline: Arc<InlineSequencing>,
+) {
     while let Ok(first) = writes.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP_COMMIT {
@@ -170,19 +224,30 @@ fn group_commit(connection: Arc<Mutex<Connection>>, writes: mpsc::Receiver<Group
                 Err(_) => break,
             }
         }
+        // A nudge only asks for a group: it needs no place in one.
+        group.retain(|write| !matches!(write, GroupedWrite::Nudge));
         let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        commit_group(&mut connection, group);
+        commit_group(&mut connection, group, &inline);
     }
 }
 
-/// Writes `group` in one transaction, each write in its own savepoint, and answers every caller:
-/// with its own outcome once `COMMIT` returned, or with the error that stopped the group.
-/// A group of one needs no savepoint: a refused write rolls the whole (empty) transaction back.
-fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>) {
+/// Writes `group` in one transaction, each write in its own savepoint; then, if the sequencer
+/// handed the log head over, sequences what is pending (the group's entries included) in the same
+/// transaction. Answers every caller: with its own outcome and its entry's log index once `COMMIT`
+/// returned, or with the error that stopped the group. A group of one needs no savepoint: a
+/// refused write rolls the whole transaction back (unless entries were sequenced).
+fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>, inline: &InlineSequencing) {
+    let assignment = inline.assignment();
+    if group.is_empty() && assignment.is_none() {
+        return;
+    }
     let transaction = match WriteTransaction::begin(connection) {
         Ok(transaction) => transaction,
         Err(error) => {
             let error = store_error(error);
+            if let Some((head, _)) = assignment {
+                inline.report(head, Err(error.clone()));
+            }
             group.into_iter().for_each(|write| write.fail(error.clone()));
             return;
         }
@@ -219,19 +284,60 @@ fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>) {
         }
         written.push(done);
     }
+    let sequencing = match assignment {
+        Some((head, max_entries)) if failure.is_none() => {
+            let outcome = sequence_in_savepoint(&transaction, head, max_entries).unwrap_or_else(|error| {
+                failure = Some(error.clone());
+                Err(error)
+            });
+            Some((head, outcome))
+        }
+        _ => None,
+    };
+    let assignments = match &sequencing {
+        Some((_, Ok(SequenceOutcome::Sequenced { assignments, .. }))) => assignments.clone(),
+        _ => Vec::new(),
+    };
     // Commit only what is worth keeping. After a failure nothing of the group stays, and a lone
     // refused write keeps nothing: dropping the transaction then rolls it back.
     let failure = match failure {
-        None if kept > 0 => transaction.commit().map_err(store_error).err(),
+        None if kept > 0 || !assignments.is_empty() => transaction.commit().map_err(store_error).err(),
         failure => failure,
     };
+    match (sequencing, &failure) {
+        // Rolled back with the group: the head stays where it was, to be extended next time.
+        (Some((_, Ok(SequenceOutcome::Sequenced { .. }))), Some(_)) | (None, _) => {}
+        (Some((head, outcome)), _) => inline.report(head, outcome),
+    }
     match failure {
-        None => written.into_iter().for_each(Written::answer),
+        None => written.into_iter().for_each(|done| done.answer(&assignments)),
         Some(error) => {
             written.into_iter().for_each(|done| done.fail(error.clone()));
             writes.for_each(|write| write.fail(error.clone()));
         }
     }
+}
+
+/// Sequences up to `max_entries` pending entries onto `head` inside the group's transaction, in a
+/// savepoint: a failure or a moved head (the inner result) writes nothing of the sequencing and
+/// leaves the group's own writes to commit. The outer error means the savepoint itself failed: the
+/// transaction is in doubt and the group must fail.
+fn sequence_in_savepoint(
+    transaction: &WriteTransaction<'_>,
+    head: LogHead,
+    max_entries: usize,
+) -> Result<Result<SequenceOutcome, StoreError>, StoreError> {
+    transaction.run("SAVEPOINT sequencing").map_err(store_error)?;
+    let outcome = sequence_within(transaction, head, max_entries);
+    let ended = if matches!(outcome, Ok(SequenceOutcome::Sequenced { .. })) {
+        transaction.run("RELEASE sequencing")
+    } else {
+        transaction
+            .run("ROLLBACK TO sequencing")
+            .and_then(|()| transaction.run("RELEASE sequencing"))
+    };
+    ended.map_err(store_error)?;
+    Ok(outcome)
 }
 
 /// A `BEGIN IMMEDIATE` transaction whose control statements (`BEGIN`, `SAVEPOINT`, `RELEASE`,
@@ -338,15 +444,18 @@ impl SqliteStore {
         let connection = Arc::new(Mutex::new(connection));
         let (writes, queue) = mpsc::channel();
         let writer = Arc::clone(&connection);
+        let inline = Arc::new(InlineSequencing::default());
+        let handed_over = Arc::clone(&inline);
         std::thread::Builder::new()
             .name("sqlite-group-commit".to_owned())
-            .spawn(move || group_commit(writer, queue))
+            .spawn(move || group_commit(writer, queue, handed_over))
             .map_err(|error| StoreError::Unavailable(format!("cannot start the store's writer thread: {error}")))?;
         Ok(SqliteStore {
             connection,
             readers: readers.into(),
             next_reader: Arc::new(AtomicUsize::new(0)),
             writes,
+            inline,
         })
     }
 
@@ -439,7 +548,36 @@ fn append_entry(connection: &Connection, event: &AuditEvent) -> Result<LogEntryR
     Ok(LogEntryRef {
         entry_id: connection.last_insert_rowid(),
         entry_hash: entry.hash,
+        leaf_index: None,
     })
+}
+
+/// Stores a signed checkpoint, replacing the signature of one of the same size and root; a
+/// different root for a signed size would be a fork and is refused (`Integrity`).
+fn write_checkpoint(connection: &Connection, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+    let size = to_i64(checkpoint.size)?;
+    let written = connection
+        .prepare_cached(
+            "INSERT INTO audit_checkpoints (size, root, note, signed_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (size) DO UPDATE SET note = excluded.note, signed_at = excluded.signed_at
+             WHERE audit_checkpoints.root = excluded.root",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                size,
+                checkpoint.root.as_slice(),
+                checkpoint.note,
+                unix(OffsetDateTime::now_utc())
+            ])
+        })
+        .map_err(store_error)?;
+    if written != 1 {
+        return Err(StoreError::Integrity(format!(
+            "a checkpoint of size {} with another root exists",
+            checkpoint.size
+        )));
+    }
+    Ok(())
 }
 
 /// The `commit_issuance` contract inside a transaction (or savepoint) the caller commits.
@@ -730,12 +868,27 @@ fn read_nodes(connection: &Connection, keys: &[NodeKey]) -> Result<Vec<Option<Ha
 /// write lock first, so the head read here is the head the update replaces.
 fn sequence(connection: &Connection, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
     let transaction = WriteTransaction::begin(connection).map_err(store_error)?;
-    let head = read_head(&transaction)?;
+    let outcome = sequence_within(&transaction, expected, max_entries)?;
+    if matches!(outcome, SequenceOutcome::Sequenced { .. }) {
+        transaction.commit().map_err(store_error)?;
+    }
+    Ok(outcome)
+}
+
+/// Sequencing inside a write transaction the caller ends: reads the head, refuses a head that is
+/// not `expected`, and writes the batch's nodes, indices and the new head (with the
+/// compare-and-swap).
+fn sequence_within(
+    connection: &Connection,
+    expected: LogHead,
+    max_entries: usize,
+) -> Result<SequenceOutcome, StoreError> {
+    let head = read_head(connection)?;
     if head != expected {
         return Ok(SequenceOutcome::HeadMoved(head));
     }
     let pending = {
-        let mut statement = transaction
+        let mut statement = connection
             .prepare_cached("SELECT id, entry FROM audit_entries WHERE leaf_index IS NULL ORDER BY id LIMIT ?1")
             .map_err(store_error)?;
         let rows = statement
@@ -751,13 +904,13 @@ fn sequence(connection: &Connection, expected: LogHead, max_entries: usize) -> R
     if pending.is_empty() {
         return Ok(SequenceOutcome::Idle(head));
     }
-    let frontier = read_nodes(&transaction, &frontier_keys(head.size))?
+    let frontier = read_nodes(connection, &frontier_keys(head.size))?
         .into_iter()
         .collect::<Option<Vec<Hash>>>()
         .ok_or_else(|| StoreError::Corrupt(format!("right-edge nodes of size {} are missing", head.size)))?;
     let planned = plan_batch(head, frontier, &pending).map_err(|error| StoreError::Corrupt(error.to_string()))?;
     {
-        let mut insert_node = transaction
+        let mut insert_node = connection
             .prepare_cached("INSERT INTO audit_tree_nodes (level, node_index, hash) VALUES (?1, ?2, ?3)")
             .map_err(store_error)?;
         for ((level, index), hash) in &planned.nodes {
@@ -765,7 +918,7 @@ fn sequence(connection: &Connection, expected: LogHead, max_entries: usize) -> R
                 .execute(params![level, to_i64(*index)?, hash.as_slice()])
                 .map_err(store_error)?;
         }
-        let mut assign = transaction
+        let mut assign = connection
             .prepare_cached("UPDATE audit_entries SET leaf_index = ?2 WHERE id = ?1 AND leaf_index IS NULL")
             .map_err(store_error)?;
         for (entry_id, index) in &planned.assignments {
@@ -780,7 +933,7 @@ fn sequence(connection: &Connection, expected: LogHead, max_entries: usize) -> R
     }
     // The compare-and-swap: only the head this transaction read may be replaced.
     let (new_size, old_size) = (to_i64(planned.head.size)?, to_i64(head.size)?);
-    let swapped = transaction
+    let swapped = connection
         .prepare_cached("UPDATE audit_log_head SET size = ?1, root = ?2 WHERE id = 1 AND size = ?3 AND root = ?4")
         .and_then(|mut statement| {
             statement.execute(params![
@@ -796,7 +949,6 @@ fn sequence(connection: &Connection, expected: LogHead, max_entries: usize) -> R
             "the log head changed during sequencing".to_owned(),
         ));
     }
-    transaction.commit().map_err(store_error)?;
     Ok(SequenceOutcome::Sequenced {
         head: planned.head,
         assignments: planned.assignments,
@@ -847,30 +999,20 @@ impl LogStore for SqliteStore {
     }
 
     async fn store_checkpoint(&self, checkpoint: StoredCheckpoint) -> Result<(), StoreError> {
-        self.with_connection(move |connection| {
-            let written = connection
-                .execute(
-                    "INSERT INTO audit_checkpoints (size, root, note, signed_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (size) DO UPDATE SET note = excluded.note, signed_at = excluded.signed_at
-                     WHERE audit_checkpoints.root = excluded.root",
-                    params![
-                        to_i64(checkpoint.size)?,
-                        checkpoint.root.as_slice(),
-                        checkpoint.note,
-                        unix(OffsetDateTime::now_utc())
-                    ],
-                )
-                .map_err(store_error)?;
-            // A different root for a signed size would be a fork: never stored.
-            if written != 1 {
-                return Err(StoreError::Integrity(format!(
-                    "a checkpoint of size {} with another root exists",
-                    checkpoint.size
-                )));
-            }
-            Ok(())
-        })
-        .await
+        // Through the group committer: it shares the next group's transaction and fsync instead
+        // of taking the write connection between two groups.
+        let (reply, answer) = oneshot::channel();
+        self.group_write(GroupedWrite::Checkpoint { checkpoint, reply })?;
+        answer.await.map_err(|_| writer_stopped())?
+    }
+
+    fn inline_sequencing(&self) -> Option<&InlineSequencing> {
+        Some(&self.inline)
+    }
+
+    fn nudge(&self) {
+        // A stopped writer fails every write already, and says so there.
+        let _ = self.group_write(GroupedWrite::Nudge);
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
@@ -902,6 +1044,7 @@ mod tests {
 
     use super::*;
     use crate::store::conformance::{certificate, event};
+    use crate::transparency::inline::InlineReport;
 
     /// Queues an issuance for a hand-made group and returns where its answer arrives.
     fn issuance(
@@ -945,7 +1088,7 @@ mod tests {
         });
         // Alice's key, pinned earlier in the same group.
         let carol = issuance(&mut group, certificate("carol", 1, 3));
-        commit_group(&mut connection, group);
+        commit_group(&mut connection, group, &InlineSequencing::default());
 
         assert!(matches!(
             alice.blocking_recv().expect("answered"),
@@ -985,7 +1128,7 @@ mod tests {
         connection
             .execute_batch("ALTER TABLE certificates RENAME TO certificates_elsewhere")
             .expect("rename");
-        commit_group(&mut connection, group);
+        commit_group(&mut connection, group, &InlineSequencing::default());
 
         assert!(matches!(
             appended.blocking_recv().expect("answered"),
@@ -1091,5 +1234,198 @@ mod tests {
         );
         let leaves: Vec<Hash> = entries.iter().map(|entry| tlog::leaf_hash(entry)).collect();
         assert_eq!(head.root, tlog::merkle::tree_root(&leaves));
+    }
+
+    /// Waits for the writer's reports about the head it was handed (at least one), oldest first.
+    async fn reports(store: &SqliteStore) -> Vec<InlineReport> {
+        let inline = store.inline_sequencing().expect("the embedded store sequences inline");
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let reports = inline.take_reports();
+                if !reports.is_empty() {
+                    return reports;
+                }
+                inline.reported().await;
+            }
+        })
+        .await
+        .expect("a report within 5 s")
+    }
+
+    /// The one report the writer makes next.
+    async fn next_report(store: &SqliteStore) -> InlineReport {
+        let mut reports = reports(store).await;
+        assert_eq!(reports.len(), 1, "one report: {reports:?}");
+        reports.remove(0)
+    }
+
+    async fn committed_entry(store: &SqliteStore, certificate: NewCertificate) -> LogEntryRef {
+        match store.commit_issuance(certificate, event("x")).await.expect("commit") {
+            CommitOutcome::Committed { entry, .. } => entry,
+            other => panic!("expected a commit, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_head_is_extended_in_the_transaction_that_writes_the_entry() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&directory.path().join("ca.sqlite3")).expect("open");
+        let inline = store.inline_sequencing().expect("inline");
+        inline.hand_over(LogHead::empty(), 100);
+
+        let first = committed_entry(&store, certificate("alice", 1, 1)).await;
+        assert_eq!(first.leaf_index, Some(0), "answered with its index");
+        let refusal = store.append_event(event("refused")).await.expect("append");
+        assert_eq!(refusal.leaf_index, Some(1));
+        let head = store.log_head().await.expect("head");
+        assert_eq!(head.size, 2, "the head moved with the commits");
+        assert_eq!(
+            store.log_index(&refusal).await.expect("index"),
+            Some(1),
+            "and it is stored"
+        );
+        let entries = store.entries(0, 2).await.expect("entries");
+        let leaves: Vec<Hash> = entries.iter().map(|entry| tlog::leaf_hash(entry)).collect();
+        assert_eq!(head.root, tlog::merkle::tree_root(&leaves));
+
+        match &reports(&store).await[..] {
+            [
+                InlineReport::Sequenced {
+                    previous,
+                    head: after_first,
+                    assignments,
+                    full: false,
+                },
+                InlineReport::Sequenced {
+                    previous: before_second,
+                    head: after_second,
+                    ..
+                },
+            ] => {
+                assert_eq!(*previous, LogHead::empty());
+                assert_eq!(after_first.size, 1);
+                assert_eq!(*assignments, vec![(first.entry_id, 0)]);
+                assert_eq!(before_second, after_first, "each batch extends the last");
+                assert_eq!(*after_second, head);
+            }
+            other => panic!("expected two batches, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_written_before_the_hand_over_are_sequenced_by_a_nudge_and_paused_ones_wait() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&directory.path().join("ca.sqlite3")).expect("open");
+        let inline = store.inline_sequencing().expect("inline");
+        let early = store.append_event(event("early")).await.expect("append");
+        assert_eq!(
+            early.leaf_index, None,
+            "nothing handed over: the entry waits in the outbox"
+        );
+
+        inline.hand_over(LogHead::empty(), 100);
+        inline.pause(true);
+        let paused = store.append_event(event("paused")).await.expect("append");
+        assert_eq!(paused.leaf_index, None, "paused: no index");
+        assert_eq!(store.log_head().await.expect("head").size, 0);
+
+        inline.pause(false);
+        store.nudge();
+        assert!(matches!(
+            next_report(&store).await,
+            InlineReport::Sequenced { ref assignments, .. }
+                if *assignments == vec![(early.entry_id, 0), (paused.entry_id, 1)]
+        ));
+        assert_eq!(store.log_index(&early).await.expect("index"), Some(0), "oldest first");
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_leaves_the_rest_pending_and_says_so() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&directory.path().join("ca.sqlite3")).expect("open");
+        let inline = store.inline_sequencing().expect("inline");
+        for number in 0..3 {
+            store.append_event(event(&format!("e{number}"))).await.expect("append");
+        }
+        inline.hand_over(LogHead::empty(), 2);
+        store.nudge();
+        assert!(matches!(
+            next_report(&store).await,
+            InlineReport::Sequenced { full: true, head, .. } if head.size == 2
+        ));
+        store.nudge();
+        assert!(matches!(
+            next_report(&store).await,
+            InlineReport::Sequenced { full: false, head, .. } if head.size == 3
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_head_that_moved_is_given_back_and_the_writes_still_commit() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&directory.path().join("ca.sqlite3")).expect("open");
+        let inline = store.inline_sequencing().expect("inline");
+        let stale = LogHead { size: 7, root: [7; 32] };
+        inline.hand_over(stale, 100);
+        let entry = committed_entry(&store, certificate("alice", 1, 1)).await;
+        assert_eq!(
+            entry.leaf_index, None,
+            "not sequenced on a head the store does not have"
+        );
+        assert!(matches!(
+            next_report(&store).await,
+            InlineReport::HeadMoved { expected, actual } if expected == stale && actual == LogHead::empty()
+        ));
+        assert_eq!(inline.assignment(), None, "the writer gave the head back");
+        assert_eq!(
+            store.log_head().await.expect("head"),
+            LogHead::empty(),
+            "nothing sequenced"
+        );
+        assert_eq!(
+            store
+                .latest_certificates(vec![UserId::parse("alice").expect("user")])
+                .await
+                .expect("read")
+                .len(),
+            1,
+            "the issuance committed all the same"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sequencing_failure_is_reported_and_rolls_back_only_the_sequencing() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("ca.sqlite3");
+        let store = SqliteStore::open(&path).expect("open");
+        let inline = store.inline_sequencing().expect("inline");
+        inline.hand_over(LogHead::empty(), 100);
+        committed_entry(&store, certificate("alice", 1, 1)).await;
+        let head = match next_report(&store).await {
+            InlineReport::Sequenced { head, .. } => head,
+            other => panic!("expected a batch, got {other:?}"),
+        };
+        // The right edge the next batch builds on is gone behind the store's back.
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("DELETE FROM audit_tree_nodes")
+            .expect("delete");
+        let bob = committed_entry(&store, certificate("bob", 2, 2)).await;
+        assert_eq!(bob.leaf_index, None);
+        assert!(matches!(
+            next_report(&store).await,
+            InlineReport::Failed(StoreError::Corrupt(_))
+        ));
+        assert_eq!(inline.assignment(), None);
+        assert_eq!(
+            store.log_head().await.expect("head"),
+            head,
+            "the failed batch wrote nothing"
+        );
+        assert_eq!(
+            store.log_index(&bob).await.expect("index"),
+            None,
+            "bob's entry waits in the outbox"
+        );
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod export;
 pub mod guard;
+pub mod inline;
 pub mod sequencer;
 pub mod signer;
 
@@ -140,6 +141,17 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// The checkpoint with the largest size, if any was signed.
     fn latest_checkpoint(&self) -> impl Future<Output = Result<Option<StoredCheckpoint>, StoreError>> + Send;
+
+    /// The hand-over to the store's writer, for a store that sequences inside its own write
+    /// transactions (see [`inline`]); `None` (the default): the sequencer calls `sequence`.
+    fn inline_sequencing(&self) -> Option<&inline::InlineSequencing> {
+        None
+    }
+
+    /// Has the writer run a transaction soon even with nothing to write, which sequences what is
+    /// pending (entries written outside its groups, or left over). Only for a store with
+    /// `inline_sequencing`.
+    fn nudge(&self) {}
 }
 
 /// Why a batch could not be planned: the stored right edge does not match the head.

@@ -12,6 +12,11 @@
 //! signed log may lag the sequenced one by at most `stall_bound`. While idle nothing is signed,
 //! except a heartbeat signature of the same head every `heartbeat`.
 //!
+//! On a store that groups its writes (the embedded store) the sequencing itself is handed over to
+//! the store's writer, which sequences inside the transactions that write the entries
+//! ([`super::inline`]); the sequencer then records the batches it reports and keeps every rule
+//! above.
+//!
 //! When sequencing or signing has kept failing for `stall_bound`, or the signed log has lagged
 //! that long, the sequencer stops sequencing and reports the log unhealthy
 //! ([`SequencerHandle::log_healthy`]): the issuer refuses new issuance up front (UNAVAILABLE)
@@ -27,6 +32,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::guard::{GuardError, SignerGuard};
+use super::inline::{InlineReport, InlineSequencing};
 use super::signer::AuditKey;
 use super::{LogHead, LogStore, SequenceOutcome, StoredCheckpoint, consistency_proof};
 use crate::hsm::Hsm;
@@ -292,6 +298,11 @@ impl<L: LogStore> Sequencer<L> {
         mut signed_size: watch::Receiver<u64>,
         unsigned: &mut UnsignedBatches,
     ) -> Result<(), SequencerError> {
+        if let Some(inline) = self.store.inline_sequencing() {
+            return self
+                .sequence_inline(inline, leadership, head, heads, signed_size, unsigned)
+                .await;
+        }
         self.publish(head.size);
         while self.store.still_leading(leadership) {
             unsigned.signed_up_to(*signed_size.borrow_and_update());
@@ -346,6 +357,98 @@ impl<L: LogStore> Sequencer<L> {
                         expected: head.size,
                         actual: actual.size,
                     });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sequencing handed over to the store's writer (`inline`), which sequences inside its own
+    /// group transactions: records the batches it reports (each must extend the last), publishes
+    /// them like `sequence_loop` does, pauses the writer while the signed log lags past
+    /// `stall_bound`, and nudges it when entries may be pending that no group would pick up (a
+    /// batch that was full, a local wake, the end of a pause, and every poll interval for entries
+    /// written outside the groups). Takes sequencing back when it returns or is dropped.
+    async fn sequence_inline(
+        &self,
+        inline: &InlineSequencing,
+        leadership: &L::Leadership,
+        mut head: LogHead,
+        heads: watch::Sender<LogHead>,
+        mut signed_size: watch::Receiver<u64>,
+        unsigned: &mut UnsignedBatches,
+    ) -> Result<(), SequencerError> {
+        struct TakeBack<'a>(&'a InlineSequencing);
+        impl Drop for TakeBack<'_> {
+            fn drop(&mut self) {
+                self.0.take_back();
+            }
+        }
+        self.publish(head.size);
+        inline.hand_over(head, self.config.max_batch);
+        let _take_back = TakeBack(inline);
+        self.store.nudge();
+        let mut paused = false;
+        while self.store.still_leading(leadership) {
+            let mut more_pending = false;
+            for report in inline.take_reports() {
+                match report {
+                    InlineReport::Sequenced {
+                        previous,
+                        head: new_head,
+                        assignments,
+                        full,
+                    } => {
+                        if previous != head {
+                            return Err(SequencerError::HeadMoved {
+                                expected: head.size,
+                                actual: previous.size,
+                            });
+                        }
+                        unsigned.sequenced(new_head.size);
+                        self.recent
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .add(&assignments);
+                        head = new_head;
+                        more_pending = full;
+                    }
+                    InlineReport::HeadMoved { expected, actual } => {
+                        return Err(SequencerError::HeadMoved {
+                            expected: expected.size,
+                            actual: actual.size,
+                        });
+                    }
+                    InlineReport::Failed(error) => return Err(error.into()),
+                }
+            }
+            heads.send_if_modified(|published| {
+                let changed = *published != head;
+                *published = head;
+                changed
+            });
+            self.publish(head.size);
+            unsigned.signed_up_to(*signed_size.borrow_and_update());
+            let lagging = unsigned
+                .oldest()
+                .is_some_and(|since| since.elapsed() >= self.config.stall_bound);
+            inline.pause(lagging);
+            if lagging {
+                // Do not run further ahead of the signed log: new entries stay unindexed, so
+                // issuance is withheld or refused until signing catches up.
+                self.set_healthy(false);
+            } else if more_pending || paused {
+                self.store.nudge();
+            }
+            paused = lagging;
+            tokio::select! {
+                () = inline.reported() => {}
+                () = self.wake.notified(), if !lagging => self.store.nudge(),
+                _ = signed_size.changed() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {
+                    if !lagging {
+                        self.store.nudge();
+                    }
                 }
             }
         }
