@@ -18,7 +18,8 @@
 //!
 //! Results go to stdout; with `BENCH_MARKDOWN=FILE` a Markdown table is also written to FILE. With
 //! `BENCH_SERVICE_BINARY=PATH` the scenarios serve with that `ca-service` build instead (to compare
-//! a change against a copy of the binary before it).
+//! a change against a copy of the binary before it); `BENCH_CA_KEYS=rsa-3072` (or `ecdsa-p256`)
+//! runs one CA key's scenarios only.
 
 mod support;
 
@@ -60,8 +61,20 @@ fn main() -> anyhow::Result<()> {
     let tokens = hsm_sim::TokenDirectory::create(&workspace.path().join("softhsm"))?;
     tokens.init_token(TOKEN_LABEL, "bench-so-pin", USER_PIN)?;
     std::fs::write(workspace.path().join("pin"), USER_PIN)?;
-    let algorithms = [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa3072];
-    for algorithm in algorithms {
+    // `BENCH_CA_KEYS=rsa-3072` (or `ecdsa-p256`) runs only that CA key's scenarios.
+    let only = std::env::var("BENCH_CA_KEYS").ok();
+    let algorithms: Vec<KeyAlgorithm> = [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa3072]
+        .into_iter()
+        .filter(|algorithm| {
+            only.as_deref()
+                .is_none_or(|only| only.split(',').any(|name| name == algorithm.name()))
+        })
+        .collect();
+    anyhow::ensure!(
+        !algorithms.is_empty(),
+        "BENCH_CA_KEYS names no CA key (ecdsa-p256, rsa-3072)"
+    );
+    for &algorithm in &algorithms {
         ceremony(workspace.path(), &tokens, algorithm)?;
     }
     // Single-threaded until here: SoftHSM reads SOFTHSM2_CONF in C_Initialize.
@@ -86,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         // Filled first, so that the comparison below runs back to back.
         let prefilled_store = workspace.path().join("store-prefilled.sqlite3");
         prefill(workspace.path(), &tokens, &prefilled_store, settings.prefilled)?;
-        for algorithm in algorithms {
+        for &algorithm in &algorithms {
             let store = workspace.path().join(format!("store-{algorithm}.sqlite3"));
             let scenario = async |store: &Path, paced: Option<f64>| {
                 run_scenario(workspace.path(), &tokens, algorithm, store, &csrs, &settings, paced).await
