@@ -367,8 +367,8 @@ impl<L: LogStore> Sequencer<L> {
     /// group transactions: records the batches it reports (each must extend the last), publishes
     /// them like `sequence_loop` does, pauses the writer while the signed log lags past
     /// `stall_bound`, and nudges it when entries may be pending that no group would pick up (a
-    /// batch that was full, a local wake, the end of a pause, and every poll interval for entries
-    /// written outside the groups). Takes sequencing back when it returns or is dropped.
+    /// batch that was full, the end of a pause, and every poll interval for entries written
+    /// outside the groups). Takes sequencing back when it returns or is dropped.
     async fn sequence_inline(
         &self,
         inline: &InlineSequencing,
@@ -443,7 +443,8 @@ impl<L: LogStore> Sequencer<L> {
             paused = lagging;
             tokio::select! {
                 () = inline.reported() => {}
-                () = self.wake.notified(), if !lagging => self.store.nudge(),
+                // Local commits' wakes are not needed here: the writer sequences the entries it
+                // commits (at once when a caller waits for the index, else within its delay).
                 _ = signed_size.changed() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {
                     if !lagging {
