@@ -305,11 +305,7 @@ impl<L: LogStore> Sequencer<L> {
         }
         self.publish(head.size);
         while self.store.still_leading(leadership) {
-            unsigned.signed_up_to(*signed_size.borrow_and_update());
-            if unsigned
-                .oldest()
-                .is_some_and(|since| since.elapsed() >= self.config.stall_bound)
-            {
+            if self.lagging(unsigned, &mut signed_size) {
                 // Do not run further ahead of the signed log: new entries stay unindexed, so
                 // issuance is withheld or refused until signing catches up.
                 self.set_healthy(false);
@@ -324,11 +320,7 @@ impl<L: LogStore> Sequencer<L> {
                     head: new_head,
                     assignments,
                 } => {
-                    unsigned.sequenced(new_head.size);
-                    self.recent
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .add(&assignments);
+                    self.record(unsigned, new_head, &assignments);
                     head = new_head;
                     heads.send_replace(head);
                     self.publish(head.size);
@@ -405,11 +397,7 @@ impl<L: LogStore> Sequencer<L> {
                                 actual: previous.size,
                             });
                         }
-                        unsigned.sequenced(new_head.size);
-                        self.recent
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .add(&assignments);
+                        self.record(unsigned, new_head, &assignments);
                         head = new_head;
                         more_pending = full;
                     }
@@ -428,10 +416,7 @@ impl<L: LogStore> Sequencer<L> {
                 changed
             });
             self.publish(head.size);
-            unsigned.signed_up_to(*signed_size.borrow_and_update());
-            let lagging = unsigned
-                .oldest()
-                .is_some_and(|since| since.elapsed() >= self.config.stall_bound);
+            let lagging = self.lagging(unsigned, &mut signed_size);
             inline.pause(lagging);
             if lagging {
                 // Do not run further ahead of the signed log: new entries stay unindexed, so
@@ -495,6 +480,24 @@ impl<L: LogStore> Sequencer<L> {
             }
         }
         Ok(())
+    }
+
+    /// Records a committed batch: its size for the lag bound, its indices for waiting issuers.
+    fn record(&self, unsigned: &mut UnsignedBatches, head: LogHead, assignments: &[(i64, u64)]) {
+        unsigned.sequenced(head.size);
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(assignments);
+    }
+
+    /// Whether the oldest batch no checkpoint covers yet (after the latest signed size) has waited
+    /// for `stall_bound` or longer.
+    fn lagging(&self, unsigned: &mut UnsignedBatches, signed_size: &mut watch::Receiver<u64>) -> bool {
+        unsigned.signed_up_to(*signed_size.borrow_and_update());
+        unsigned
+            .oldest()
+            .is_some_and(|since| since.elapsed() >= self.config.stall_bound)
     }
 
     /// Waits for a local commit's wake, or at most one poll interval (entries other replicas commit).
