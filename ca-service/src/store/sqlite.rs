@@ -181,22 +181,23 @@ impl Written {
     /// Answers with this write's own outcome (after the group committed), with the log index of
     /// its entry when the group's transaction sequenced it (`assignments` in entry id order).
     fn answer(self, assignments: &[(i64, u64)]) {
-        let indexed = |mut entry: LogEntryRef| {
+        let index = |entry: &mut LogEntryRef| {
             entry.leaf_index = assignments
                 .binary_search_by_key(&entry.entry_id, |(entry_id, _)| *entry_id)
                 .ok()
                 .map(|position| assignments[position].1);
-            entry
         };
         match self {
             Written::Issuance(mut answer) => {
                 if let Ok(CommitOutcome::Committed { entry, .. }) = &mut answer.outcome {
-                    *entry = indexed(entry.clone());
+                    index(entry);
                 }
                 answer.send();
             }
             Written::Append(mut answer) => {
-                answer.outcome = answer.outcome.map(indexed);
+                if let Ok(entry) = &mut answer.outcome {
+                    index(entry);
+                }
                 answer.send();
             }
             Written::Checkpoint(answer) => answer.send(),

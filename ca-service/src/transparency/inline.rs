@@ -90,11 +90,6 @@ impl InlineSequencing {
         self.state().paused = paused;
     }
 
-    /// Whether the writer holds the head (handed over and not given back).
-    pub fn handed_over(&self) -> bool {
-        self.state().head.is_some()
-    }
-
     /// Everything the writer reported since the last call, oldest first.
     pub fn take_reports(&self) -> Vec<InlineReport> {
         self.state().reports.drain(..).collect()
@@ -184,9 +179,11 @@ mod tests {
         assert_eq!(inline.assignment(), None, "paused while the signed log lags");
         inline.pause(false);
         assert_eq!(inline.assignment(), Some((head(5), 64)));
+        inline.pause(true);
         inline.take_back();
         assert_eq!(inline.assignment(), None);
-        assert!(!inline.handed_over());
+        inline.pause(false);
+        assert_eq!(inline.assignment(), None, "taken back, not merely paused");
     }
 
     #[test]
