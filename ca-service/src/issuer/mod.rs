@@ -146,9 +146,10 @@ pub trait IdentityStore: Send + Sync + 'static {
     fn follow_signing(&self, _signing: Arc<SigningQueue>) {}
 }
 
-/// The issuances that are signing or waiting for an HSM session. While more of them wait than the
-/// pool has sessions, the HSM sets the pace: a commit that waits a little for the next signed
-/// certificates costs no throughput and saves a transaction (on SoftHSM, CPU that signing needs).
+/// The issuances at the HSM: waiting for a session, or building, signing or verifying a certificate.
+/// While there are at least as many as the pool has sessions, the HSM sets the pace: a commit that
+/// waits a little for the next signed certificates costs no throughput and saves a transaction (on
+/// SoftHSM, CPU that signing needs).
 #[derive(Debug)]
 pub struct SigningQueue {
     in_flight: AtomicUsize,

@@ -229,7 +229,7 @@ const APPEND_SEQUENCING_DELAY: Duration = Duration::from_millis(10);
 /// is busy (`SigningQueue::saturated`). The HSM then sets the pace, so the wait costs no throughput,
 /// and each commit it saves is CPU that a software token needs for signing: with an RSA-3072 CA on
 /// SoftHSM, groups grew from 2.1 to 5.2 issuances and the service's CPU beyond the signature fell
-/// from 516 to 403 µs per certificate (medians of 5 runs each, BENCHMARKS.md).
+/// from 490 to 432 µs per certificate (medians of 19 and 13 runs, BENCHMARKS.md).
 const SATURATED_GROUP_HOLD: Duration = Duration::from_millis(6);
 
 /// How often a held group looks again whether every HSM session is still busy.
