@@ -335,10 +335,10 @@ fn group_commit(
 }
 
 /// Writes `group` in one transaction, each write in its own savepoint; then, if `sequence` is set
-/// and the sequencer handed the log head over, sequences what is pending (the group's entries included) in the same
-/// transaction. Answers every caller: with its own outcome and its entry's log index once `COMMIT`
-/// returned, or with the error that stopped the group. A group of one needs no savepoint: a
-/// refused write rolls the whole transaction back (unless entries were sequenced).
+/// and the sequencer handed the log head over, sequences what is pending (the group's entries
+/// included) in the same transaction. Answers every caller: with its own outcome and its entry's
+/// log index once `COMMIT` returned, or with the error that stopped the group. A group of one needs
+/// no savepoint: a refused write rolls the whole transaction back (unless entries were sequenced).
 fn commit_group(connection: &mut Connection, group: Vec<GroupedWrite>, inline: &InlineSequencing, sequence: bool) {
     let assignment = inline.assignment().filter(|_| sequence);
     if group.is_empty() && assignment.is_none() {
