@@ -8,6 +8,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,37 @@ struct Measurement {
     elapsed: f64,
     latencies: Vec<Duration>,
     exhausted: bool,
+    cpu: CpuSeconds,
+}
+
+/// CPU seconds spent in the measured window, by whom.
+#[derive(Default, Clone, Copy)]
+struct CpuSeconds {
+    /// The service (SoftHSM signs inside it).
+    service: f64,
+    /// PostgreSQL's server processes (the local cluster: also its background workers, idle here
+    /// for the embedded store).
+    postgres: f64,
+    /// This process: the gRPC clients.
+    load_generator: f64,
+}
+
+impl CpuSeconds {
+    fn now(service_pid: u32) -> CpuSeconds {
+        CpuSeconds {
+            service: support::cpu_seconds(service_pid).unwrap_or(f64::NAN),
+            postgres: support::cpu_seconds_of_command("postgres"),
+            load_generator: support::cpu_seconds(std::process::id()).unwrap_or(f64::NAN),
+        }
+    }
+
+    fn since(self, before: CpuSeconds) -> CpuSeconds {
+        CpuSeconds {
+            service: self.service - before.service,
+            postgres: self.postgres - before.postgres,
+            load_generator: self.load_generator - before.load_generator,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,8 +93,9 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(&postgres_config, text)?;
 
         println!(
-            "machine: {} cores",
-            std::thread::available_parallelism().map_or(0, usize::from)
+            "machine: {} cores, {}",
+            std::thread::available_parallelism().map_or(0, usize::from),
+            support::cpu_model()
         );
         println!(
             "settings: CA key ecdsa-p256 (SoftHSM, 4 signing sessions), user keys P-256, {clients} clients, {seconds} s"
@@ -74,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             let server = DevServer::start_with_config(config);
             let measurement = drive(&server, clients, Duration::from_secs(seconds)).await;
             drop(server);
+            let per_certificate = |cpu: f64| cpu * 1e6 / measurement.ok.max(1) as f64;
             let mut latencies = measurement.latencies;
             latencies.sort();
             let percentile = |fraction: f64| {
@@ -82,7 +116,9 @@ fn main() -> anyhow::Result<()> {
                     .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
             };
             println!(
-                "{name}: {:.0} certificates/s ({} ok, {} errors in {:.1} s; latency p50 {:.1} ms, p99 {:.1} ms){}",
+                "{name}: {:.0} certificates/s ({} ok, {} errors in {:.1} s; latency p50 {:.1} ms, p99 {:.1} ms){}; \
+                 CPU per certificate: service {:.0} µs (SoftHSM included), PostgreSQL's processes {:.0} µs, \
+                 load generator {:.0} µs",
                 measurement.ok as f64 / measurement.elapsed,
                 measurement.ok,
                 measurement.errors,
@@ -94,6 +130,9 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     ""
                 },
+                per_certificate(measurement.cpu.service),
+                per_certificate(measurement.cpu.postgres),
+                per_certificate(measurement.cpu.load_generator),
             );
         }
         Ok(())
@@ -119,6 +158,7 @@ async fn drive(server: &DevServer, clients: usize, window: Duration) -> Measurem
             .collect();
         prepared.push(requests);
     }
+    let cpu_before = CpuSeconds::now(server.pid());
     let started = Instant::now();
     let deadline = started + window;
     let tasks: Vec<_> = prepared
@@ -132,6 +172,7 @@ async fn drive(server: &DevServer, clients: usize, window: Duration) -> Measurem
                     elapsed: 0.0,
                     latencies: Vec::new(),
                     exhausted: true,
+                    cpu: CpuSeconds::default(),
                 };
                 for request in requests {
                     if Instant::now() >= deadline {
@@ -157,6 +198,7 @@ async fn drive(server: &DevServer, clients: usize, window: Duration) -> Measurem
         elapsed: 0.0,
         latencies: Vec::new(),
         exhausted: false,
+        cpu: CpuSeconds::default(),
     };
     for task in tasks {
         let Ok(measurement) = task.await else { continue };
@@ -166,5 +208,6 @@ async fn drive(server: &DevServer, clients: usize, window: Duration) -> Measurem
         total.exhausted |= measurement.exhausted;
     }
     total.elapsed = started.elapsed().as_secs_f64();
+    total.cpu = CpuSeconds::now(server.pid()).since(cpu_before);
     total
 }

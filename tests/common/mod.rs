@@ -91,6 +91,11 @@ impl DevServer {
         }
     }
 
+    /// The server's process id (for CPU accounting in the benches).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server (SIGKILL: nothing may depend on a clean shutdown).
     pub fn stop(mut self) -> PathBuf {
         let _ = self.child.kill();

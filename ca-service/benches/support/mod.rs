@@ -29,3 +29,22 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let system_ticks: f64 = fields.next()?.parse().ok()?;
     Some((user_ticks + system_ticks) / 100.0)
 }
+
+/// CPU time (user + system) used so far by every process whose command name is `name` (for
+/// example PostgreSQL's server processes, `postgres`), in seconds. A process that exits between
+/// two readings takes its time with it: read around a window in which the processes persist.
+#[allow(
+    dead_code,
+    reason = "each bench binary compiles this module and uses only some of it"
+)]
+pub fn cpu_seconds_of_command(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim_end() == name))
+        .filter_map(cpu_seconds)
+        .sum()
+}
