@@ -5,6 +5,10 @@
 //! fresh PostgreSQL database (`E2EE_CA_TEST_POSTGRES_URL`, default the local `postgres` database),
 //! and drives `IssueCertificate` from N concurrent gRPC clients, each request a new user with a
 //! pre-generated P-256 CSR (so every request pins a key, writes a certificate and an audit entry).
+//! Each store's line gives the CPU per certificate of the service, of PostgreSQL's processes and of
+//! the load generator. Then the floor under any PostgreSQL store: the same number of connections
+//! each committing the cheapest durable transaction (one single-row INSERT in autocommit, as the
+//! store's own connections send it: prepared, over TCP), with PostgreSQL's CPU per transaction.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -135,7 +139,67 @@ fn main() -> anyhow::Result<()> {
                 per_certificate(measurement.cpu.load_generator),
             );
         }
+        let floor = postgres_floor(postgres_url, clients, Duration::from_secs(seconds)).await?;
+        println!(
+            "PostgreSQL floor: {:.0} durable single-row transactions/s from {clients} connections; CPU per transaction: \
+             PostgreSQL's processes {:.0} µs, load generator {:.0} µs",
+            floor.ok as f64 / floor.elapsed,
+            floor.cpu.postgres * 1e6 / floor.ok.max(1) as f64,
+            floor.cpu.load_generator * 1e6 / floor.ok.max(1) as f64,
+        );
         Ok(())
+    })
+}
+
+/// What PostgreSQL alone costs: `clients` connections each committing one-row INSERTs, one
+/// autocommit transaction each, for `window`.
+async fn postgres_floor(url: &str, clients: usize, window: Duration) -> anyhow::Result<Measurement> {
+    let setup = common::postgres::connect(url).await;
+    setup
+        .batch_execute("CREATE TABLE floor_probe (id bigserial PRIMARY KEY, value bigint NOT NULL)")
+        .await?;
+    let mut connections = Vec::new();
+    for _ in 0..clients {
+        connections.push(common::postgres::connect(url).await);
+    }
+    // No service: its slot in the accounting reads this process twice.
+    let cpu_before = CpuSeconds::now(std::process::id());
+    let started = Instant::now();
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|connection| {
+            tokio::spawn(async move {
+                let insert = connection
+                    .prepare("INSERT INTO floor_probe (value) VALUES ($1)")
+                    .await?;
+                let mut committed = 0_usize;
+                while started.elapsed() < window {
+                    connection.execute(&insert, &[&(committed as i64)]).await?;
+                    committed += 1;
+                }
+                // Kept open until PostgreSQL's CPU is read: a closed connection's backend exits,
+                // and its CPU time with it.
+                Ok::<_, tokio_postgres::Error>((committed, connection))
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut open = Vec::new();
+    for task in tasks {
+        let (committed, connection) = task.await??;
+        ok += committed;
+        open.push(connection);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = CpuSeconds::now(std::process::id()).since(cpu_before);
+    drop(open);
+    Ok(Measurement {
+        ok,
+        errors: 0,
+        elapsed,
+        latencies: Vec::new(),
+        exhausted: false,
+        cpu,
     })
 }
 

@@ -618,7 +618,18 @@ async fn read_head(client: &impl deadpool_postgres::GenericClient, lock: bool) -
     })
 }
 
-/// The hashes of `keys` in one query (an index probe per key), in the order of `keys`.
+/// The hashes of `keys` in one query, in the order of `keys`: one primary-key probe per key, in
+/// any plan. A join of the keys with `audit_tree_nodes` let the generic plan that a pooled
+/// connection caches after five executions be a hash join over a sequential scan of every node,
+/// when it was planned while the tree was small; that plan stayed, and each read of the right edge
+/// or of a proof then cost time in proportion to the whole log (`BENCHMARKS.md`, the late-night
+/// session). A scalar subquery per key is planned as its own index probe.
+const READ_NODES: &str = "SELECT (SELECT node.hash FROM audit_tree_nodes AS node
+                                  WHERE node.level = wanted.level AND node.node_index = wanted.node_index)
+                          FROM unnest($1::smallint[], $2::bigint[]) WITH ORDINALITY AS wanted (level, node_index, position)
+                          ORDER BY wanted.position";
+
+/// The hashes of `keys` (`READ_NODES`), `None` for a node not stored.
 async fn read_nodes(
     client: &impl deadpool_postgres::GenericClient,
     keys: &[NodeKey],
@@ -626,22 +637,13 @@ async fn read_nodes(
     // Levels are at most 63 (a tree of at most 2^63 leaves), so they fit a SMALLINT.
     let levels: Vec<i16> = keys.iter().map(|(level, _)| *level as i16).collect();
     let indices: Vec<i64> = keys.iter().map(|(_, index)| to_i64(*index)).collect::<Result<_, _>>()?;
-    let statement = client
-        .prepare_cached(
-            "SELECT wanted.position, node.hash
-             FROM unnest($1::smallint[], $2::bigint[]) WITH ORDINALITY AS wanted (level, node_index, position)
-             LEFT JOIN audit_tree_nodes AS node
-               ON node.level = wanted.level AND node.node_index = wanted.node_index
-             ORDER BY wanted.position",
-        )
-        .await
-        .map_err(store_error)?;
+    let statement = client.prepare_cached(READ_NODES).await.map_err(store_error)?;
     let rows = client
         .query(&statement, &[&levels, &indices])
         .await
         .map_err(store_error)?;
     rows.iter()
-        .map(|row| row.get::<_, Option<&[u8]>>(1).map(to_hash).transpose())
+        .map(|row| row.get::<_, Option<&[u8]>>(0).map(to_hash).transpose())
         .collect()
 }
 
@@ -1011,6 +1013,33 @@ mod tests {
             matches!(retried, Ok(CommitOutcome::Committed { renewal: false, .. })),
             "{retried:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reading_tree_nodes_probes_the_primary_key_even_in_a_generic_plan_made_on_an_empty_tree() {
+        let harness = PostgresHarness::create().await;
+        drop(harness.open().await.expect("migrate"));
+        let client = harness.raw_client().await;
+        // What a pooled connection caches after five executions, made while the tree is empty.
+        client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .expect("set");
+        let prepare = format!("PREPARE read_nodes (smallint[], bigint[]) AS {READ_NODES}");
+        client.batch_execute(&prepare).await.expect("prepare");
+        let plan: Vec<String> = client
+            .query("EXPLAIN EXECUTE read_nodes ('{3, 2, 0}', '{0, 2, 12}')", &[])
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Index Scan using audit_tree_nodes_pkey on audit_tree_nodes"),
+            "{plan}"
+        );
+        assert!(!plan.contains("Seq Scan on audit_tree_nodes"), "{plan}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
