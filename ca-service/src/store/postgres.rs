@@ -17,9 +17,17 @@
 //!
 //! Group commit: `append_event` (entries that are a transaction of their own, such as refusals)
 //! goes through one task that inserts whatever is queued, up to 1024 entries, in one statement, so
-//! concurrent callers share one commit; each is answered after that commit.
+//! concurrent callers share one commit; each is answered after that commit. `commit_issuance` goes
+//! through another task that commits whatever issuances are queued, up to 64, in one transaction of
+//! four multi-row statements (pins with `ON CONFLICT DO NOTHING`, the pins that were there, share-
+//! locked, then certificates and audit entries for the issuances that stand), instead of a
+//! transaction of four or five statements each: the same constraints decide, and a group never
+//! holds two issuances for one user or one key (a later one waits for the next group), so each
+//! outcome is the one it would have had alone in the group's place. A group that fails for any
+//! reason but an unavailable database (a serial collision, say) is rolled back and its issuances
+//! are committed one by one, each with its own outcome.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
@@ -60,7 +68,19 @@ pub struct PostgresStore {
     timeout: Duration,
     /// The group committer of `append_event` (see [`group_appends`]).
     appends: mpsc::Sender<PendingAppend>,
+    /// The group committer of `commit_issuance` (see [`group_issuances`]).
+    issuances: mpsc::Sender<PendingIssuance>,
 }
+
+/// One `commit_issuance` waiting for the group committer.
+struct PendingIssuance {
+    certificate: NewCertificate,
+    event: AuditEvent,
+    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+}
+
+/// Most issuances the group committer commits in one transaction.
+const MAX_GROUP_ISSUANCE: usize = 64;
 
 /// One `append_event` waiting for the group committer.
 struct PendingAppend {
@@ -178,22 +198,47 @@ impl PostgresStore {
             .map_err(|error| StoreError::Unavailable(format!("cannot build the connection pool: {error}")))?;
         let (appends, pending) = mpsc::channel(MAX_GROUP_APPEND * 4);
         tokio::spawn(group_appends(pool.clone(), timeout, pending));
-        Ok(PostgresStore { pool, timeout, appends })
+        let (issuances, pending) = mpsc::channel(MAX_GROUP_ISSUANCE * 4);
+        tokio::spawn(group_issuances(pool.clone(), timeout, pending));
+        Ok(PostgresStore {
+            pool,
+            timeout,
+            appends,
+            issuances,
+        })
     }
 
     /// A pooled connection, or `Unavailable` by `deadline`.
     async fn client(&self, deadline: Instant) -> Result<Object, StoreError> {
-        match timeout_at(deadline, self.pool.get()).await {
-            Ok(result) => result.map_err(pool_error),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no database connection within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        bounded_client(&self.pool, deadline, self.timeout).await
     }
 
     fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
+    }
+
+    /// Hands `pending` to a group committer (`task` names it in errors) and waits for its answer,
+    /// both under the store's bound. A group committer gives each group its own bound, so a caller
+    /// queued behind a slow group may time out first: like any timed-out commit, the outcome is
+    /// then unknown to the caller, who was told nothing about it.
+    async fn queue<P, T>(
+        &self,
+        committer: &mpsc::Sender<P>,
+        pending: P,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+        task: &str,
+    ) -> Result<T, StoreError> {
+        let deadline = self.deadline();
+        let timed_out = || StoreError::Unavailable("store operation timed out".to_owned());
+        let stopped = || StoreError::Unavailable(format!("the {task} task stopped"));
+        timeout_at(deadline, committer.send(pending))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|_| stopped())?;
+        match timeout_at(deadline, answer).await {
+            Ok(answer) => answer.map_err(|_| stopped())?,
+            Err(_) => Err(timed_out()),
+        }
     }
 
     /// Applies every migration newer than the database's version in one transaction, under an
@@ -361,6 +406,264 @@ async fn commit_issuance(
     Ok(CommitOutcome::Committed { renewal, entry })
 }
 
+/// The group committer of issuances (module docs): takes what is queued, up to
+/// `MAX_GROUP_ISSUANCE`, commits it in groups without a repeated user or key, and answers each
+/// caller after the commit that decided its outcome.
+async fn group_issuances(pool: Pool, timeout: Duration, mut pending: mpsc::Receiver<PendingIssuance>) {
+    let mut queued = Vec::with_capacity(MAX_GROUP_ISSUANCE);
+    while pending.recv_many(&mut queued, MAX_GROUP_ISSUANCE).await > 0 {
+        while !queued.is_empty() {
+            let (group, later) = without_repeats(std::mem::take(&mut queued));
+            queued = later;
+            commit_or_answer(&pool, timeout, group).await;
+        }
+    }
+}
+
+/// Splits `queued` into a group in which no user and no key appears twice, in queue order, and
+/// the rest, for the next group.
+fn without_repeats(queued: Vec<PendingIssuance>) -> (Vec<PendingIssuance>, Vec<PendingIssuance>) {
+    let mut users = HashSet::new();
+    let mut keys = HashSet::new();
+    queued.into_iter().partition(|pending| {
+        let certificate = &pending.certificate;
+        // Both checked before either is recorded, so that a later issuance is judged alone.
+        let fresh = !users.contains(certificate.user_id.as_str()) && !keys.contains(&certificate.key_fingerprint);
+        if fresh {
+            users.insert(certificate.user_id.as_str().to_owned());
+            keys.insert(certificate.key_fingerprint);
+        }
+        fresh
+    })
+}
+
+/// Commits `group` in one transaction and answers each caller; after a failure other than an
+/// unavailable database, commits each issuance in a transaction of its own instead.
+async fn commit_or_answer(pool: &Pool, timeout: Duration, group: Vec<PendingIssuance>) {
+    let members: Vec<(&NewCertificate, &AuditEvent)> = group
+        .iter()
+        .map(|pending| (&pending.certificate, &pending.event))
+        .collect();
+    let deadline = Instant::now() + timeout;
+    let outcome = match bounded_client(pool, deadline, timeout).await {
+        Ok(mut client) => {
+            let outcome = timeout_at(deadline, commit_group(&mut client, &members)).await;
+            finish(client, outcome)
+        }
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(outcomes) => {
+            for (pending, outcome) in group.into_iter().zip(outcomes) {
+                let _ = pending.reply.send(Ok(outcome));
+            }
+        }
+        Err(error @ StoreError::Unavailable(_)) => {
+            for pending in group {
+                let _ = pending.reply.send(Err(error.clone()));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, issuances = group.len(), "group commit failed: committing its issuances one by one");
+            for pending in group {
+                let deadline = Instant::now() + timeout;
+                let outcome = match bounded_client(pool, deadline, timeout).await {
+                    Ok(mut client) => {
+                        let outcome = timeout_at(
+                            deadline,
+                            commit_issuance(&mut client, &pending.certificate, pending.event),
+                        )
+                        .await;
+                        finish(client, outcome)
+                    }
+                    Err(error) => Err(error),
+                };
+                let _ = pending.reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// A pooled connection, or `Unavailable` by `deadline`.
+async fn bounded_client(pool: &Pool, deadline: Instant, timeout: Duration) -> Result<Object, StoreError> {
+    match timeout_at(deadline, pool.get()).await {
+        Ok(result) => result.map_err(pool_error),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no database connection within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// The pins of users, share-locked until the transaction ends. A lateral subquery with a locking
+/// clause is never flattened into a join: one primary-key probe per user in any plan (see
+/// `READ_NODES` for what a join's generic plan can become).
+const READ_PINS: &str = "SELECT wanted.user_id, pinned.key_sha256
+                         FROM unnest($1::text[]) AS wanted (user_id)
+                         CROSS JOIN LATERAL (
+                             SELECT key_sha256 FROM identities WHERE identities.user_id = wanted.user_id FOR SHARE
+                         ) AS pinned";
+
+/// Pins the keys of the users without one, share-locks the pins that were there already; for
+/// each issuance that stands, this inserts its certificate and its audit entry. Every issuance
+/// gets the outcome that `commit_issuance` would give it alone; `members` holds no user or key
+/// twice (`without_repeats`). One transaction: an error rolls all of it back.
+async fn commit_group(
+    client: &mut Object,
+    members: &[(&NewCertificate, &AuditEvent)],
+) -> Result<Vec<CommitOutcome>, StoreError> {
+    let now = OffsetDateTime::now_utc();
+    let users: Vec<&str> = members
+        .iter()
+        .map(|(certificate, _)| certificate.user_id.as_str())
+        .collect();
+    let keys: Vec<&[u8]> = members
+        .iter()
+        .map(|(certificate, _)| certificate.key_fingerprint.as_bytes().as_slice())
+        .collect();
+    let spkis: Vec<&[u8]> = members
+        .iter()
+        .map(|(certificate, _)| certificate.spki_der.as_slice())
+        .collect();
+    let transaction = client.transaction().await.map_err(store_error)?;
+    // As in `commit_issuance`: the unique indexes decide, ON CONFLICT waits for a concurrent
+    // inserter and skips if it committed.
+    let insert_pins = transaction
+        .prepare_cached(
+            "INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at)
+             SELECT user_id, key_sha256, spki_der, $4
+             FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS new (user_id, key_sha256, spki_der)
+             ON CONFLICT DO NOTHING RETURNING user_id",
+        )
+        .await
+        .map_err(store_error)?;
+    let pinned_now: HashSet<String> = transaction
+        .query(&insert_pins, &[&users, &keys, &spkis, &now])
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let others: Vec<&str> = users
+        .iter()
+        .copied()
+        .filter(|user| !pinned_now.contains(*user))
+        .collect();
+    let mut pinned_before: HashMap<String, Vec<u8>> = HashMap::new();
+    if !others.is_empty() {
+        // The conflicting rows are committed (READ COMMITTED).
+        let read_pins = transaction.prepare_cached(READ_PINS).await.map_err(store_error)?;
+        for row in transaction.query(&read_pins, &[&others]).await.map_err(store_error)? {
+            pinned_before.insert(row.get(0), row.get(1));
+        }
+    }
+    let mut outcomes = Vec::with_capacity(members.len());
+    let mut standing = Vec::with_capacity(members.len());
+    for (certificate, event) in members {
+        let user = certificate.user_id.as_str();
+        let renewal = if pinned_now.contains(user) {
+            false
+        } else {
+            match pinned_before.get(user) {
+                Some(pinned) if pinned.as_slice() == certificate.key_fingerprint.as_bytes() => true,
+                Some(pinned) => {
+                    outcomes.push(Some(CommitOutcome::PinnedToOtherKey(fingerprint(pinned)?)));
+                    continue;
+                }
+                // The user has no pin, so the conflict was on the key's UNIQUE index.
+                None => {
+                    outcomes.push(Some(CommitOutcome::KeyPinnedElsewhere));
+                    continue;
+                }
+            }
+        };
+        outcomes.push(None);
+        standing.push((*certificate, *event, renewal));
+    }
+    if !standing.is_empty() {
+        insert_certificates(&transaction, &standing, now).await?;
+        // The recorded kind follows what the transaction saw, not the earlier read.
+        let entries: Vec<AuditEntry> = standing
+            .iter()
+            .map(|(_, event, renewal)| {
+                AuditEvent {
+                    kind: AuditKind::issuance(*renewal),
+                    ..(*event).clone()
+                }
+                .encode()
+            })
+            .collect();
+        let ids = insert_entries(&transaction, &entries.iter().collect::<Vec<_>>()).await?;
+        let mut committed = standing.iter().zip(entries.iter().zip(ids));
+        for outcome in &mut outcomes {
+            if outcome.is_none()
+                && let Some(((_, _, renewal), (entry, entry_id))) = committed.next()
+            {
+                *outcome = Some(CommitOutcome::Committed {
+                    renewal: *renewal,
+                    entry: LogEntryRef {
+                        entry_id,
+                        entry_hash: entry.hash,
+                        leaf_index: None,
+                    },
+                });
+            }
+        }
+    }
+    transaction.commit().await.map_err(store_error)?;
+    outcomes
+        .into_iter()
+        .map(|outcome| outcome.ok_or_else(|| StoreError::Corrupt("an issuance of a group got no outcome".to_owned())))
+        .collect()
+}
+
+/// Inserts the certificates of `standing` in one statement. A serial collision is a unique
+/// violation (23505): Integrity, and the group rolls back.
+async fn insert_certificates(
+    client: &impl deadpool_postgres::GenericClient,
+    standing: &[(&NewCertificate, &AuditEvent, bool)],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let serials: Vec<&[u8]> = standing
+        .iter()
+        .map(|(certificate, ..)| certificate.serial.as_bytes())
+        .collect();
+    let users: Vec<&str> = standing
+        .iter()
+        .map(|(certificate, ..)| certificate.user_id.as_str())
+        .collect();
+    let keys: Vec<&[u8]> = standing
+        .iter()
+        .map(|(certificate, ..)| certificate.key_fingerprint.as_bytes().as_slice())
+        .collect();
+    let ders: Vec<&[u8]> = standing
+        .iter()
+        .map(|(certificate, ..)| certificate.certificate_der.as_slice())
+        .collect();
+    let not_before: Vec<OffsetDateTime> = standing
+        .iter()
+        .map(|(certificate, ..)| certificate.not_before)
+        .collect();
+    let not_after: Vec<OffsetDateTime> = standing.iter().map(|(certificate, ..)| certificate.not_after).collect();
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
+             SELECT serial, user_id, key_sha256, certificate_der, not_before, not_after, $7
+             FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[], $6::timestamptz[])
+                  AS new (serial, user_id, key_sha256, certificate_der, not_before, not_after)",
+        )
+        .await
+        .map_err(store_error)?;
+    client
+        .execute(
+            &statement,
+            &[&serials, &users, &keys, &ders, &not_before, &not_after, &now],
+        )
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
 async fn append_entry(
     client: &impl deadpool_postgres::GenericClient,
     event: &AuditEvent,
@@ -391,16 +694,12 @@ async fn group_appends(pool: Pool, timeout: Duration, mut pending: mpsc::Receive
     while pending.recv_many(&mut group, MAX_GROUP_APPEND).await > 0 {
         let deadline = Instant::now() + timeout;
         let entries: Vec<&AuditEntry> = group.iter().map(|append| &append.entry).collect();
-        let outcome = match timeout_at(deadline, pool.get()).await {
-            Ok(Ok(client)) => {
+        let outcome = match bounded_client(&pool, deadline, timeout).await {
+            Ok(client) => {
                 let outcome = timeout_at(deadline, insert_entries(&client, &entries)).await;
                 finish(client, outcome)
             }
-            Ok(Err(error)) => Err(pool_error(error)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no database connection within {} ms",
-                timeout.as_millis()
-            ))),
+            Err(error) => Err(error),
         };
         match outcome {
             Ok(ids) => {
@@ -422,7 +721,10 @@ async fn group_appends(pool: Pool, timeout: Duration, mut pending: mpsc::Receive
 }
 
 /// Inserts `entries` in one statement (one transaction); returns their ids in the same order.
-async fn insert_entries(client: &Object, entries: &[&AuditEntry]) -> Result<Vec<i64>, StoreError> {
+async fn insert_entries(
+    client: &impl deadpool_postgres::GenericClient,
+    entries: &[&AuditEntry],
+) -> Result<Vec<i64>, StoreError> {
     let bytes: Vec<&[u8]> = entries.iter().map(|entry| entry.bytes.as_slice()).collect();
     let hashes: Vec<&[u8]> = entries.iter().map(|entry| entry.hash.as_slice()).collect();
     let statement = client
@@ -497,30 +799,22 @@ impl IdentityStore for PostgresStore {
         certificate: NewCertificate,
         event: AuditEvent,
     ) -> Result<CommitOutcome, StoreError> {
-        let deadline = self.deadline();
-        let mut client = self.client(deadline).await?;
-        let outcome = timeout_at(deadline, commit_issuance(&mut client, &certificate, event)).await;
-        finish(client, outcome)
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingIssuance {
+            certificate,
+            event,
+            reply,
+        };
+        self.queue(&self.issuances, pending, answer, "issuance").await
     }
 
     async fn append_event(&self, event: AuditEvent) -> Result<LogEntryRef, StoreError> {
-        let deadline = self.deadline();
         let (reply, answer) = oneshot::channel();
         let pending = PendingAppend {
             entry: event.encode(),
             reply,
         };
-        let unavailable = || StoreError::Unavailable("the audit append task stopped".to_owned());
-        timeout_at(deadline, self.appends.send(pending))
-            .await
-            .map_err(|_| StoreError::Unavailable("store operation timed out".to_owned()))?
-            .map_err(|_| unavailable())?;
-        match timeout_at(deadline, answer).await {
-            Ok(answer) => answer.map_err(|_| unavailable())?,
-            // The group may still commit: like any timed-out commit, the outcome is unknown to
-            // this caller, who was told nothing about it.
-            Err(_) => Err(StoreError::Unavailable("store operation timed out".to_owned())),
-        }
+        self.queue(&self.appends, pending, answer, "audit append").await
     }
 
     async fn record_ca_certificate(
@@ -611,7 +905,9 @@ async fn read_head(client: &impl deadpool_postgres::GenericClient, lock: bool) -
     } else {
         "SELECT size, root FROM audit_log_head WHERE id = 1"
     };
-    let row = client.query_one(query, &[]).await.map_err(store_error)?;
+    // Prepared once per connection: a one-row table has no plan to go wrong.
+    let statement = client.prepare_cached(query).await.map_err(store_error)?;
+    let row = client.query_one(&statement, &[]).await.map_err(store_error)?;
     Ok(LogHead {
         size: to_u64(row.get(0))?,
         root: to_hash(row.get(1))?,
@@ -703,12 +999,16 @@ async fn sequence(client: &mut Object, expected: LogHead, max_entries: usize) ->
         .collect::<Result<_, _>>()?;
     let hashes: Vec<&[u8]> = planned.nodes.iter().map(|(_, hash)| hash.as_slice()).collect();
     // The primary key refuses a node written twice: a second sequencer could not slip through.
-    transaction
-        .execute(
+    // Prepared once per connection (no join, so no plan to go wrong; as the two head statements).
+    let insert_nodes = transaction
+        .prepare_cached(
             "INSERT INTO audit_tree_nodes (level, node_index, hash)
              SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
-            &[&levels, &indices, &hashes],
         )
+        .await
+        .map_err(store_error)?;
+    transaction
+        .execute(&insert_nodes, &[&levels, &indices, &hashes])
         .await
         .map_err(store_error)?;
     let entry_ids: Vec<i64> = planned.assignments.iter().map(|(entry_id, _)| *entry_id).collect();
@@ -729,9 +1029,13 @@ async fn sequence(client: &mut Object, expected: LogHead, max_entries: usize) ->
     if assigned != entry_ids.len() as u64 {
         return Err(StoreError::Integrity("an entry was sequenced twice".to_owned()));
     }
+    let swap_head = transaction
+        .prepare_cached("UPDATE audit_log_head SET size = $1, root = $2 WHERE id = 1 AND size = $3 AND root = $4")
+        .await
+        .map_err(store_error)?;
     let swapped = transaction
         .execute(
-            "UPDATE audit_log_head SET size = $1, root = $2 WHERE id = 1 AND size = $3 AND root = $4",
+            &swap_head,
             &[
                 &to_i64(planned.head.size)?,
                 &planned.head.root.as_slice(),
@@ -1015,31 +1319,190 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reading_tree_nodes_probes_the_primary_key_even_in_a_generic_plan_made_on_an_empty_tree() {
-        let harness = PostgresHarness::create().await;
-        drop(harness.open().await.expect("migrate"));
+    /// The plan a pooled connection caches after five executions of `statement`, made as a generic
+    /// plan on a fresh (empty) schema.
+    async fn generic_plan(harness: &PostgresHarness, statement: &str, types: &str, arguments: &str) -> String {
         let client = harness.raw_client().await;
-        // What a pooled connection caches after five executions, made while the tree is empty.
         client
             .batch_execute("SET plan_cache_mode = force_generic_plan")
             .await
             .expect("set");
-        let prepare = format!("PREPARE read_nodes (smallint[], bigint[]) AS {READ_NODES}");
-        client.batch_execute(&prepare).await.expect("prepare");
+        client
+            .batch_execute(&format!("PREPARE probe ({types}) AS {statement}"))
+            .await
+            .expect("prepare");
         let plan: Vec<String> = client
-            .query("EXPLAIN EXECUTE read_nodes ('{3, 2, 0}', '{0, 2, 12}')", &[])
+            .query(&format!("EXPLAIN EXECUTE probe ({arguments})"), &[])
             .await
             .expect("explain")
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let plan = plan.join("\n");
+        plan.join("\n")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tree_nodes_and_pins_are_read_by_primary_key_even_in_a_generic_plan_made_on_an_empty_schema() {
+        let harness = PostgresHarness::create().await;
+        drop(harness.open().await.expect("migrate"));
+        let nodes = generic_plan(
+            &harness,
+            READ_NODES,
+            "smallint[], bigint[]",
+            "'{3, 2, 0}', '{0, 2, 12}'",
+        )
+        .await;
         assert!(
-            plan.contains("Index Scan using audit_tree_nodes_pkey on audit_tree_nodes"),
-            "{plan}"
+            nodes.contains("Index Scan using audit_tree_nodes_pkey on audit_tree_nodes"),
+            "{nodes}"
         );
-        assert!(!plan.contains("Seq Scan on audit_tree_nodes"), "{plan}");
+        assert!(!nodes.contains("Seq Scan on audit_tree_nodes"), "{nodes}");
+        let pins = generic_plan(&harness, READ_PINS, "text[]", "'{alice, bob}'").await;
+        assert!(
+            pins.contains("Index Scan using identities_pkey on identities"),
+            "{pins}"
+        );
+        assert!(!pins.contains("Seq Scan on identities"), "{pins}");
+    }
+
+    #[test]
+    fn a_group_never_holds_a_user_or_a_key_twice_and_keeps_the_queue_order() {
+        let pending = |user_name: &str, key_byte: u8| PendingIssuance {
+            certificate: certificate(user_name, key_byte, key_byte),
+            event: event(user_name),
+            reply: oneshot::channel().0,
+        };
+        let queued = vec![
+            pending("alice", 1),
+            pending("alice", 2),
+            pending("bob", 1),
+            pending("carol", 3),
+            pending("carol", 3),
+            pending("dave", 4),
+        ];
+        let (group, later) = without_repeats(queued);
+        let names = |issuances: &[PendingIssuance]| {
+            issuances
+                .iter()
+                .map(|pending| {
+                    format!(
+                        "{}/{}",
+                        pending.certificate.user_id,
+                        pending.certificate.key_fingerprint.as_bytes()[0]
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&group), ["alice/1", "carol/3", "dave/4"]);
+        assert_eq!(names(&later), ["alice/2", "bob/1", "carol/3"]);
+        let (group, later) = without_repeats(later);
+        assert_eq!(names(&group), ["alice/2", "bob/1", "carol/3"]);
+        assert!(later.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_gives_each_issuance_the_outcome_it_would_have_alone() {
+        let harness = PostgresHarness::create().await;
+        let store = harness.open().await.expect("open");
+        for (name, key_byte) in [("bob", 2), ("carol", 3)] {
+            let committed = store
+                .commit_issuance(certificate(name, key_byte, key_byte), event(name))
+                .await;
+            assert!(matches!(committed, Ok(CommitOutcome::Committed { renewal: false, .. })));
+        }
+        let members = [
+            certificate("alice", 1, 11),
+            certificate("bob", 2, 12),
+            certificate("carol", 9, 13),
+            certificate("dave", 3, 14),
+        ];
+        let events: Vec<AuditEvent> = members.iter().map(|member| event(member.user_id.as_str())).collect();
+        let group: Vec<(&NewCertificate, &AuditEvent)> = members.iter().zip(&events).collect();
+        let mut client = store.pool.get().await.expect("client");
+        let outcomes = commit_group(&mut client, &group).await.expect("group");
+        assert!(
+            matches!(&outcomes[0], CommitOutcome::Committed { renewal: false, .. }),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&outcomes[1], CommitOutcome::Committed { renewal: true, .. }),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[2], CommitOutcome::PinnedToOtherKey(key(3)));
+        assert_eq!(outcomes[3], CommitOutcome::KeyPinnedElsewhere);
+        let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        for (name, key_byte, pinned, certificates) in [
+            ("alice", 1, Some(key(1)), 1),
+            ("bob", 2, Some(key(2)), 2),
+            ("carol", 9, Some(key(3)), 1),
+            ("dave", 3, None, 0),
+        ] {
+            let state = store
+                .pin_state(&user(name), &key(key_byte), since)
+                .await
+                .expect("pin state");
+            assert_eq!(state.user_pin, pinned, "{name}");
+            assert_eq!(state.certificates_since, certificates, "{name}");
+        }
+        // Two entries more than the two single commits: the issuance and the renewal, in that order.
+        let entries: Vec<Vec<u8>> = harness
+            .raw_client()
+            .await
+            .query("SELECT entry FROM audit_entries ORDER BY id", &[])
+            .await
+            .expect("entries")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(entries.len(), 4);
+        let text = |entry: &[u8]| String::from_utf8_lossy(entry).into_owned();
+        let (alice, bob) = (text(&entries[2]), text(&entries[3]));
+        assert!(
+            alice.contains("\nkind issuance\n") && alice.contains("\nsubject alice\n"),
+            "{alice}"
+        );
+        assert!(
+            bob.contains("\nkind renewal\n") && bob.contains("\nsubject bob\n"),
+            "{bob}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_that_fails_is_committed_one_by_one_each_with_its_own_outcome() {
+        let harness = PostgresHarness::create().await;
+        let store = harness.open().await.expect("open");
+        // Same serial: the group's certificate insert violates the primary key and rolls back.
+        let (first, first_answer) = oneshot::channel();
+        let (second, second_answer) = oneshot::channel();
+        let group = vec![
+            PendingIssuance {
+                certificate: certificate("alice", 1, 7),
+                event: event("alice"),
+                reply: first,
+            },
+            PendingIssuance {
+                certificate: certificate("erin", 5, 7),
+                event: event("erin"),
+                reply: second,
+            },
+        ];
+        commit_or_answer(&store.pool, Duration::from_secs(10), group).await;
+        let first = first_answer.await.expect("answered");
+        let second = second_answer.await.expect("answered");
+        assert!(
+            matches!(first, Ok(CommitOutcome::Committed { renewal: false, .. })),
+            "{first:?}"
+        );
+        assert!(matches!(second, Err(StoreError::Integrity(_))), "{second:?}");
+        let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let alice = store.pin_state(&user("alice"), &key(1), since).await.expect("alice");
+        assert_eq!((alice.user_pin, alice.certificates_since), (Some(key(1)), 1));
+        let erin = store.pin_state(&user("erin"), &key(5), since).await.expect("erin");
+        assert_eq!(
+            (erin.user_pin, erin.certificates_since),
+            (None, 0),
+            "erin's transaction rolled back"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
