@@ -36,7 +36,7 @@ ca-service/benches/peers.sh "$SECONDS_EACH" "$CLIENTS" 2 2>&1 | tee "$OUT/peers.
   echo
   echo '```text'
   grep -E "with [0-9]+ identities" "$OUT/issuance.txt" || true
-  grep -E "certificates/s" "$OUT/stores.txt" || true
+  grep -E "certificates/s|PostgreSQL floor" "$OUT/stores.txt" || true
   cat "$OUT/peers.txt"
   echo '```'
   echo
