@@ -25,7 +25,9 @@
 //! holds two issuances for one user or one key (a later one waits for the next group), so each
 //! outcome is the one it would have had alone in the group's place. A group that fails for any
 //! reason but an unavailable database (a serial collision, say) is rolled back and its issuances
-//! are committed one by one, each with its own outcome.
+//! are committed one by one, each with its own outcome. Groups are committed one at a time: a
+//! group that waits for a lock (another replica pinning the same user or key at that moment)
+//! holds up the next, within the store's bound.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
