@@ -559,29 +559,30 @@ async fn commit_group(
             pinned_before.insert(row.get(0), row.get(1));
         }
     }
-    let mut outcomes = Vec::with_capacity(members.len());
-    let mut standing = Vec::with_capacity(members.len());
-    for (certificate, event) in members {
-        let user = certificate.user_id.as_str();
-        let renewal = if pinned_now.contains(user) {
-            false
-        } else {
-            match pinned_before.get(user) {
-                Some(pinned) if pinned.as_slice() == certificate.key_fingerprint.as_bytes() => true,
-                Some(pinned) => {
-                    outcomes.push(Some(CommitOutcome::PinnedToOtherKey(fingerprint(pinned)?)));
-                    continue;
-                }
-                // The user has no pin, so the conflict was on the key's UNIQUE index.
-                None => {
-                    outcomes.push(Some(CommitOutcome::KeyPinnedElsewhere));
-                    continue;
-                }
+    // Per issuance: `Ok(renewal)` if it stands, or the outcome that refuses it.
+    let decisions: Vec<Result<bool, CommitOutcome>> = members
+        .iter()
+        .map(|(certificate, _)| {
+            let user = certificate.user_id.as_str();
+            if pinned_now.contains(user) {
+                return Ok(Ok(false));
             }
-        };
-        outcomes.push(None);
-        standing.push((*certificate, *event, renewal));
-    }
+            Ok(match pinned_before.get(user) {
+                Some(pinned) if pinned.as_slice() == certificate.key_fingerprint.as_bytes() => Ok(true),
+                Some(pinned) => Err(CommitOutcome::PinnedToOtherKey(fingerprint(pinned)?)),
+                // The user has no pin, so the conflict was on the key's UNIQUE index.
+                None => Err(CommitOutcome::KeyPinnedElsewhere),
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let standing: Vec<(&NewCertificate, &AuditEvent, bool)> = members
+        .iter()
+        .zip(&decisions)
+        .filter_map(|((certificate, event), decision)| {
+            decision.as_ref().ok().map(|renewal| (*certificate, *event, *renewal))
+        })
+        .collect();
+    let mut committed = Vec::with_capacity(standing.len());
     if !standing.is_empty() {
         insert_certificates(&transaction, &standing, now).await?;
         // The recorded kind follows what the transaction saw, not the earlier read.
@@ -596,26 +597,24 @@ async fn commit_group(
             })
             .collect();
         let ids = insert_entries(&transaction, &entries.iter().collect::<Vec<_>>()).await?;
-        let mut committed = standing.iter().zip(entries.iter().zip(ids));
-        for outcome in &mut outcomes {
-            if outcome.is_none()
-                && let Some(((_, _, renewal), (entry, entry_id))) = committed.next()
-            {
-                *outcome = Some(CommitOutcome::Committed {
-                    renewal: *renewal,
-                    entry: LogEntryRef {
-                        entry_id,
-                        entry_hash: entry.hash,
-                        leaf_index: None,
-                    },
-                });
-            }
-        }
+        committed.extend(entries.iter().zip(ids).map(|(entry, entry_id)| LogEntryRef {
+            entry_id,
+            entry_hash: entry.hash,
+            leaf_index: None,
+        }));
     }
     transaction.commit().await.map_err(store_error)?;
-    outcomes
+    // `insert_entries` returns one id per entry, in order: one per standing issuance.
+    let mut committed = committed.into_iter();
+    decisions
         .into_iter()
-        .map(|outcome| outcome.ok_or_else(|| StoreError::Corrupt("an issuance of a group got no outcome".to_owned())))
+        .map(|decision| match decision {
+            Ok(renewal) => committed
+                .next()
+                .map(|entry| CommitOutcome::Committed { renewal, entry })
+                .ok_or_else(|| StoreError::Corrupt("an issuance of a group got no audit entry".to_owned())),
+            Err(refused) => Ok(refused),
+        })
         .collect()
 }
 
