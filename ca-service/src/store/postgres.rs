@@ -23,9 +23,11 @@
 //! locked, then certificates and audit entries for the issuances that stand), instead of a
 //! transaction of four or five statements each: the same constraints decide, and a group never
 //! holds two issuances for one user or one key (a later one waits for the next group), so each
-//! outcome is the one it would have had alone in the group's place. A group that fails for any
-//! reason but an unavailable database (a serial collision, say) is rolled back and its issuances
-//! are committed one by one, each with its own outcome. Groups are committed one at a time: a
+//! outcome is the one it would have had alone in the group's place. A group the database refuses
+//! while it still answers (a serial collision, or a deadlock with another replica's group, whose
+//! pins it inserted in another order) is rolled back and its issuances are committed one by one,
+//! each with its own outcome; a group the database did not answer (a lost connection, the bound)
+//! answers every caller `Unavailable`. Groups are committed one at a time: a
 //! group that waits for a lock (another replica pinning the same user or key at that moment)
 //! holds up the next, within the store's bound.
 
@@ -439,20 +441,24 @@ fn without_repeats(queued: Vec<PendingIssuance>) -> (Vec<PendingIssuance>, Vec<P
     })
 }
 
-/// Commits `group` in one transaction and answers each caller; after a failure other than an
-/// unavailable database, commits each issuance in a transaction of its own instead.
+/// Commits `group` in one transaction and answers each caller. When the database refused the
+/// group and still answers (a serial collision; a deadlock with another replica's group, which
+/// PostgreSQL breaks by aborting one of them), the group is rolled back and each issuance is
+/// committed in a transaction of its own instead; when the database did not answer (a lost
+/// connection, the bound), every caller gets that error.
 async fn commit_or_answer(pool: &Pool, timeout: Duration, group: Vec<PendingIssuance>) {
     let members: Vec<(&NewCertificate, &AuditEvent)> = group
         .iter()
         .map(|pending| (&pending.certificate, &pending.event))
         .collect();
     let deadline = Instant::now() + timeout;
-    let outcome = match bounded_client(pool, deadline, timeout).await {
+    let (outcome, refused) = match bounded_client(pool, deadline, timeout).await {
         Ok(mut client) => {
             let outcome = timeout_at(deadline, commit_group(&mut client, &members)).await;
-            finish(client, outcome)
+            let refused = matches!(outcome, Ok(Err(_))) && !client.is_closed();
+            (finish(client, outcome), refused)
         }
-        Err(error) => Err(error),
+        Err(error) => (Err(error), false),
     };
     match outcome {
         Ok(outcomes) => {
@@ -460,7 +466,7 @@ async fn commit_or_answer(pool: &Pool, timeout: Duration, group: Vec<PendingIssu
                 let _ = pending.reply.send(Ok(outcome));
             }
         }
-        Err(error @ StoreError::Unavailable(_)) => {
+        Err(error) if !refused => {
             for pending in group {
                 let _ = pending.reply.send(Err(error.clone()));
             }
@@ -529,12 +535,14 @@ async fn commit_group(
         .collect();
     let transaction = client.transaction().await.map_err(store_error)?;
     // As in `commit_issuance`: the unique indexes decide, ON CONFLICT waits for a concurrent
-    // inserter and skips if it committed.
+    // inserter and skips if it committed. Users in one order, so that two replicas' groups
+    // seldom wait for each other in a cycle (a deadlock: `commit_or_answer` retries one by one).
     let insert_pins = transaction
         .prepare_cached(
             "INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at)
              SELECT user_id, key_sha256, spki_der, $4
              FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS new (user_id, key_sha256, spki_der)
+             ORDER BY user_id
              ON CONFLICT DO NOTHING RETURNING user_id",
         )
         .await
@@ -1503,6 +1511,57 @@ mod tests {
             (erin.user_pin, erin.certificates_since),
             (None, 0),
             "erin's transaction rolled back"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_aborted_by_a_deadlock_with_another_replica_is_committed_one_by_one() {
+        let harness = PostgresHarness::create().await;
+        let store = harness.open().await.expect("open");
+        // The other replica: bob's pin first, uncommitted.
+        let mut other = harness.raw_client().await;
+        let other = other.transaction().await.expect("begin");
+        let pin = "INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at) VALUES ($1, $2, $2, now())";
+        other
+            .execute(pin, &[&"bob", &key(20).as_bytes().as_slice()])
+            .await
+            .expect("bob");
+        // The group pins alice, then waits for bob's row.
+        let (first, first_answer) = oneshot::channel();
+        let (second, second_answer) = oneshot::channel();
+        let group = vec![
+            PendingIssuance {
+                certificate: certificate("bob", 2, 12),
+                event: event("bob"),
+                reply: first,
+            },
+            PendingIssuance {
+                certificate: certificate("alice", 1, 11),
+                event: event("alice"),
+                reply: second,
+            },
+        ];
+        let pool = store.pool.clone();
+        let committer = tokio::spawn(async move { commit_or_answer(&pool, Duration::from_secs(10), group).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The other replica now waits for alice's row: a cycle. PostgreSQL aborts the group, whose
+        // wait is the older (deadlock_timeout, 1 s by default), and this insert goes through.
+        other
+            .execute(pin, &[&"alice", &key(21).as_bytes().as_slice()])
+            .await
+            .expect("alice, once the group is aborted");
+        other.commit().await.expect("commit");
+        committer.await.expect("committer");
+        // One by one, after the other replica committed: both users are pinned to its keys.
+        let bob = first_answer.await.expect("answered");
+        let alice = second_answer.await.expect("answered");
+        assert!(
+            matches!(&bob, Ok(CommitOutcome::PinnedToOtherKey(pinned)) if *pinned == key(20)),
+            "{bob:?}"
+        );
+        assert!(
+            matches!(&alice, Ok(CommitOutcome::PinnedToOtherKey(pinned)) if *pinned == key(21)),
+            "{alice:?}"
         );
     }
 
