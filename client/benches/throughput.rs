@@ -1,6 +1,11 @@
 //! Client throughput: file encryption and decryption next to raw AES-128-GCM (aws-lc-rs, 12-byte nonce) in the
 //! same run, and the time to open a folder of 10,000 files. Prints numbers and ratios; `cargo bench -p e2ee-client`.
 
+#![allow(
+    clippy::expect_used,
+    reason = "bench code: a failed expectation aborts the benchmark, as it should"
+)]
+
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};

@@ -4,6 +4,8 @@
 //! generated while it is read and hashed on the way in; the ciphertext and the decrypted file go to a temporary
 //! directory on disk (page cache, not resident memory), and the decrypted file is hashed when read back.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read};
 use std::path::Path;

@@ -194,7 +194,10 @@ pub fn set_softhsm2_conf(conf_path: &Path) -> Result<(), ProvisionError> {
     }
     // SAFETY: the process has a single thread (checked just above through /proc/self/task), so no
     // other thread can be reading or writing the environment concurrently.
-    #[allow(unsafe_code)]
+    #[allow(
+        unsafe_code,
+        reason = "the crate's one unsafe block: set_var while single-threaded, see SAFETY"
+    )]
     unsafe {
         std::env::set_var("SOFTHSM2_CONF", conf_path);
     }

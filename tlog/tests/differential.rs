@@ -1,5 +1,7 @@
 //! Differential tests against ct-merkle, an independent RFC 6962 implementation, plus proptests.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use ct_merkle::{ConsistencyProof, InclusionProof, RootHash};
 use proptest::prelude::*;

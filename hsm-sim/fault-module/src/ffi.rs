@@ -110,7 +110,7 @@ macro_rules! function_list {
         custom { $($custom:ident),* }
     ) => {
         $(
-            #[allow(non_snake_case)]
+            #[allow(non_snake_case, reason = "PKCS#11 names its entry points C_*")]
             unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
                 let function = stringify!($name);
                 if let Some(rv) = FAULTS.before(function) {
@@ -123,7 +123,7 @@ macro_rules! function_list {
         )*
 
         $(
-            #[allow(non_snake_case)]
+            #[allow(non_snake_case, reason = "PKCS#11 names its entry points C_*")]
             unsafe extern "C" fn $mechanism_name(
                 $session: $session_ty,
                 $mechanism: *mut CK_MECHANISM
@@ -248,7 +248,7 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> 
     CKR_OK
 }
 
-#[allow(non_snake_case)]
+#[allow(non_snake_case, reason = "PKCS#11 names its entry points C_*")]
 unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
     if let Some(rv) = FAULTS.before("C_Initialize") {
         return rv;
@@ -258,7 +258,7 @@ unsafe extern "C" fn C_Initialize(init_args: *mut c_void) -> CK_RV {
     rv
 }
 
-#[allow(non_snake_case)]
+#[allow(non_snake_case, reason = "PKCS#11 names its entry points C_*")]
 unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
     if let Some(rv) = FAULTS.before("C_Finalize") {
         return rv;
@@ -272,7 +272,7 @@ unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
 }
 
 /// Forwards, counting sessions for `session-limit`.
-#[allow(non_snake_case)]
+#[allow(non_snake_case, reason = "PKCS#11 names its entry points C_*")]
 unsafe extern "C" fn C_OpenSession(
     slot: CK_SLOT_ID,
     flags: CK_FLAGS,
@@ -296,7 +296,7 @@ unsafe extern "C" fn C_OpenSession(
     rv
 }
 
-#[allow(non_snake_case)]
+#[allow(non_snake_case, reason = "PKCS#11 names its entry points C_*")]
 unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
     if let Some(rv) = FAULTS.before("C_CloseSession") {
         return rv;
@@ -309,7 +309,7 @@ unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
     rv
 }
 
-#[allow(non_snake_case)]
+#[allow(non_snake_case, reason = "PKCS#11 names its entry points C_*")]
 unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
     if let Some(rv) = FAULTS.before("C_CloseAllSessions") {
         return rv;
@@ -325,7 +325,7 @@ unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
 /// Forwards; an injected failure also ends the signing operation on the target, as a failed
 /// `C_Sign` does on a real token (PKCS#11 2.40, 5.11), so a retry on the same session does not
 /// meet `CKR_OPERATION_ACTIVE`.
-#[allow(non_snake_case)]
+#[allow(non_snake_case, reason = "PKCS#11 names its entry points C_*")]
 unsafe extern "C" fn C_Sign(
     session: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
