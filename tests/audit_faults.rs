@@ -8,6 +8,8 @@
 //! rusqlite, and `audit export` + `audit verify`). Build the module first:
 //! `cargo build -p pkcs11-fault && cargo test -p ca-service --test audit_faults`.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::path::Path;

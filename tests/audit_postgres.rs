@@ -5,6 +5,8 @@
 //! template of one fresh copy per tampering (`CREATE DATABASE … TEMPLATE`), so every case starts
 //! from the same signed log.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

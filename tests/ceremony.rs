@@ -1,5 +1,7 @@
 //! The ceremony CLI and production `serve --config` through the real binary on private SoftHSM tokens.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,8 @@
 //! the 12 words, and the refusals a person meets on the way (wrong words, a removed user, an unknown file); and a
 //! legacy metadata v1.2 folder, which opens only with its owner's words.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! End to end through the reference client library and the real CA in dev mode: enrollment, a mnemonic key
 //! backup, an encrypted folder shared and unshared between two users, and recovery on a second device.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -7,6 +7,8 @@
 //! `cargo build -p pkcs11-fault && cargo test -p ca-service --test hsm_faults`. The fixture is
 //! `common::faults`, shared with `tests/audit_faults.rs`.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -83,6 +85,48 @@ async fn one_off_user_not_logged_in_triggers_relogin() {
     assert_eq!(token.calls.injected("C_Sign", "CKR_USER_NOT_LOGGED_IN"), 1);
     assert_eq!(token.calls.calls("C_Login"), 2, "exactly one re-login");
     assert_eq!(token.calls.calls("C_Finalize"), 0, "no rebuild for a lost login");
+    assert_eq!(server.health().await, ServingStatus::Serving);
+}
+
+/// hsm.md, each class retried once: a lost session and then a lost login in the same signature
+/// are each recovered (one replacement session, one re-login), not counted as one retry too many.
+#[tokio::test]
+async fn a_lost_session_then_a_lost_login_in_one_signature_are_each_recovered() {
+    let token = Token::new();
+    let server = token.serve(2, 2000, &[]);
+    let mut client = server.client().await;
+    issue_new_user(&mut client, "before")
+        .await
+        .expect("issued before the faults");
+    let opened_before = token.calls.calls("C_OpenSession");
+
+    token
+        .control
+        .set(&[
+            fail("C_Sign", "CKR_SESSION_HANDLE_INVALID", Some(1)),
+            fail("C_Sign", "CKR_USER_NOT_LOGGED_IN", Some(1)),
+        ])
+        .expect("set faults");
+    if let Err(status) = issue_new_user(&mut client, "dora").await {
+        panic!(
+            "not issued after a new session and a new login: {status:?}\n{}",
+            server.output.text()
+        );
+    }
+
+    assert_eq!(token.calls.injected("C_Sign", "CKR_SESSION_HANDLE_INVALID"), 1);
+    assert_eq!(token.calls.injected("C_Sign", "CKR_USER_NOT_LOGGED_IN"), 1);
+    assert_eq!(
+        token.calls.calls("C_OpenSession"),
+        opened_before + 1,
+        "exactly one replacement session"
+    );
+    assert_eq!(token.calls.calls("C_Login"), 2, "exactly one re-login");
+    assert_eq!(
+        token.calls.calls("C_Finalize"),
+        0,
+        "no rebuild: the breaker stayed closed"
+    );
     assert_eq!(server.health().await, ServingStatus::Serving);
 }
 

@@ -1,5 +1,7 @@
 //! End-to-end issuance and pinning through the real binary, a real SoftHSM token and real gRPC.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::time::{Duration, Instant};

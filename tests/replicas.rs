@@ -3,6 +3,8 @@
 //! One CA is provisioned once (dev mode, then stopped); each replica gets its own copy of the SoftHSM
 //! token directory and a serve config pointing at the same fresh database (`common::postgres`).
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

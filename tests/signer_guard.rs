@@ -1,6 +1,8 @@
 //! The signer guard and the startup check on the embedded store: a database rolled back behind what
 //! was signed is refused at startup and never signed while serving; the guard file keeps the truth.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,10 +1,12 @@
 //! End-to-end transparency log: issued certificates are provably in HSM-signed checkpoints, checked over gRPC with only the tlog crate.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{DevServer, UserKey, UserKeyPair, ca_info, issue, issue_with_receipt};
+use common::{DevServer, UserKey, UserKeyPair, audit_export, ca_info, issue, issue_with_receipt};
 use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
 use e2ee_ca_proto::v1::{
     ExportEntriesRequest, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
@@ -279,4 +281,44 @@ async fn the_log_survives_a_restart_and_stays_consistent() {
         &hashes(proof.hashes),
     )
     .expect("the checkpoint after the restart extends the one before");
+}
+
+/// A clean shutdown drains the sequencer: SIGTERM while a checkpoint is still ten seconds away
+/// (`audit.checkpoint_interval_ms = 10000`), and the log an auditor exports afterwards is signed up
+/// to the last issuance, which the service had already answered with its index.
+#[tokio::test]
+async fn a_clean_shutdown_signs_what_was_sequenced() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config = DevServer::start(directory.path(), "ecdsa-p256")
+        .stop()
+        .join("ca-service.toml");
+    // [audit] is the dev config's last section.
+    let mut text = std::fs::read_to_string(&config).expect("dev config");
+    text.push_str("checkpoint_interval_ms = 10000\n");
+    std::fs::write(&config, text).expect("config");
+    let server = DevServer::start_with_config(&config);
+    let mut client = server.client().await;
+    // Past the first checkpoint the sequencer signs at startup, so the next one is 10 s away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    let issued = issue(&mut client, "drained", &key.csr("drained"))
+        .await
+        .expect("issued");
+    let index = issued.log_entry.expect("indexed").index;
+
+    let (clean, took) = server.terminate(Duration::from_secs(30)).await;
+    assert!(clean, "exits successfully on SIGTERM");
+    assert!(
+        took < Duration::from_secs(8),
+        "without waiting for the checkpoint interval: {took:?}"
+    );
+    let out = directory.path().join("export");
+    let (exported, text) = audit_export(&config, &out, &[]);
+    assert!(exported, "{text}");
+    let checkpoint = std::fs::read_to_string(out.join("checkpoint.txt")).expect("checkpoint.txt");
+    let size: u64 = checkpoint.lines().nth(1).expect("size line").parse().expect("size");
+    assert!(
+        size > index,
+        "the last checkpoint (size {size}) covers the last issuance (index {index})"
+    );
 }

@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p ca-service --bench audit_log -- [SECONDS] [WRITERS]` (defaults 8 32). No gRPC
 //! and no issuance: WRITERS tasks append refusal-sized audit entries through the store's real write
-//! path (`IdentityStore::append_event`, one committed transaction each, as refusals are written)
+//! path (`IssuanceStore::append_event`, one committed transaction each, as refusals are written)
 //! while the real sequencer (`transparency::sequencer`) sequences them and signs checkpoints with
 //! an ECDSA P-256 audit key on SoftHSM. On PostgreSQL (a fresh database through
 //! `E2EE_CA_TEST_POSTGRES_URL`, default the local `postgres` database) and on the embedded store:
@@ -15,6 +15,11 @@
 //!    recomputation alone (leaf hashes of 1,000,000 entries of the same size, then `Frontier`, one
 //!    thread).
 
+#![allow(
+    clippy::expect_used,
+    reason = "bench code: a failed expectation aborts the benchmark, as it should"
+)]
+
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod support;
@@ -23,21 +28,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ca_service::audit::LogEntryRef;
 use ca_service::audit::{AuditEvent, AuditKind};
 use ca_service::config::{AuditSection, PostgresLocation};
+use ca_service::hsm::Signer;
 use ca_service::hsm::{Hsm, HsmConfig, KeyAlgorithm, Pin};
-use ca_service::issuer::{IdentityStore, LogEntryRef};
-use ca_service::store::StoreError;
+use ca_service::issuer::IssuanceStore;
+use ca_service::storage::StoreError;
 use ca_service::store::postgres::PostgresStore;
 use ca_service::store::sqlite::SqliteStore;
 use ca_service::transparency::guard::SignerGuard;
 use ca_service::transparency::inline::InlineSequencing;
-use ca_service::transparency::sequencer::{self, SequencerHandle};
+use ca_service::transparency::sequencer::{self, Sequencer, SequencerHandle};
 use ca_service::transparency::signer::AuditKey;
-use ca_service::transparency::{LogHead, LogStore, NodeKey, SequenceOutcome, StoredCheckpoint, export};
+use ca_service::transparency::{LogHead, LogReader, LogSequencer, NodeKey, SequenceOutcome, StoredCheckpoint, export};
 use common::postgres::TestDatabase;
 use sha2::{Digest, Sha256};
 use tlog::merkle::{Frontier, Hash, leaf_hash};
+use tokio_util::sync::CancellationToken;
 
 const TOKEN_LABEL: &str = "bench";
 const USER_PIN: &str = "bench-user-pin";
@@ -77,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             let hsm = hsm.clone();
             tokio::task::spawn_blocking(move || hsm.generate_key(AUDIT_KEY_LABEL, KeyAlgorithm::EcdsaP256)).await??
         };
-        let key = AuditKey::new(key, ORIGIN)?;
+        let key = AuditKey::new(Signer::new(hsm.clone(), key)?, ORIGIN)?;
         println!(
             "machine: {} cores, {}",
             std::thread::available_parallelism().map_or(0, usize::from),
@@ -99,11 +107,11 @@ fn main() -> anyhow::Result<()> {
         };
         let postgres = Timed::new(PostgresStore::connect(&location).await?);
         let guard_file = workspace.path().join("postgres.guard");
-        let postgres = run_store("PostgreSQL", postgres, &hsm, &key, writers, seconds, guard_file).await;
+        let postgres = run_store("PostgreSQL", postgres, &key, writers, seconds, guard_file).await;
         let sqlite = match SqliteStore::open(&workspace.path().join("bench.sqlite3")) {
             Ok(store) => {
                 let guard_file = workspace.path().join("sqlite.guard");
-                run_store("embedded SQLite", Timed::new(store), &hsm, &key, writers, seconds, guard_file).await
+                run_store("embedded SQLite", Timed::new(store), &key, writers, seconds, guard_file).await
             }
             Err(error) => Err(error.into()),
         };
@@ -133,22 +141,32 @@ fn sequencer_config() -> sequencer::SequencerConfig {
     .sequencer()
 }
 
+/// The sequencer running as the service runs it: stopped (and drained) through its token.
+struct RunningSequencer {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSequencer {
+    /// Stops it, waiting for its last signature.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Starts the real sequencer on `store` exactly as the service does (the one place to adapt when
-/// `sequencer::spawn` changes).
-fn start_sequencer<L: LogStore>(
+/// `Sequencer` changes).
+fn start_sequencer<L: LogSequencer>(
     store: Arc<L>,
-    hsm: &Hsm,
     key: &AuditKey,
     guard_file: &Path,
-) -> anyhow::Result<(SequencerHandle, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(SequencerHandle, RunningSequencer)> {
     let guard = SignerGuard::open(guard_file, key.origin())?;
-    Ok(sequencer::spawn(
-        store,
-        hsm.clone(),
-        key.clone(),
-        guard,
-        sequencer_config(),
-    ))
+    let (sequencer, handle) = Sequencer::new(store, key.clone(), guard, sequencer_config());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(sequencer.run(stop.clone()));
+    Ok((handle, RunningSequencer { stop, task }))
 }
 
 /// One phase's appends: per entry, its hash and the instant its commit returned.
@@ -160,7 +178,7 @@ struct Appends {
 
 /// `writers` tasks appending refusal entries for `window`, waking `sequencer` after each commit as
 /// the issuer does.
-async fn append_for<S: IdentityStore>(
+async fn append_for<S: IssuanceStore>(
     store: &Arc<Timed<S>>,
     writers: usize,
     window: Duration,
@@ -231,10 +249,9 @@ async fn checkpoint_covering<L>(store: &Timed<L>, size: u64, bound: Duration) ->
 }
 
 /// Phases 1–3 on one store; returns the store for the offline phase.
-async fn run_store<S: IdentityStore + LogStore>(
+async fn run_store<S: IssuanceStore + LogSequencer>(
     name: &str,
     store: Timed<S>,
-    hsm: &Hsm,
     key: &AuditKey,
     writers: usize,
     window: Duration,
@@ -255,9 +272,9 @@ async fn run_store<S: IdentityStore + LogStore>(
 
     // 2. The sequencer drains the backlog.
     let started = Instant::now();
-    let (handle, task) = start_sequencer(Arc::clone(&store), hsm, key, &guard_file)?;
+    let (handle, sequencer) = start_sequencer(Arc::clone(&store), key, &guard_file)?;
     let Some(covered_at) = checkpoint_covering(&store, backlog_size, Duration::from_secs(60)).await else {
-        task.abort();
+        sequencer.stop().await;
         anyhow::bail!("{name}: no checkpoint covered the backlog of {backlog_size} within 60 s");
     };
     let drain = covered_at - started;
@@ -278,7 +295,7 @@ async fn run_store<S: IdentityStore + LogStore>(
     let total = backlog_size + mixed.entries.len() as u64;
     let caught_up = checkpoint_covering(&store, total, Duration::from_secs(30)).await;
     let checkpoints = store.checkpoints_stored() - checkpoints_before;
-    task.abort();
+    sequencer.stop().await;
     let appended_rate = mixed.entries.len() as f64 / elapsed.as_secs_f64();
     let sequenced_rate = signed_in_window as f64 / elapsed.as_secs_f64();
     println!(
@@ -326,7 +343,7 @@ async fn run_store<S: IdentityStore + LogStore>(
 }
 
 /// Leaf index of every entry in `[0, size)`, by the SHA-256 of its bytes (what `append_event` returns).
-async fn entry_indices<L: LogStore>(store: &L, size: u64) -> anyhow::Result<std::collections::HashMap<[u8; 32], u64>> {
+async fn entry_indices<L: LogReader>(store: &L, size: u64) -> anyhow::Result<std::collections::HashMap<[u8; 32], u64>> {
     let mut indices = std::collections::HashMap::with_capacity(size as usize);
     let mut start = 0;
     while start < size {
@@ -339,13 +356,13 @@ async fn entry_indices<L: LogStore>(store: &L, size: u64) -> anyhow::Result<std:
     Ok(indices)
 }
 
-async fn mean_entry_bytes<L: LogStore>(store: &L, size: u64) -> anyhow::Result<f64> {
+async fn mean_entry_bytes<L: LogReader>(store: &L, size: u64) -> anyhow::Result<f64> {
     let sample = store.entries(0, size.min(1000)).await?;
     Ok(sample.iter().map(Vec::len).sum::<usize>() as f64 / sample.len().max(1) as f64)
 }
 
 /// Phase 4: export and verify the PostgreSQL log offline, then the recomputation alone.
-async fn offline<L: LogStore>(store: &Timed<L>, key: &AuditKey, workspace: &Path) -> anyhow::Result<()> {
+async fn offline<L: LogReader>(store: &Timed<L>, key: &AuditKey, workspace: &Path) -> anyhow::Result<()> {
     let dir = workspace.join("export");
     let started = Instant::now();
     let summary = export::export(&store.inner, &dir, Some(key.verifier())).await?;
@@ -397,7 +414,7 @@ fn recompute() -> (Duration, Duration) {
     (hashing, started.elapsed())
 }
 
-/// A `LogStore` that records when each checkpoint was stored (after the inner store returned),
+/// A log store that records when each checkpoint was stored (after the inner store returned),
 /// so the latency ends where the service's would: the checkpoint is durable.
 struct Timed<L> {
     inner: L,
@@ -436,7 +453,25 @@ impl<L> Timed<L> {
     }
 }
 
-impl<L: LogStore> LogStore for Timed<L> {
+impl<L: LogReader> LogReader for Timed<L> {
+    async fn log_head(&self) -> Result<LogHead, StoreError> {
+        self.inner.log_head().await
+    }
+
+    async fn subtree_hashes(&self, keys: Vec<NodeKey>) -> Result<Vec<Option<Hash>>, StoreError> {
+        self.inner.subtree_hashes(keys).await
+    }
+
+    async fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.entries(start, end).await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.inner.latest_checkpoint().await
+    }
+}
+
+impl<L: LogSequencer> LogSequencer for Timed<L> {
     type Leadership = L::Leadership;
 
     async fn try_lead(&self) -> Result<Option<L::Leadership>, StoreError> {
@@ -445,10 +480,6 @@ impl<L: LogStore> LogStore for Timed<L> {
 
     fn still_leading(&self, leadership: &L::Leadership) -> bool {
         self.inner.still_leading(leadership)
-    }
-
-    async fn log_head(&self) -> Result<LogHead, StoreError> {
-        self.inner.log_head().await
     }
 
     async fn sequence(&self, expected: LogHead, max_entries: usize) -> Result<SequenceOutcome, StoreError> {
@@ -463,14 +494,6 @@ impl<L: LogStore> LogStore for Timed<L> {
         self.inner.nudge();
     }
 
-    async fn subtree_hashes(&self, keys: Vec<NodeKey>) -> Result<Vec<Option<Hash>>, StoreError> {
-        self.inner.subtree_hashes(keys).await
-    }
-
-    async fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.entries(start, end).await
-    }
-
     async fn store_checkpoint(&self, checkpoint: StoredCheckpoint) -> Result<(), StoreError> {
         let size = checkpoint.size;
         self.inner.store_checkpoint(checkpoint).await?;
@@ -480,9 +503,5 @@ impl<L: LogStore> LogStore for Timed<L> {
             checkpoints.push((size, Instant::now()));
         }
         Ok(())
-    }
-
-    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        self.inner.latest_checkpoint().await
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p ca-service --bench issuance -- [SECONDS] [CLIENTS] [USERS] [PREFILLED]`
 //! (defaults 8 16 512 1000000). One run measures:
-//! 1. the raw rate of `Hsm::sign` through the service's own session pool, same token and keys, with
+//! 1. the raw rate of `Hsm::danger_sign_unverified` through the service's own session pool, same token and keys, with
 //!    no gRPC, parsing or storage (the physical limit), for each CA key type, right before and right
 //!    after the empty-store scenario: ratios are to the mean, and the difference shows the host's drift;
 //! 2. `IssueCertificate` over gRPC from CLIENTS concurrent clients against `serve --config` on the
@@ -29,6 +29,11 @@
 //! `BENCH_SERVICE_BINARY=PATH` the scenarios serve with that `ca-service` build instead (to compare
 //! a change against a copy of the binary before it); `BENCH_CA_KEYS=rsa-3072` (or `ecdsa-p256`)
 //! runs one CA key's scenarios only.
+
+#![allow(
+    clippy::expect_used,
+    reason = "bench code: a failed expectation aborts the benchmark, as it should"
+)]
 
 mod support;
 
@@ -402,7 +407,7 @@ async fn raw_signing_rate(hsm: &Hsm, algorithm: KeyAlgorithm, duration: Duration
         workers.push(tokio::spawn(async move {
             let mut count = 0_u64;
             while started.elapsed() < duration {
-                hsm.sign(&key, message.clone()).await?;
+                hsm.danger_sign_unverified(&key, message.clone()).await?;
                 count += 1;
             }
             Ok::<_, ca_service::hsm::HsmError>(count)
@@ -428,8 +433,8 @@ async fn raw_signing_rate(hsm: &Hsm, algorithm: KeyAlgorithm, duration: Duration
 struct Checks {
     /// Parsing an RSA-2048 CSR and checking it (policy and self-signature): `issuer::csr::check`.
     csr_us: f64,
-    /// Verifying a CA signature over a certificate-sized message with the issuer's own
-    /// `CaVerifier` (the CA public key parsed once), as it checks each certificate before release.
+    /// Verifying a CA signature over a certificate-sized message with the service's own
+    /// `hsm::Verifier` (the CA public key parsed once), as `hsm::Signer` checks every signature.
     verify_us: f64,
 }
 
@@ -447,7 +452,7 @@ async fn required_checks(
 ) -> anyhow::Result<Checks> {
     let key = load_ca_key(hsm, algorithm).await?;
     let message = vec![0x5a_u8; 600];
-    let signature_der = hsm.sign(&key, message.clone()).await?;
+    let signature_der = hsm.danger_sign_unverified(&key, message.clone()).await?;
     let csrs = Arc::clone(csrs);
     tokio::task::spawn_blocking(move || {
         let users = csrs
@@ -462,7 +467,7 @@ async fn required_checks(
             }
         }
         let csr_us = started.elapsed().as_secs_f64() * 1e6 / (rounds * csrs.len()) as f64;
-        let verifier = ca_service::issuer::CaVerifier::new(&key).map_err(anyhow::Error::msg)?;
+        let verifier = ca_service::hsm::Verifier::new(&key)?;
         let verifications = 2000;
         let started = Instant::now();
         for _ in 0..verifications {

@@ -10,6 +10,11 @@
 //! each committing the cheapest durable transaction (one single-row INSERT in autocommit, as the
 //! store's own connections send it: prepared, over TCP), with PostgreSQL's CPU per transaction.
 
+#![allow(
+    clippy::expect_used,
+    reason = "bench code: a failed expectation aborts the benchmark, as it should"
+)]
+
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod support;

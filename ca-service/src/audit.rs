@@ -52,12 +52,25 @@ impl AuditKind {
 pub struct AuditEvent {
     /// What happened.
     pub kind: AuditKind,
-    /// Who asked (a principal name; `dev` in dev mode).
+    /// Who asked: a principal's name (`unauthenticated` while the service authenticates nobody).
     pub actor: String,
     /// Whom it concerns (a user id, or the CA key label).
     pub subject: String,
     /// Further `(name, value)` facts: hashes, serials, reasons. Values hold no newline.
     pub details: Vec<(&'static str, String)>,
+}
+
+/// Where an audit entry landed: its row in the store's outbox, and its log index when the store
+/// sequenced it in the same transaction (the embedded store, `transparency::inline`); otherwise
+/// the index is assigned later, by the sequencer (`issuer::IssuanceStore::log_index`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntryRef {
+    /// The store's id of the entry (`audit_entries.id`): opaque, unique, not the log index.
+    pub entry_id: i64,
+    /// SHA-256 of the stored entry bytes.
+    pub entry_hash: [u8; 32],
+    /// The log index, if the entry was sequenced in the transaction that wrote it.
+    pub leaf_index: Option<u64>,
 }
 
 /// An encoded entry and its SHA-256.

@@ -9,9 +9,8 @@ use anyhow::{Context, bail};
 use time::OffsetDateTime;
 
 use crate::config::{CeremonyConfig, CeremonyMode, SubjectSection};
-use crate::hsm::{Hsm, HsmKey, KeyAlgorithm};
+use crate::hsm::{Hsm, HsmKey, KeyAlgorithm, LeaseSigner, Signer};
 use crate::identity::{KeyFingerprint, SerialNumber};
-use crate::issuer::LeaseSigner;
 
 /// What a ceremony did, for the operator.
 #[derive(Debug)]
@@ -53,10 +52,11 @@ pub async fn run(hsm: &Hsm, config: &CeremonyConfig) -> anyhow::Result<CeremonyR
                     KeyFingerprint::of_spki(audit_key.spki_der()),
                 ));
             }
+            let signer = Signer::new(hsm.clone(), key.clone())?;
             let pem = if config.mode == CeremonyMode::Root {
-                self_signed(hsm, &key, subject, config.validity_days.unwrap_or(3650)).await?
+                self_signed(&signer, subject, config.validity_days.unwrap_or(3650)).await?
             } else {
-                signing_request(hsm, &key, subject).await?
+                signing_request(&signer, subject).await?
             };
             (key, pem)
         }
@@ -109,50 +109,45 @@ fn ca_params(subject: &SubjectSection, key: &HsmKey) -> rcgen::CertificateParams
     params
 }
 
-async fn self_signed(hsm: &Hsm, key: &HsmKey, subject: &SubjectSection, days: u32) -> anyhow::Result<String> {
-    let mut params = ca_params(subject, key);
+/// Why a ceremony signature failed: the HSM's error behind rcgen's, or rcgen's own.
+fn signing_error(signer: &LeaseSigner<'_>, what: &str, error: rcgen::Error) -> anyhow::Error {
+    match signer.take_error() {
+        Some(hsm_error) => anyhow::Error::new(hsm_error),
+        None => anyhow::anyhow!("cannot build the {what}: {error}"),
+    }
+}
+
+async fn self_signed(signer: &Signer, subject: &SubjectSection, days: u32) -> anyhow::Result<String> {
+    let mut params = ca_params(subject, signer.key());
     let now = OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + time::Duration::days(i64::from(days));
     params.serial_number = Some(rcgen::SerialNumber::from_slice(SerialNumber::generate().as_bytes()));
-    let lease = hsm.lease().await?;
-    let key = key.clone();
-    let pem = tokio::task::spawn_blocking(move || {
-        let signer = LeaseSigner::new(lease, &key);
-        let certificate = params.self_signed(&signer).map_err(|error| match signer.take_error() {
-            Some(hsm_error) => anyhow::Error::new(hsm_error),
-            None => anyhow::anyhow!("cannot build the CA certificate: {error}"),
-        })?;
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(certificate.der()).context("cannot parse the new CA certificate")?;
-        parsed
-            .verify_signature(None)
-            .context("the new CA certificate does not verify with its own key")?;
-        Ok::<_, anyhow::Error>(certificate.pem())
-    })
-    .await
-    .context("signing task failed")??;
-    Ok(pem)
+    signer
+        .with_lease(move |signer| {
+            let certificate = params
+                .self_signed(signer)
+                .map_err(|error| signing_error(signer, "CA certificate", error))?;
+            // The signer verified its signature; the certificate must carry exactly that.
+            crate::issuer::check_certificate(certificate.der(), signer.key().algorithm(), signer.take_signed())
+                .context("the new CA certificate does not carry the signature the HSM made and the CA key verified")?;
+            Ok(certificate.pem())
+        })
+        .await?
 }
 
-async fn signing_request(hsm: &Hsm, key: &HsmKey, subject: &SubjectSection) -> anyhow::Result<String> {
+async fn signing_request(signer: &Signer, subject: &SubjectSection) -> anyhow::Result<String> {
     // A CSR carries the subject only: the external root decides the CA extensions it signs.
     let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = ca_params(subject, key).distinguished_name;
-    let lease = hsm.lease().await?;
-    let key = key.clone();
-    tokio::task::spawn_blocking(move || {
-        let signer = LeaseSigner::new(lease, &key);
-        let request = params
-            .serialize_request(&signer)
-            .map_err(|error| match signer.take_error() {
-                Some(hsm_error) => anyhow::Error::new(hsm_error),
-                None => anyhow::anyhow!("cannot build the CA CSR: {error}"),
-            })?;
-        request.pem().context("cannot encode the CA CSR")
-    })
-    .await
-    .context("signing task failed")?
+    params.distinguished_name = ca_params(subject, signer.key()).distinguished_name;
+    signer
+        .with_lease(move |signer| {
+            let request = params
+                .serialize_request(signer)
+                .map_err(|error| signing_error(signer, "CA CSR", error))?;
+            request.pem().context("cannot encode the CA CSR")
+        })
+        .await?
 }
 
 /// Checks the externally signed certificate (key, CA flag, signature by the chain) and returns the

@@ -5,8 +5,7 @@
 //! `softhsm/` (token directory and `softhsm2.conf`), `hsm-user-pin` and `hsm-so-pin` (mode 0600),
 //! `ceremony-*.toml` (the ceremony input that made the CA and the audit key), `ca.pem`,
 //! `ca-service.toml` (the serve config with its `[audit]` section, written once the CA exists),
-//! `ca.sqlite3` (the store). Data directories made before the audit log existed keep working
-//! without a log; remove them to get one.
+//! `ca.sqlite3` (the store), `audit-signer-guard` (the signer guard's state).
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +13,8 @@ use anyhow::Context;
 use hsm_sim::TokenDirectory;
 
 use crate::ceremony::{self, CeremonyReport};
-use crate::config::CeremonyConfig;
-use crate::hsm::{Hsm, KeyAlgorithm};
+use crate::config::{CeremonyConfig, ServeConfig};
+use crate::hsm::{Hsm, HsmConfig, KeyAlgorithm, Pin};
 
 /// The dev CA's audit-log origin.
 pub const DEV_LOG_ORIGIN: &str = "localhost/e2ee-ca-dev/audit-log";
@@ -128,4 +127,57 @@ pub async fn ensure_ca(paths: &DevPaths, hsm: &Hsm, algorithm: KeyAlgorithm) -> 
     );
     ceremony::write_new_file(&paths.config, serve_text.as_bytes())?;
     Ok(Some(report))
+}
+
+/// How dev mode reaches its token: four sessions, a 2-second session wait.
+pub fn hsm_config(paths: &DevPaths) -> anyhow::Result<HsmConfig> {
+    let pin = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&paths.user_pin)
+            .with_context(|| format!("cannot read {}", paths.user_pin.display()))?,
+    );
+    Ok(HsmConfig {
+        module: hsm_sim::find_module()?,
+        token_label: DEV_TOKEN_LABEL.to_owned(),
+        pin: Pin::new(&pin),
+        pool_size: 4,
+        session_wait: std::time::Duration::from_secs(2),
+    })
+}
+
+/// What dev mode tells the operator before it serves: that it is dev mode, and what it made or reused.
+pub fn banner(
+    paths: &DevPaths,
+    token_created: bool,
+    ceremony: Option<&CeremonyReport>,
+    config: &ServeConfig,
+    requested_algorithm: KeyAlgorithm,
+) -> Vec<String> {
+    let mut banner = vec![
+        "e2ee-ca DEV MODE: not for production. Plaintext gRPC (no TLS), loopback only.".to_owned(),
+        format!("  data directory: {}", paths.root.display()),
+        format!(
+            "  SoftHSM token {:?}: {}",
+            DEV_TOKEN_LABEL,
+            if token_created { "created" } else { "reused" }
+        ),
+    ];
+    match ceremony {
+        Some(report) => banner.push(format!(
+            "  CA key {:?} ({}) generated on the token by the ceremony; certificate written to {}",
+            report.key_label, config.ca.key_algorithm, report.output
+        )),
+        None => banner.push(format!(
+            "  CA key {:?} ({}) and certificate {} reused",
+            config.ca.key_label,
+            config.ca.key_algorithm,
+            config.ca.certificate.display()
+        )),
+    }
+    if ceremony.is_none() && config.ca.key_algorithm != requested_algorithm {
+        banner.push(format!(
+            "  note: --ca-key-algorithm {requested_algorithm} applies to a new data directory only"
+        ));
+    }
+    banner.push(format!("  store: {}", config.store.url));
+    banner
 }

@@ -99,9 +99,8 @@ impl fmt::Display for KeyFingerprint {
 /// A certificate serial number, 16 bytes: the issuing time in nanoseconds since 1970 (8 bytes,
 /// big-endian), then 8 bytes from the CSPRNG. Positive and non-sequential, with the 64 random bits
 /// the CA/Browser Forum asks of public CAs. The time first makes each new serial sort after the
-/// ones before it, so the store's serial index grows at its right edge: a fully random serial
-/// dirtied a random leaf of that index per certificate, which cost 6–18 % more CPU per
-/// certificate once the store held a million (BENCHMARKS.md).
+/// ones before it, so the store's serial index grows at its right edge instead of dirtying a
+/// random leaf per certificate.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SerialNumber(Vec<u8>);
 

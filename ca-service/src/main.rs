@@ -1,4 +1,5 @@
-//! `ca-service`: parse the command line and config, build the dependencies, run.
+//! `ca-service`: parse the command line and the config, call the one builder (`Service::build`),
+//! serve until Ctrl-C or SIGTERM; and the offline commands (ceremony, migrate, audit).
 
 #![forbid(unsafe_code)]
 
@@ -8,13 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use ca_service::config::{CeremonyConfig, LogFormat, ServeConfig, StoreLocation};
 use ca_service::hsm::{Hsm, HsmConfig, KeyAlgorithm};
-use ca_service::issuer::IdentityStore;
-use ca_service::store::postgres::{self, PostgresStore};
-use ca_service::store::sqlite::{self, SqliteStore};
-use ca_service::transparency::{LogStore, export};
-use ca_service::{ceremony, dev, server};
+use ca_service::service::Service;
+use ca_service::store::{self, Store, StoreTask};
+use ca_service::transparency::export;
+use ca_service::{ceremony, dev};
 use clap::{Parser, Subcommand};
-use sha2::{Digest, Sha256};
 use tlog::key::VerifierKey;
 
 /// The e2ee-ca certificate authority.
@@ -131,7 +130,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             set_softhsm2_conf(config.hsm.softhsm2_conf.as_deref())?;
             runtime()?.block_on(async {
                 let hsm = connect(config.hsm.hsm_config()?).await?;
-                serve(config, hsm, None).await
+                let service = Service::build(&config, hsm).await?;
+                serve(service, config.listen, Vec::new()).await
             })
         }
         Command::Serve {
@@ -150,73 +150,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (paths, token_created) = dev::prepare_token(&data_dir)?;
             set_softhsm2_conf(Some(&paths.token.conf_path()))?;
             runtime()?.block_on(async {
-                let hsm_config = HsmConfig {
-                    module: hsm_sim::find_module()?,
-                    token_label: dev::DEV_TOKEN_LABEL.to_owned(),
-                    pin: ca_service::hsm::Pin::new(&zeroize::Zeroizing::new(
-                        std::fs::read_to_string(&paths.user_pin)
-                            .with_context(|| format!("cannot read {}", paths.user_pin.display()))?,
-                    )),
-                    pool_size: 4,
-                    session_wait: std::time::Duration::from_secs(2),
-                };
-                let hsm = connect(hsm_config).await?;
+                let hsm = connect(dev::hsm_config(&paths)?).await?;
                 let ceremony = dev::ensure_ca(&paths, &hsm, ca_key_algorithm).await?;
                 let mut config = ServeConfig::load(&paths.config)?;
                 config.listen = listen.unwrap_or(config.listen);
-                let mut banner = vec![
-                    "e2ee-ca DEV MODE: not for production. Plaintext gRPC (no TLS), loopback only.".to_owned(),
-                    format!("  data directory: {}", paths.root.display()),
-                    format!(
-                        "  SoftHSM token {:?}: {}",
-                        dev::DEV_TOKEN_LABEL,
-                        if token_created { "created" } else { "reused" }
-                    ),
-                ];
-                match &ceremony {
-                    Some(report) => banner.push(format!(
-                        "  CA key {:?} ({}) generated on the token by the ceremony; certificate written to {}",
-                        report.key_label, config.ca.key_algorithm, report.output
-                    )),
-                    None => banner.push(format!(
-                        "  CA key {:?} ({}) and certificate {} reused",
-                        config.ca.key_label,
-                        config.ca.key_algorithm,
-                        config.ca.certificate.display()
-                    )),
-                }
-                if ceremony.is_none() && config.ca.key_algorithm != ca_key_algorithm {
-                    banner.push(format!(
-                        "  note: --ca-key-algorithm {ca_key_algorithm} applies to a new data directory only"
-                    ));
-                }
-                banner.push(format!("  store: {}", config.store.url));
-                serve(config, hsm, Some(banner)).await
+                let banner = dev::banner(&paths, token_created, ceremony.as_ref(), &config, ca_key_algorithm);
+                let service = Service::build(&config, hsm).await?;
+                serve(service, config.listen, banner).await
             })
         }
         Command::Migrate { config } => {
             let config = ServeConfig::load(&config)?;
             init_logging(cli.log_format.as_deref(), config.log_format)?;
-            runtime()?.block_on(async {
-                match config.store_location()? {
-                    StoreLocation::Sqlite(path) => {
-                        open_sqlite(path).await?;
-                        println!("embedded store is at schema version {}", sqlite::SCHEMA_VERSION);
-                    }
-                    StoreLocation::Postgres(location) => {
-                        let store = PostgresStore::connect(&location).await.with_context(|| {
-                            format!("cannot migrate the PostgreSQL store at {}", location.describe())
-                        })?;
-                        drop(store);
-                        println!(
-                            "PostgreSQL store at {} is at schema version {}",
-                            location.describe(),
-                            postgres::SCHEMA_VERSION
-                        );
-                    }
-                }
-                Ok(())
-            })
+            let location = config.store_location()?;
+            runtime()?.block_on(store::with_store(&location, None, Migrated))?;
+            let version = store::schema_version(&location);
+            match &location {
+                StoreLocation::Sqlite(_) => println!("embedded store is at schema version {version}"),
+                StoreLocation::Postgres(postgres) => println!(
+                    "PostgreSQL store at {} is at schema version {version}",
+                    postgres.describe()
+                ),
+            }
+            Ok(())
         }
         Command::Ceremony { config } => {
             init_logging(cli.log_format.as_deref(), LogFormat::Human)?;
@@ -242,30 +198,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = ServeConfig::load(&config)?;
             init_logging(cli.log_format.as_deref(), config.log_format)?;
             let vkey = vkey.as_deref().map(parse_vkey).transpose()?;
-            runtime()?.block_on(async {
-                let summary = match config.store_location()? {
-                    StoreLocation::Sqlite(path) => {
-                        let store = open_sqlite(path).await?;
-                        export::export(&store, &out, vkey.as_ref()).await?
-                    }
-                    StoreLocation::Postgres(location) => {
-                        let store = PostgresStore::connect(&location)
-                            .await
-                            .with_context(|| format!("cannot open the PostgreSQL store at {}", location.describe()))?;
-                        export::export(&store, &out, vkey.as_ref()).await?
-                    }
-                };
-                println!(
-                    "exported {} entries and the checkpoint of size {} to {}",
-                    summary.entries,
-                    summary.entries,
-                    out.display()
-                );
-                if !summary.vkey_written {
-                    println!("  no --vkey given: vkey.txt not written");
-                }
-                Ok(())
-            })
+            let export = Export {
+                out: &out,
+                vkey: vkey.as_ref(),
+            };
+            let summary = runtime()?.block_on(store::with_store(&config.store_location()?, None, export))?;
+            println!(
+                "exported {} entries and the checkpoint of size {} to {}",
+                summary.entries,
+                summary.entries,
+                out.display()
+            );
+            if !summary.vkey_written {
+                println!("  no --vkey given: vkey.txt not written");
+            }
+            Ok(())
         }
         Command::Audit {
             command:
@@ -275,34 +222,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pinned_checkpoint,
                     time_tolerance_ms,
                 },
-        } => {
-            let trusted_key = parse_vkey(&trusted_key)?;
-            let pinned = match pinned_checkpoint {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read the pinned checkpoint {}", path.display()))?;
-                    Some((path, text))
-                }
-                None => None,
-            };
-            let options = export::VerifyOptions {
-                trusted_key,
-                pinned,
-                time_tolerance: std::time::Duration::from_millis(time_tolerance_ms),
-            };
-            match export::verify(&dir, &options) {
-                Ok(report) => {
-                    for line in &report.passed {
-                        println!("PASS {line}");
-                    }
-                    println!("OK: the export of {} entries verifies", report.size);
-                    Ok(())
-                }
-                Err(failure) => {
-                    println!("FAIL {failure}");
-                    Err(anyhow::Error::new(failure).context(format!("verification of {} failed", dir.display())))
-                }
+        } => verify(&dir, &trusted_key, pinned_checkpoint, time_tolerance_ms),
+    }
+}
+
+/// `migrate`: opening the store applies its migrations; nothing more to do.
+struct Migrated;
+
+impl StoreTask for Migrated {
+    type Output = ();
+
+    async fn run<S: Store>(self, _store: S) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// `audit export`: the latest checkpoint and its entries, read from the store alone.
+struct Export<'a> {
+    out: &'a Path,
+    vkey: Option<&'a VerifierKey>,
+}
+
+impl StoreTask for Export<'_> {
+    type Output = export::ExportSummary;
+
+    async fn run<S: Store>(self, store: S) -> anyhow::Result<export::ExportSummary> {
+        Ok(export::export(&store, self.out, self.vkey).await?)
+    }
+}
+
+/// `audit verify`: prints a `PASS` line per check, or the `FAIL` line, and fails on a failure.
+fn verify(
+    dir: &Path,
+    trusted_key: &str,
+    pinned_checkpoint: Option<PathBuf>,
+    time_tolerance_ms: u64,
+) -> anyhow::Result<()> {
+    let trusted_key = parse_vkey(trusted_key)?;
+    let pinned = match pinned_checkpoint {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the pinned checkpoint {}", path.display()))?;
+            Some((path, text))
+        }
+        None => None,
+    };
+    let options = export::VerifyOptions {
+        trusted_key,
+        pinned,
+        time_tolerance: std::time::Duration::from_millis(time_tolerance_ms),
+    };
+    match export::verify(dir, &options) {
+        Ok(report) => {
+            for line in &report.passed {
+                println!("PASS {line}");
             }
+            println!("OK: the export of {} entries verifies", report.size);
+            Ok(())
+        }
+        Err(failure) => {
+            println!("FAIL {failure}");
+            Err(anyhow::Error::new(failure).context(format!("verification of {} failed", dir.display())))
         }
     }
 }
@@ -319,69 +299,28 @@ fn parse_vkey(text_or_file: &str) -> anyhow::Result<VerifierKey> {
         .with_context(|| format!("{:?} is not a verifier key (name+keyid+base64)", text.trim()))
 }
 
-/// Opens (and migrates) the embedded store.
-async fn open_sqlite(path: PathBuf) -> anyhow::Result<SqliteStore> {
-    let open = move || SqliteStore::open(&path).with_context(|| format!("cannot open store {}", path.display()));
-    tokio::task::spawn_blocking(open).await.context("store task failed")?
-}
-
-/// Opens the store selected by `store.url` and serves with it.
-async fn serve(config: ServeConfig, hsm: Hsm, dev_banner: Option<Vec<String>>) -> anyhow::Result<()> {
-    match config.store_location()? {
-        StoreLocation::Sqlite(path) => {
-            let store = open_sqlite(path).await?;
-            serve_with(config, hsm, dev_banner, store).await
-        }
-        StoreLocation::Postgres(location) => {
-            // Fails within store.timeout_ms when the database is unreachable. The URL is never
-            // printed: it may hold a password.
-            let store = PostgresStore::connect(&location)
-                .await
-                .with_context(|| format!("cannot open the PostgreSQL store at {}", location.describe()))?;
-            tracing::info!(store = %location.describe(), pool_size = location.pool_size, "PostgreSQL store ready");
-            serve_with(config, hsm, dev_banner, store).await
-        }
-    }
-}
-
-/// Builds the issuer over `store`, binds and serves until Ctrl-C or SIGTERM.
-async fn serve_with<S: IdentityStore + LogStore>(
-    config: ServeConfig,
-    hsm: Hsm,
-    dev_banner: Option<Vec<String>>,
-    store: S,
-) -> anyhow::Result<()> {
-    let issuer = server::build_issuer(&config, hsm, store).await?;
-    let (issuer, audit_log) = server::start_audit_log(&config, issuer).await?;
-    let ca_fingerprint = hex::encode(Sha256::digest(&issuer.ca().certificate_der));
-    let listener = tokio::net::TcpListener::bind(config.listen)
+/// Binds `listen`, tells the operator what is served (the dev banner first, if any), and runs
+/// `service` until Ctrl-C or SIGTERM.
+async fn serve(service: Service, listen: SocketAddr, banner: Vec<String>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr().context("cannot read the listening address")?;
-    if let Some(banner) = dev_banner {
-        for line in banner {
-            println!("{line}");
-        }
+    let info = service.info();
+    for line in banner {
+        println!("{line}");
     }
-    println!("  CA certificate SHA-256: {ca_fingerprint}");
+    println!("  CA certificate SHA-256: {}", info.ca_fingerprint);
     println!("listening on {address}");
     println!("Try: grpcurl -plaintext {address} e2ee.ca.v1.Identity/GetCaInfo");
     println!("     grpcurl -plaintext {address} e2ee.ca.v1.Transparency/GetCheckpoint");
     println!("     cargo run -p e2ee-client -- --ca http://{address} enroll --user alice --dir ./alice");
-    tracing::info!(%address, ca_fingerprint, "serving");
+    tracing::info!(%address, ca_fingerprint = %info.ca_fingerprint, "serving");
     println!(
         "  audit log {}: checkpoint key {}",
-        audit_log.key.origin(),
-        audit_log.key.verifier()
+        info.log_origin, info.checkpoint_key
     );
-    server::run(
-        listener,
-        std::sync::Arc::new(issuer),
-        audit_log.key.clone(),
-        config.max_message_bytes,
-        shutdown_signal(),
-    )
-    .await?;
+    service.run(listener, shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(())
 }

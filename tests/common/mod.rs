@@ -1,7 +1,7 @@
 //! Shared harness for the end-to-end tests: the real `ca-service` binary in dev mode on an ephemeral
 //! port, each with its own data directory and SoftHSM token, reached through the real gRPC client.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a different part of the shared fixture")]
 
 pub mod faults;
 pub mod postgres;
@@ -94,6 +94,28 @@ impl DevServer {
     /// The server's process id (for CPU accounting in the benches).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Asks the server to shut down as an orchestrator does (SIGTERM) and waits for it to exit, at
+    /// most `limit`; returns whether it exited successfully and how long it took. Async, so that the
+    /// test's own gRPC connections keep running and can close when the server says goodbye.
+    pub async fn terminate(mut self, limit: Duration) -> (bool, Duration) {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM delivered");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status.success(), started.elapsed());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "ca-service did not exit within {limit:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stops the server (SIGKILL: nothing may depend on a clean shutdown).

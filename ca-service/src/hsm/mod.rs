@@ -1,9 +1,9 @@
-//! The HSM signer: the only code that speaks PKCS#11 (through cryptoki).
+//! The HSM: the only code that speaks PKCS#11 (through cryptoki).
 //!
 //! One `Pkcs11` context per process, a login session that is opened first and never closed, and a
-//! bounded pool of sessions with cached key handles (see `spec/hsm.md` in the design notes, and
-//! ARCHITECTURE.md). Private keys never leave the token: this module exposes only "sign" and
-//! "public key".
+//! bounded pool of sessions with cached key handles (`pool`). Private keys never leave the token:
+//! the rest of the service signs through `Signer` (`signer`), which exposes only "sign" and "public
+//! key" and verifies every signature with the public key before returning it.
 //!
 //! Errors are sorted into the recovery classes of hsm.md:
 //! - retry: the session is gone; open a new one and retry once;
@@ -14,6 +14,7 @@
 
 mod der;
 mod pool;
+mod signer;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -29,8 +30,8 @@ use cryptoki::types::AuthPin;
 use sha2::{Digest, Sha256, Sha384};
 use thiserror::Error;
 
-pub use der::push_tlv;
 pub use pool::{Hsm, SessionLease};
+pub use signer::{LeaseSigner, Signed, Signer, Verifier};
 
 /// The key types the CA (and the audit log) can hold on the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -181,6 +182,10 @@ pub enum HsmError {
     /// The token is unreachable (device error, removed, breaker open); retry later.
     #[error("the HSM is unavailable")]
     Unavailable,
+    /// The token's signature did not verify with the key's public key (a faulty token); nothing
+    /// signed with it was released.
+    #[error("the HSM's signature failed verification with the public key of {0:?}")]
+    SignatureCheck(String),
     /// Every session was busy for longer than the configured wait.
     #[error("all HSM sessions are busy")]
     PoolExhausted,
@@ -301,27 +306,6 @@ impl HsmKey {
     /// PEM ("PUBLIC KEY") of the public key.
     pub fn public_key_pem(&self) -> String {
         pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der.clone()))
-    }
-
-    /// The public key in the form rcgen puts into certificates (as subject or as issuer).
-    pub fn public_key_data(&self) -> HsmPublicKey<'_> {
-        HsmPublicKey { key: self }
-    }
-}
-
-/// rcgen's view of an HSM public key.
-#[derive(Debug, Clone, Copy)]
-pub struct HsmPublicKey<'a> {
-    key: &'a HsmKey,
-}
-
-impl rcgen::PublicKeyData for HsmPublicKey<'_> {
-    fn der_bytes(&self) -> &[u8] {
-        self.key.public_key_bytes()
-    }
-
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.key.algorithm.signature_algorithm()
     }
 }
 
@@ -502,20 +486,6 @@ fn sign_with(
             session.sign(&Mechanism::Sha256RsaPkcs, handle, message)
         }
     }
-}
-
-/// Verifies a signature made by `key` with software crypto: every certificate and probe signature
-/// is checked this way before anything is released.
-pub fn verify_signature(key: &HsmKey, message: &[u8], signature: &[u8]) -> bool {
-    use ring::signature;
-    let algorithm: &dyn signature::VerificationAlgorithm = match key.algorithm {
-        KeyAlgorithm::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
-        KeyAlgorithm::EcdsaP384 => &signature::ECDSA_P384_SHA384_ASN1,
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => &signature::RSA_PKCS1_2048_8192_SHA256,
-    };
-    signature::UnparsedPublicKey::new(algorithm, &key.public_key)
-        .verify(message, signature)
-        .is_ok()
 }
 
 #[cfg(test)]

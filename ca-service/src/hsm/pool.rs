@@ -211,7 +211,8 @@ impl Hsm {
         self.lease_within(self.shared.config.session_wait).await
     }
 
-    async fn lease_within(&self, wait: Duration) -> Result<SessionLease, HsmError> {
+    /// Takes a signing session from the pool, waiting at most `wait`.
+    pub(super) async fn lease_within(&self, wait: Duration) -> Result<SessionLease, HsmError> {
         let backend = self.current_backend()?;
         let permit = tokio::time::timeout(wait, self.shared.permits.clone().acquire_owned())
             .await
@@ -227,37 +228,20 @@ impl Hsm {
         })
     }
 
-    /// Signs `message` with `key` on a blocking thread (one lease, released at the end).
-    pub async fn sign(&self, key: &HsmKey, message: Vec<u8>) -> Result<Vec<u8>, HsmError> {
-        self.sign_within(key, message, self.shared.config.session_wait).await
+    /// How long a caller waits for a free session before `PoolExhausted`.
+    pub fn session_wait(&self) -> Duration {
+        self.shared.config.session_wait
     }
 
-    async fn sign_within(&self, key: &HsmKey, message: Vec<u8>, wait: Duration) -> Result<Vec<u8>, HsmError> {
-        let mut lease = self.lease_within(wait).await?;
+    /// Signs `message` with `key` on a blocking thread (one lease, released at the end) without
+    /// verifying the signature: the raw signing rate the issuance bench compares the service with.
+    /// The service signs only through `Signer`, which verifies every signature it returns.
+    pub async fn danger_sign_unverified(&self, key: &HsmKey, message: Vec<u8>) -> Result<Vec<u8>, HsmError> {
+        let mut lease = self.lease().await?;
         let key = key.clone();
         tokio::task::spawn_blocking(move || lease.sign(&key, &message))
             .await
             .map_err(|_| HsmError::Unavailable)?
-    }
-
-    /// Signs and verifies a fixed message: the health probe.
-    ///
-    /// It waits for a session up to `PROBE_SESSION_WAIT` (or the request wait, if longer): a pool
-    /// that is merely busy is healthy, and reporting NOT_SERVING under load would make a load
-    /// balancer drain a working replica. Only sessions held this long mean the token hangs.
-    pub async fn probe(&self, key: &HsmKey) -> Result<(), HsmError> {
-        const PROBE: &[u8] = b"e2ee-ca health probe";
-        const PROBE_SESSION_WAIT: Duration = Duration::from_secs(5);
-        let wait = self.shared.config.session_wait.max(PROBE_SESSION_WAIT);
-        let signature = self.sign_within(key, PROBE.to_vec(), wait).await?;
-        if super::verify_signature(key, PROBE, &signature) {
-            Ok(())
-        } else {
-            Err(HsmError::Failed {
-                function: "probe".to_owned(),
-                detail: "signature did not verify".to_owned(),
-            })
-        }
     }
 
     /// Records a failure: device-class errors open the breaker and start a rebuild.
@@ -345,6 +329,29 @@ pub struct SessionLease {
     _permit: OwnedSemaphorePermit,
 }
 
+/// The retries one signature has used, one allowance per recovery class (hsm.md: "retried once").
+#[derive(Debug, Default)]
+struct Retries {
+    session: bool,
+    handle: bool,
+    login: bool,
+    /// The last attempt failed with CKR_FUNCTION_FAILED (a second one in a row is a device error).
+    function_failed: bool,
+}
+
+impl Retries {
+    /// Uses the allowance of `class`; false when it was used already.
+    fn take(&mut self, class: ErrorClass) -> bool {
+        let used = match class {
+            ErrorClass::Retry => &mut self.session,
+            ErrorClass::StaleHandle => &mut self.handle,
+            ErrorClass::Relogin => &mut self.login,
+            ErrorClass::Device | ErrorClass::Pin | ErrorClass::Other => return false,
+        };
+        !std::mem::replace(used, true)
+    }
+}
+
 /// Why one signing attempt failed.
 enum Attempt {
     Pkcs11(CryptokiError),
@@ -352,11 +359,13 @@ enum Attempt {
 }
 
 impl SessionLease {
-    /// Signs `message` with `key`, applying the retry, stale-handle and re-login classes once each.
+    /// Signs `message` with `key`, applying the retry, stale-handle and re-login classes once each
+    /// (each class has its own allowance: a lost session followed by a lost login is retried twice).
+    /// The signature is not verified here: `Signer` does that.
     ///
     /// Blocking (PKCS#11 calls): run it on a blocking thread.
     pub fn sign(&mut self, key: &HsmKey, message: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let mut retried = false;
+        let mut retries = Retries::default();
         loop {
             let error = match self.attempt(key, message) {
                 Ok(signature) => return Ok(signature),
@@ -366,25 +375,29 @@ impl SessionLease {
             let class = match classify(&error) {
                 // A second CKR_FUNCTION_FAILED in a row counts as a device error (hsm.md).
                 ErrorClass::Other if matches!(error, CryptokiError::Pkcs11(RvError::FunctionFailed, _)) => {
-                    if retried {
+                    if retries.function_failed {
                         ErrorClass::Device
                     } else {
+                        retries.function_failed = true;
                         ErrorClass::Retry
                     }
                 }
-                class => class,
+                class => {
+                    retries.function_failed = false;
+                    class
+                }
             };
             tracing::warn!(?class, error = %error, key = key.label(), "PKCS#11 signing error");
             match class {
-                ErrorClass::Retry if !retried => self.session = None,
-                ErrorClass::StaleHandle if !retried => {
+                ErrorClass::Retry if retries.take(class) => self.session = None,
+                ErrorClass::StaleHandle if retries.take(class) => {
                     if self.backend.signs_on_login_session {
                         lock(&self.backend.login_session).handles.remove(key.label());
                     } else if let Some(pooled) = self.session.as_mut() {
                         pooled.handles.remove(key.label());
                     }
                 }
-                ErrorClass::Relogin if !retried => {
+                ErrorClass::Relogin if retries.take(class) => {
                     if let Err(error) = self.backend.relogin(&self.hsm.shared.config) {
                         self.hsm.note_failure(&self.backend, &error);
                         return Err(error);
@@ -402,7 +415,6 @@ impl SessionLease {
                 }
                 ErrorClass::Other => return Err(failed(error)),
             }
-            retried = true;
         }
     }
 
@@ -449,5 +461,26 @@ impl Drop for SessionLease {
         if let Some(pooled) = self.session.take() {
             lock(&self.backend.idle).push(pooled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_recovery_class_has_its_own_single_retry() {
+        let mut retries = Retries::default();
+        assert!(retries.take(ErrorClass::Retry), "a lost session is retried");
+        assert!(retries.take(ErrorClass::Relogin), "then a lost login too");
+        assert!(retries.take(ErrorClass::StaleHandle), "then a stale handle too");
+        assert!(!retries.take(ErrorClass::Retry), "but each only once");
+        assert!(!retries.take(ErrorClass::Relogin));
+        assert!(!retries.take(ErrorClass::StaleHandle));
+        assert!(
+            !Retries::default().take(ErrorClass::Device),
+            "a device error is never retried"
+        );
+        assert!(!Retries::default().take(ErrorClass::Pin), "nor a PIN error");
     }
 }

@@ -1,4 +1,4 @@
-//! Offline audit of the transparency log: the export directory format, writing it from a `LogStore`, and verifying it with `tlog` alone.
+//! Offline audit of the transparency log: the export directory format, writing it from a `LogReader`, and verifying it with `tlog` alone.
 //!
 //! An export directory (written by `ca-service audit export`, read by `ca-service audit verify`):
 //! - `entries.bin`: the sequenced entries `[0, size)` of the exported checkpoint, in index order.
@@ -29,8 +29,8 @@ use tlog::key::VerifierKey;
 use tlog::merkle::{Frontier, Hash, leaf_hash};
 use tlog::note::{NoteError, SignedNote};
 
-use super::LogStore;
-use crate::store::StoreError;
+use super::LogReader;
+use crate::storage::StoreError;
 
 /// The entries file of an export.
 pub const ENTRIES_FILE: &str = "entries.bin";
@@ -96,7 +96,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
 
 /// Writes the latest signed checkpoint, the entries it covers and (if given) the vkey into `dir`
 /// (created if missing; existing export files are replaced).
-pub async fn export<L: LogStore>(
+pub async fn export<L: LogReader>(
     store: &L,
     dir: &Path,
     vkey: Option<&VerifierKey>,

@@ -27,8 +27,8 @@ use tlog::key::VerifierKey;
 use tlog::merkle::Hash;
 use tlog::note::SignedNote;
 
-use super::{LogHead, LogStore, consistency_proof};
-use crate::store::StoreError;
+use super::{LogHead, LogReader, consistency_proof};
+use crate::storage::StoreError;
 
 /// First line of the guard file.
 const FORMAT_LINE: &str = "e2ee-ca signer guard v1";
@@ -297,7 +297,7 @@ pub enum StartupCheck {
 /// must not be behind its own latest checkpoint, and must extend the guarded tree (verified with a
 /// consistency proof from the stored nodes). A guard without a file adopts the latest checkpoint,
 /// after verifying its signature with `verifier` and that the head extends it.
-pub async fn check_at_startup<L: LogStore>(
+pub async fn check_at_startup<L: LogReader>(
     store: &L,
     guard: &mut SignerGuard,
     verifier: &VerifierKey,

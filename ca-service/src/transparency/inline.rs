@@ -10,7 +10,7 @@
 //! before handing it over, pauses the writer's sequencing when the signed log lags for longer than
 //! the stall bound, records each batch the writer reports (in order, each one built on the last),
 //! and steps down when one fails. The writer only ever extends the head it was handed, with the
-//! same compare-and-swap as `LogStore::sequence`.
+//! same compare-and-swap as `LogSequencer::sequence`.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
 use super::{LogHead, SequenceOutcome};
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// The hand-over between the sequencer and a store writer. One per store, shared by its clones.
 #[derive(Debug, Default)]

@@ -1,4 +1,5 @@
-//! The transparency log over the audit entries: the `LogStore` contract, batch planning, proofs.
+//! The transparency log over the audit entries: the store contracts (`LogReader` for every reader,
+//! `LogSequencer` for the sequencer alone), batch planning, proofs.
 //!
 //! Entries are written by business transactions into `audit_entries` without a log index (the
 //! outbox). The sequencer (`sequencer`) gives them contiguous indices 0, 1, 2, … in batches, stores
@@ -23,7 +24,7 @@ use tlog::note::SignedNote;
 use tlog::proof::{HashReader, ProveError};
 use tlog::tlog_proof::TlogProof;
 
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// The log head: how many entries are sequenced and the RFC 6962 root over them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +96,28 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
-/// What the sequencer, the issuer's wait and the `Transparency` API need from a store.
-/// Implementations: `store::sqlite` and `store::postgres`, held to this contract by
-/// `store::conformance`.
+/// What readers of the log need from a store: the `Transparency` API, proofs and receipts, the
+/// startup check against the signer guard, and the offline export. Implementations:
+/// `store::sqlite` and `store::postgres`, held to this contract by `store::conformance`.
+///
+/// Contract: every read sees only committed state. Nodes, indices and checkpoints are never
+/// updated or deleted once written, except that a checkpoint of the same size may be replaced by a
+/// fresher signature of the same tree; so a read of sequenced data never changes.
+pub trait LogReader: Send + Sync + 'static {
+    /// The committed log head.
+    fn log_head(&self) -> impl Future<Output = Result<LogHead, StoreError>> + Send;
+
+    /// The stored hashes of `keys`, in order; `None` for a node not (yet) stored.
+    fn subtree_hashes(&self, keys: Vec<NodeKey>) -> impl Future<Output = Result<Vec<Option<Hash>>, StoreError>> + Send;
+
+    /// The exact bytes of the sequenced entries `[start, end)`, in index order.
+    fn entries(&self, start: u64, end: u64) -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send;
+
+    /// The checkpoint with the largest size, if any was signed.
+    fn latest_checkpoint(&self) -> impl Future<Output = Result<Option<StoredCheckpoint>, StoreError>> + Send;
+}
+
+/// What the sequencer needs from a store, besides reading the log.
 ///
 /// Contract:
 /// - `sequence` is one transaction: it reads the head (locking it), refuses with `HeadMoved` if it
@@ -108,9 +128,8 @@ pub struct StoredCheckpoint {
 ///   on `try_lead`.
 /// - `try_lead` is liveness only: at most one holder of a `Leadership` at a time per database
 ///   (PostgreSQL advisory lock; the embedded store always grants it, it has one process).
-/// - Nodes, indices and checkpoints are never updated or deleted once written, except that
-///   a checkpoint of the same size may be replaced by a fresher signature of the same tree.
-pub trait LogStore: Send + Sync + 'static {
+/// - `store_checkpoint` refuses (`Integrity`) a checkpoint whose size was signed with another root.
+pub trait LogSequencer: LogReader {
     /// Proof of being the one sequencer (dropping it lets another replica lead).
     type Leadership: Send + Sync + 'static;
 
@@ -120,9 +139,6 @@ pub trait LogStore: Send + Sync + 'static {
     /// False once the leadership was lost (its connection died).
     fn still_leading(&self, leadership: &Self::Leadership) -> bool;
 
-    /// The committed log head.
-    fn log_head(&self) -> impl Future<Output = Result<LogHead, StoreError>> + Send;
-
     /// Sequences up to `max_entries` pending entries on top of `expected` (see the contract).
     fn sequence(
         &self,
@@ -130,17 +146,8 @@ pub trait LogStore: Send + Sync + 'static {
         max_entries: usize,
     ) -> impl Future<Output = Result<SequenceOutcome, StoreError>> + Send;
 
-    /// The stored hashes of `keys`, in order; `None` for a node not (yet) stored.
-    fn subtree_hashes(&self, keys: Vec<NodeKey>) -> impl Future<Output = Result<Vec<Option<Hash>>, StoreError>> + Send;
-
-    /// The exact bytes of the sequenced entries `[start, end)`, in index order.
-    fn entries(&self, start: u64, end: u64) -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send;
-
-    /// Stores a signed checkpoint (replacing one of the same size).
+    /// Stores a signed checkpoint (replacing one of the same size and root).
     fn store_checkpoint(&self, checkpoint: StoredCheckpoint) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The checkpoint with the largest size, if any was signed.
-    fn latest_checkpoint(&self) -> impl Future<Output = Result<Option<StoredCheckpoint>, StoreError>> + Send;
 
     /// The hand-over to the store's writer, for a store that sequences inside its own write
     /// transactions (see [`inline`]); `None` (the default): the sequencer calls `sequence`.
@@ -280,7 +287,7 @@ fn prove_error(error: ProveError<ProofError>) -> ProofError {
 /// the index and sizes), then over those hashes fetched from the store in one query.
 async fn prove<L, P>(store: &L, prove: P) -> Result<Vec<Hash>, ProofError>
 where
-    L: LogStore,
+    L: LogReader,
     P: Fn(&dyn HashReader<Error = ProofError>) -> Result<Vec<Hash>, ProveError<ProofError>>,
 {
     let recorder = KeyRecorder(RefCell::new(Vec::new()));
@@ -296,12 +303,12 @@ where
 }
 
 /// The inclusion proof of leaf `index` in the tree of size `size` (`size` must be sequenced).
-pub async fn inclusion_proof<L: LogStore>(store: &L, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
+pub async fn inclusion_proof<L: LogReader>(store: &L, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
     prove(store, |reader| tlog::proof::inclusion_proof(reader, index, size)).await
 }
 
 /// The consistency proof from `old_size` to `new_size` (`new_size` must be sequenced).
-pub async fn consistency_proof<L: LogStore>(store: &L, old_size: u64, new_size: u64) -> Result<Vec<Hash>, ProofError> {
+pub async fn consistency_proof<L: LogReader>(store: &L, old_size: u64, new_size: u64) -> Result<Vec<Hash>, ProofError> {
     prove(store, |reader| {
         tlog::proof::consistency_proof(reader, old_size, new_size)
     })
@@ -313,7 +320,7 @@ const RECEIPT_POLL: Duration = Duration::from_millis(20);
 
 /// A c2sp.org/tlog-proof receipt for entry `index` against the latest signed checkpoint, once one
 /// covers it; waits at most `wait` for that checkpoint, then gives `None`.
-pub async fn receipt<L: LogStore>(store: &L, index: u64, wait: Duration) -> Result<Option<TlogProof>, ProofError> {
+pub async fn receipt<L: LogReader>(store: &L, index: u64, wait: Duration) -> Result<Option<TlogProof>, ProofError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         if let Some(checkpoint) = store.latest_checkpoint().await?

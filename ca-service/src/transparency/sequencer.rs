@@ -1,7 +1,7 @@
 //! The sequencer: a background task that gives pending audit entries their log indices in batches
 //! (group commit) and signs one checkpoint per batch with the audit key.
 //!
-//! One replica sequences at a time (`LogStore::try_lead`, a PostgreSQL advisory lock); the others
+//! One replica sequences at a time (`LogSequencer::try_lead`, a PostgreSQL advisory lock); the others
 //! retry every `lead_retry`. Safety does not rest on that lock but on the store's compare-and-swap
 //! of the head, and on the rules checked here before every signature: the new tree must be
 //! consistent with the last checkpoint stored in the database, and the signer guard (`guard`),
@@ -22,6 +22,9 @@
 //! ([`SequencerHandle::log_healthy`]): the issuer refuses new issuance up front (UNAVAILABLE)
 //! instead of committing certificates it would have to withhold; the next signed checkpoint makes
 //! it healthy again.
+//!
+//! It runs as a supervised task (`tasks`): told to stop, it stops sequencing and signs the head it
+//! sequenced if no checkpoint covers it yet, so that a clean shutdown leaves the log signed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,8 +37,8 @@ use tokio::time::Instant;
 use super::guard::{GuardError, SignerGuard};
 use super::inline::{InlineReport, InlineSequencing};
 use super::signer::AuditKey;
-use super::{LogHead, LogStore, SequenceOutcome, StoredCheckpoint, consistency_proof};
-use crate::hsm::Hsm;
+use super::{LogHead, LogSequencer, SequenceOutcome, StoredCheckpoint, consistency_proof};
+use tokio_util::sync::CancellationToken;
 
 /// How the sequencer runs.
 #[derive(Debug, Clone)]
@@ -102,7 +105,7 @@ impl SequencerHandle {
 
     /// The log index this process's sequencer gave entry `entry_id`, if it did so recently (and
     /// committed it). `None` says nothing: another replica may have sequenced it, or long ago; the
-    /// store knows (`IdentityStore::log_index`).
+    /// store knows (`issuer::IssuanceStore::log_index`).
     pub fn recent_index(&self, entry_id: i64) -> Option<u64> {
         let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         recent.by_entry.get(&entry_id).copied()
@@ -116,45 +119,42 @@ impl SequencerHandle {
     }
 }
 
-/// Starts the sequencer on the runtime; it runs until the returned task is aborted.
-/// The guard must have passed [`super::guard::check_at_startup`] against `store`.
-pub fn spawn<L: LogStore>(
-    store: Arc<L>,
-    hsm: Hsm,
-    key: AuditKey,
-    guard: SignerGuard,
-    config: SequencerConfig,
-) -> (SequencerHandle, tokio::task::JoinHandle<()>) {
-    let wake = Arc::new(Notify::new());
-    let (sequenced_sender, sequenced) = watch::channel(0);
-    let (healthy_sender, healthy) = watch::channel(true);
-    let recent = Arc::new(Mutex::new(RecentIndices::default()));
-    let sequencer = Sequencer {
-        recent: Arc::clone(&recent),
-        store,
-        hsm,
-        key,
-        guard: Arc::new(Mutex::new(guard)),
-        config,
-        wake: Arc::clone(&wake),
-        sequenced: sequenced_sender,
-        healthy: healthy_sender,
-    };
-    let task = tokio::spawn(sequencer.run());
-    (
-        SequencerHandle {
+impl<L: LogSequencer> Sequencer<L> {
+    /// A sequencer over `store`, and the issuers' handle on it; run it with [`Sequencer::run`].
+    /// The guard must have passed [`super::guard::check_at_startup`] against `store`.
+    pub fn new(
+        store: Arc<L>,
+        key: AuditKey,
+        guard: SignerGuard,
+        config: SequencerConfig,
+    ) -> (Sequencer<L>, SequencerHandle) {
+        let wake = Arc::new(Notify::new());
+        let (sequenced_sender, sequenced) = watch::channel(0);
+        let (healthy_sender, healthy) = watch::channel(true);
+        let recent = Arc::new(Mutex::new(RecentIndices::default()));
+        let sequencer = Sequencer {
+            recent: Arc::clone(&recent),
+            store,
+            key,
+            guard: Arc::new(Mutex::new(guard)),
+            config,
+            wake: Arc::clone(&wake),
+            sequenced: sequenced_sender,
+            healthy: healthy_sender,
+        };
+        let handle = SequencerHandle {
             wake,
             sequenced,
             healthy,
             recent,
-        },
-        task,
-    )
+        };
+        (sequencer, handle)
+    }
 }
 
-struct Sequencer<L> {
+/// The sequencer's state; [`Sequencer::run`] is the task.
+pub struct Sequencer<L> {
     store: Arc<L>,
-    hsm: Hsm,
     key: AuditKey,
     /// Shared with blocking threads, which do its file I/O (an fsync per signature).
     guard: Arc<Mutex<SignerGuard>>,
@@ -195,8 +195,46 @@ const FAILURE_BACKOFF: Duration = Duration::from_millis(500);
 /// Pause after the guard or the consistency check refused: that needs an operator, not a retry.
 const REFUSAL_BACKOFF: Duration = Duration::from_secs(5);
 
-impl<L: LogStore> Sequencer<L> {
-    async fn run(self) {
+impl<L: LogSequencer> Sequencer<L> {
+    /// Leads whenever it can, until `stop` is cancelled; then signs what it sequenced and returns.
+    pub async fn run(self, stop: CancellationToken) {
+        // Set while this replica leads; left set when `stop` interrupts its leadership.
+        let leading = std::sync::atomic::AtomicBool::new(false);
+        tokio::select! {
+            () = self.lead_while_running(&leading) => {}
+            () = stop.cancelled() => {}
+        }
+        if leading.load(std::sync::atomic::Ordering::Relaxed) {
+            self.sign_before_stopping().await;
+        }
+    }
+
+    /// Signs the sequenced head if the latest checkpoint does not cover it (the last batches before
+    /// a shutdown). Best effort: a failure here is what a crash would leave, and the next start
+    /// signs that head after checking it.
+    async fn sign_before_stopping(&self) {
+        let outcome = async {
+            let head = self.store.log_head().await?;
+            let previous = self.store.latest_checkpoint().await?;
+            if previous
+                .as_ref()
+                .is_some_and(|signed| signed.size == head.size && signed.root == head.root)
+            {
+                return Ok::<_, SequencerError>(None);
+            }
+            self.sign(previous.as_ref(), head).await.map(|signed| Some(signed.size))
+        }
+        .await;
+        match outcome {
+            Ok(Some(size)) => tracing::info!(size, "sequencer: signed the last head before stopping"),
+            Ok(None) => tracing::debug!("sequencer: the log was signed when it stopped"),
+            Err(error) => {
+                tracing::warn!(%error, "sequencer: cannot sign the last head before stopping; the next start signs it")
+            }
+        }
+    }
+
+    async fn lead_while_running(&self, leading: &std::sync::atomic::AtomicBool) {
         let mut failing_since: Option<Instant> = None;
         // Batches sequenced but not yet covered by a checkpoint (kept across leaderships, so that a
         // failing signer cannot reset the lag bound by stepping down and up again).
@@ -217,7 +255,9 @@ impl<L: LogStore> Sequencer<L> {
                 }
             };
             tracing::info!("sequencer: leading");
+            leading.store(true, std::sync::atomic::Ordering::Relaxed);
             let result = self.lead(&leadership, &mut failing_since, &mut unsigned).await;
+            leading.store(false, std::sync::atomic::Ordering::Relaxed);
             drop(leadership);
             let backoff = match result {
                 Ok(()) => {
@@ -546,7 +586,7 @@ impl<L: LogStore> Sequencer<L> {
         self.authorize(head).await?;
         let checkpoint = Checkpoint::new(self.key.origin(), head.size, head.root)
             .map_err(|error| SequencerError::Inconsistent(error.to_string()))?;
-        let note = self.key.sign(&self.hsm, &checkpoint).await?;
+        let note = self.key.sign(&checkpoint).await?;
         let stored = StoredCheckpoint {
             size: head.size,
             root: head.root,
@@ -558,7 +598,7 @@ impl<L: LogStore> Sequencer<L> {
     }
 }
 
-impl<L: LogStore> Sequencer<L> {
+impl<L: LogSequencer> Sequencer<L> {
     /// Has the guard check `head` against the last tree it authorized (re-read from its file) with
     /// a consistency proof from the stored nodes, and record it before anything is signed.
     async fn authorize(&self, head: LogHead) -> Result<(), SequencerError> {
@@ -593,7 +633,7 @@ fn lock(guard: &Mutex<SignerGuard>) -> std::sync::MutexGuard<'_, SignerGuard> {
 enum SequencerError {
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::storage::StoreError),
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] super::signer::AuditKeyError),

@@ -2,16 +2,14 @@
 //!
 //! Signature type 0x02: key ID = first 4 bytes of SHA-256(DER SPKI), signature = ASN.1 DER ECDSA
 //! over SHA-256 of the note text. The HSM layer hashes with SHA-256 and returns DER for P-256 keys,
-//! which is exactly that. The private key never leaves the token; every signature is verified
-//! with the public key before the checkpoint is stored.
-
-use std::cell::RefCell;
+//! which is exactly that. The private key never leaves the token; `hsm::Signer` verifies every
+//! signature with the public key, and the note is verified as clients parse it before it is stored.
 
 use tlog::checkpoint::Checkpoint;
 use tlog::key::VerifierKey;
 use tlog::note::{KeyId, KeyName, NoteSigner, SignedNote};
 
-use crate::hsm::{Hsm, HsmError, HsmKey, KeyAlgorithm, SessionLease};
+use crate::hsm::{HsmError, KeyAlgorithm, LeaseSigner, Signer};
 
 /// Why a checkpoint could not be signed.
 #[derive(Debug, thiserror::Error)]
@@ -34,22 +32,22 @@ pub enum AuditKeyError {
     SignatureCheck,
 }
 
-/// The audit key: its HSM handle and its signed-note verifier key (name = the log origin).
+/// The audit key: its HSM signer and its signed-note verifier key (name = the log origin).
 #[derive(Debug, Clone)]
 pub struct AuditKey {
-    key: HsmKey,
+    signer: Signer,
     verifier: VerifierKey,
 }
 
 impl AuditKey {
-    /// Wraps an HSM P-256 key as the signer of the log named `origin`.
-    pub fn new(key: HsmKey, origin: &str) -> Result<AuditKey, AuditKeyError> {
-        if key.algorithm() != KeyAlgorithm::EcdsaP256 {
+    /// Wraps an HSM P-256 key's signer as the signer of the log named `origin`.
+    pub fn new(signer: Signer, origin: &str) -> Result<AuditKey, AuditKeyError> {
+        if signer.key().algorithm() != KeyAlgorithm::EcdsaP256 {
             return Err(AuditKeyError::NotP256);
         }
         let name = KeyName::new(origin).map_err(|_| AuditKeyError::InvalidOrigin(origin.to_owned()))?;
-        let verifier = VerifierKey::ecdsa_p256(name, key.spki_der()).map_err(|_| AuditKeyError::NotP256)?;
-        Ok(AuditKey { key, verifier })
+        let verifier = VerifierKey::ecdsa_p256(name, signer.key().spki_der()).map_err(|_| AuditKeyError::NotP256)?;
+        Ok(AuditKey { signer, verifier })
     }
 
     /// The log origin (also the key name).
@@ -63,23 +61,21 @@ impl AuditKey {
     }
 
     /// Signs `checkpoint` on the HSM (one pooled session, on a blocking thread) and verifies the
-    /// result before returning it.
-    pub async fn sign(&self, hsm: &Hsm, checkpoint: &Checkpoint) -> Result<SignedNote, AuditKeyError> {
-        let lease = hsm.lease().await?;
+    /// note before returning it.
+    pub async fn sign(&self, checkpoint: &Checkpoint) -> Result<SignedNote, AuditKeyError> {
         let key = self.clone();
         let text = checkpoint.to_string();
-        let note = tokio::task::spawn_blocking(move || {
-            let signer = LeaseNoteSigner {
-                lease: RefCell::new(lease),
-                key: &key,
-            };
-            SignedNote::sign(&text, &signer).map_err(|error| match error {
-                tlog::note::SignError::Signer(hsm_error) => AuditKeyError::Hsm(hsm_error),
-                other => AuditKeyError::Note(other.to_string()),
+        let note = self
+            .signer
+            .with_lease(move |signer| {
+                let signer = NoteLeaseSigner { signer, key: &key };
+                SignedNote::sign(&text, &signer).map_err(|error| match error {
+                    tlog::note::SignError::Signer(HsmError::SignatureCheck(_)) => AuditKeyError::SignatureCheck,
+                    tlog::note::SignError::Signer(hsm_error) => AuditKeyError::Hsm(hsm_error),
+                    other => AuditKeyError::Note(other.to_string()),
+                })
             })
-        })
-        .await
-        .map_err(|_| AuditKeyError::Hsm(HsmError::Unavailable))??;
+            .await??;
         note.verify(std::slice::from_ref(&self.verifier))
             .map_err(|_| AuditKeyError::SignatureCheck)?;
         Ok(note)
@@ -87,12 +83,12 @@ impl AuditKey {
 }
 
 /// `NoteSigner` over a leased HSM session: blocking, so it runs on a blocking thread.
-pub struct LeaseNoteSigner<'a> {
-    lease: RefCell<SessionLease>,
+struct NoteLeaseSigner<'a, 'b> {
+    signer: &'a LeaseSigner<'b>,
     key: &'a AuditKey,
 }
 
-impl NoteSigner for LeaseNoteSigner<'_> {
+impl NoteSigner for NoteLeaseSigner<'_, '_> {
     type Error = HsmError;
 
     fn key_name(&self) -> &KeyName {
@@ -105,6 +101,6 @@ impl NoteSigner for LeaseNoteSigner<'_> {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
         // The HSM layer signs P-256 as ECDSA over SHA-256(message) and returns DER: type 0x02.
-        self.lease.borrow_mut().sign(&self.key.key, message)
+        self.signer.sign(message)
     }
 }

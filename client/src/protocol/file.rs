@@ -4,8 +4,7 @@
 //! cipher works straight out of the reader's buffer (or the caller's slice) with no copy of its own. `encrypt`
 //! and `decrypt_to_path` go through one `CHUNK_LEN` output buffer, because a `Write` can only be handed bytes;
 //! `encrypt_into`, `decrypt_into` and `decrypt_to_vec` have the cipher write straight into the `Vec`. On a
-//! memory-bound machine every extra pass over the data costs about as much as the cipher itself
-//! (BENCHMARKS.md, "Client").
+//! memory-bound machine every extra pass over the data costs about as much as the cipher itself.
 //! Decryption cannot check the tag before the last byte has been decrypted, so no public function here
 //! hands unauthenticated plaintext to the caller:
 //! * `decrypt_to_path` writes into a temporary file (mode 0600) in the destination's directory and renames it

@@ -1,0 +1,111 @@
+//! The gRPC boundary: the only module that knows protobuf and tonic types.
+//!
+//! `Services` holds one value per gRPC service, each typed by the store traits it needs and no
+//! more; `serve` runs them with health and reflection behind one `Authenticator`, which fills in
+//! every request's `Principal`. Errors become statuses in `status` only. Room is left for the
+//! `Admin` and `KeyBackup` services, each its own file.
+
+pub mod identity;
+pub mod principal;
+mod status;
+pub mod transparency;
+
+use std::future::Future;
+
+use anyhow::Context;
+use e2ee_ca_proto::v1::identity_server::IdentityServer;
+use e2ee_ca_proto::v1::transparency_server::TransparencyServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+
+use self::identity::{CertificateLookup, IdentityService};
+use self::principal::Authenticator;
+use self::transparency::TransparencyService;
+use crate::issuer::IssuanceStore;
+use crate::transparency::LogReader;
+
+/// Default largest gRPC message, in bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
+/// The gRPC services, each over the store traits it needs.
+pub struct Services<S> {
+    /// The sync server's calls.
+    pub identity: IdentityService<S>,
+    /// The log's readers' calls.
+    pub transparency: TransparencyService<S>,
+}
+
+/// How `serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest message accepted (CSRs are bounded again by the issuer).
+    pub max_message_bytes: usize,
+}
+
+/// Serves `services`, `grpc.health.v1` (fed by `health`: `None` until the first probe, then
+/// whether the service is healthy) and reflection on `listener` until `shutdown` completes; then
+/// waits for the requests in flight.
+pub async fn serve<S>(
+    listener: TcpListener,
+    services: Services<S>,
+    options: ServeOptions,
+    health: watch::Receiver<Option<bool>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()>
+where
+    S: IssuanceStore + CertificateLookup + LogReader,
+{
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(e2ee_ca_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let authenticator = Authenticator::without_tls();
+    let identity = InterceptedService::new(
+        IdentityServer::new(services.identity).max_decoding_message_size(options.max_message_bytes),
+        authenticator.clone(),
+    );
+    let transparency = InterceptedService::new(TransparencyServer::new(services.transparency), authenticator);
+    // Without TCP_NODELAY, small responses wait for the peer's delayed ACK (about 40 ms per call).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(identity)
+        .add_service(transparency)
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::select! {
+        result = server => result.context("gRPC server failed"),
+        never = report_health(health, reporter) => match never {},
+    }
+}
+
+/// Mirrors `health` into `grpc.health.v1` for the whole server and each service.
+async fn report_health(
+    mut health: watch::Receiver<Option<bool>>,
+    reporter: tonic_health::server::HealthReporter,
+) -> std::convert::Infallible {
+    loop {
+        let healthy = *health.borrow_and_update();
+        if let Some(healthy) = healthy {
+            let status = if healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for service in ["", "e2ee.ca.v1.Identity", "e2ee.ca.v1.Transparency"] {
+                reporter.set_service_status(service, status).await;
+            }
+        }
+        if health.changed().await.is_err() {
+            // The probe is gone (the service is stopping): nothing vouches for health any more.
+            for service in ["", "e2ee.ca.v1.Identity", "e2ee.ca.v1.Transparency"] {
+                reporter.set_service_status(service, ServingStatus::NotServing).await;
+            }
+            return std::future::pending().await;
+        }
+    }
+}
