@@ -12,7 +12,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::task::{Id, JoinSet};
-pub use tokio_util::sync::CancellationToken;
+use tokio_util::sync::CancellationToken;
 
 /// The service's background tasks.
 #[derive(Debug)]

@@ -27,6 +27,7 @@
 //! sequenced if no checkpoint covers it yet, so that a clean shutdown leaves the log signed.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -199,12 +200,12 @@ impl<L: LogSequencer> Sequencer<L> {
     /// Leads whenever it can, until `stop` is cancelled; then signs what it sequenced and returns.
     pub async fn run(self, stop: CancellationToken) {
         // Set while this replica leads; left set when `stop` interrupts its leadership.
-        let leading = std::sync::atomic::AtomicBool::new(false);
+        let leading = AtomicBool::new(false);
         tokio::select! {
             () = self.lead_while_running(&leading) => {}
             () = stop.cancelled() => {}
         }
-        if leading.load(std::sync::atomic::Ordering::Relaxed) {
+        if leading.load(Ordering::Relaxed) {
             self.sign_before_stopping().await;
         }
     }
@@ -234,7 +235,7 @@ impl<L: LogSequencer> Sequencer<L> {
         }
     }
 
-    async fn lead_while_running(&self, leading: &std::sync::atomic::AtomicBool) {
+    async fn lead_while_running(&self, leading: &AtomicBool) {
         let mut failing_since: Option<Instant> = None;
         // Batches sequenced but not yet covered by a checkpoint (kept across leaderships, so that a
         // failing signer cannot reset the lag bound by stepping down and up again).
@@ -255,9 +256,9 @@ impl<L: LogSequencer> Sequencer<L> {
                 }
             };
             tracing::info!("sequencer: leading");
-            leading.store(true, std::sync::atomic::Ordering::Relaxed);
+            leading.store(true, Ordering::Relaxed);
             let result = self.lead(&leadership, &mut failing_since, &mut unsigned).await;
-            leading.store(false, std::sync::atomic::Ordering::Relaxed);
+            leading.store(false, Ordering::Relaxed);
             drop(leadership);
             let backoff = match result {
                 Ok(()) => {
