@@ -83,6 +83,9 @@ where
     }
 }
 
+/// The names `grpc.health.v1` answers for: the whole server, then each service.
+const HEALTH_NAMES: [&str; 3] = ["", "e2ee.ca.v1.Identity", "e2ee.ca.v1.Transparency"];
+
 /// Mirrors `health` into `grpc.health.v1` for the whole server and each service.
 async fn report_health(
     mut health: watch::Receiver<Option<bool>>,
@@ -96,13 +99,13 @@ async fn report_health(
             } else {
                 ServingStatus::NotServing
             };
-            for service in ["", "e2ee.ca.v1.Identity", "e2ee.ca.v1.Transparency"] {
+            for service in HEALTH_NAMES {
                 reporter.set_service_status(service, status).await;
             }
         }
         if health.changed().await.is_err() {
             // The probe is gone (the service is stopping): nothing vouches for health any more.
-            for service in ["", "e2ee.ca.v1.Identity", "e2ee.ca.v1.Transparency"] {
+            for service in HEALTH_NAMES {
                 reporter.set_service_status(service, ServingStatus::NotServing).await;
             }
             return std::future::pending().await;

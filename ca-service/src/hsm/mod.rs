@@ -30,7 +30,8 @@ use cryptoki::types::AuthPin;
 use sha2::{Digest, Sha256, Sha384};
 use thiserror::Error;
 
-pub use pool::{Hsm, SessionLease};
+pub use pool::Hsm;
+use pool::SessionLease;
 pub use signer::{LeaseSigner, Signed, Signer, Verifier};
 
 /// The key types the CA (and the audit log) can hold on the token.

@@ -206,11 +206,6 @@ impl Hsm {
         read_public_key(&session.session, label, algorithm)
     }
 
-    /// Takes a signing session from the pool, waiting at most the configured time.
-    pub async fn lease(&self) -> Result<SessionLease, HsmError> {
-        self.lease_within(self.shared.config.session_wait).await
-    }
-
     /// Takes a signing session from the pool, waiting at most `wait`.
     pub(super) async fn lease_within(&self, wait: Duration) -> Result<SessionLease, HsmError> {
         let backend = self.current_backend()?;
@@ -237,7 +232,7 @@ impl Hsm {
     /// verifying the signature: the raw signing rate the issuance bench compares the service with.
     /// The service signs only through `Signer`, which verifies every signature it returns.
     pub async fn danger_sign_unverified(&self, key: &HsmKey, message: Vec<u8>) -> Result<Vec<u8>, HsmError> {
-        let mut lease = self.lease().await?;
+        let mut lease = self.lease_within(self.shared.config.session_wait).await?;
         let key = key.clone();
         tokio::task::spawn_blocking(move || lease.sign(&key, &message))
             .await

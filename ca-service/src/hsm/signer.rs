@@ -95,11 +95,6 @@ impl Signer {
         &self.inner.key
     }
 
-    /// The verifier of this key's signatures.
-    pub fn verifier(&self) -> &Verifier {
-        &self.inner.verifier
-    }
-
     /// Signs `message` (one pooled session, on a blocking thread) and verifies the signature.
     pub async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, HsmError> {
         self.with_lease(move |signer| signer.sign(&message)).await?
