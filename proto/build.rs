@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "e2ee/ca/v1/common.proto",
+        "e2ee/ca/v1/admin.proto",
         "e2ee/ca/v1/identity.proto",
         "e2ee/ca/v1/transparency.proto",
     ];

@@ -17,6 +17,7 @@ pub mod hsm;
 pub mod identity;
 pub mod issuer;
 pub mod principal;
+pub mod revocation;
 pub mod service;
 pub mod storage;
 pub mod store;
