@@ -154,6 +154,7 @@ fn the_rate_limit_window_and_the_validity_follow_the_clock_passed_in(hsm: &Hsm, 
                 },
                 clock: Arc::clone(&clock) as Arc<dyn Clock>,
                 signing: Arc::new(SigningQueue::new(hsm.pool_size())),
+                crl_refresh: None,
             },
             Arc::clone(&store),
         )

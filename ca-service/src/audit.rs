@@ -25,6 +25,16 @@ pub enum AuditKind {
     /// A CA certificate (and its key, made by the ceremony) first served: recorded once per
     /// certificate at startup, with its SHA-256, the key's SPKI SHA-256 and the checkpoint key.
     Ceremony,
+    /// A dual-control request opened by an admin (`request-id`, `request-kind`, `reason`).
+    RequestOpened,
+    /// A dual-control request approved by a second admin (`request-id`, `requested-by`).
+    RequestApproved,
+    /// An approved identity reset consumed by the user's next issuance: the new key pinned in place
+    /// of the old one, the old certificates revoked. Names both fingerprints, both admins, the
+    /// reason and the request id, so that a client can prove the change was approved.
+    IdentityReset,
+    /// Certificates revoked by an admin (`serials` or their digest, `revocation-reason`).
+    Revocation,
 }
 
 impl AuditKind {
@@ -37,12 +47,17 @@ impl AuditKind {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The `kind` line's value.
+    pub fn name(self) -> &'static str {
         match self {
             AuditKind::Issuance => "issuance",
             AuditKind::Renewal => "renewal",
             AuditKind::IssuanceRefused => "issuance-refused",
             AuditKind::Ceremony => "ceremony",
+            AuditKind::RequestOpened => "request-opened",
+            AuditKind::RequestApproved => "request-approved",
+            AuditKind::IdentityReset => "identity-reset",
+            AuditKind::Revocation => "revocation",
         }
     }
 }
@@ -78,6 +93,9 @@ pub struct LogEntryRef {
 pub struct AuditEntry {
     /// The canonical bytes, stored as is.
     pub bytes: Vec<u8>,
+    /// The event's subject, stored beside the bytes so that a user's history is an index probe
+    /// (the bytes hold it too; they, not this column, are what the log proves).
+    pub subject: String,
     /// SHA-256 of `bytes`.
     pub hash: [u8; 32],
 }
@@ -101,8 +119,87 @@ impl AuditEvent {
         push_line(&mut text, "nonce", &hex::encode(nonce));
         let bytes = text.into_bytes();
         let hash = Sha256::digest(&bytes).into();
-        AuditEntry { bytes, hash }
+        AuditEntry {
+            bytes,
+            hash,
+            subject: self.subject.clone(),
+        }
     }
+}
+
+/// The audit details naming revoked serials: all of them up to `LISTED_SERIALS`, and always their
+/// count and the SHA-256 of their sorted hex list (one per line), so an entry stays bounded.
+pub fn serial_details(serials: &[crate::identity::SerialNumber]) -> Vec<(&'static str, String)> {
+    use sha2::Digest;
+    const LISTED_SERIALS: usize = 64;
+    let mut hex: Vec<String> = serials.iter().map(crate::identity::SerialNumber::to_hex).collect();
+    hex.sort();
+    let digest = sha2::Sha256::digest(hex.join("\n").as_bytes());
+    let mut details = vec![
+        ("revoked-count", hex.len().to_string()),
+        ("revoked-serials-sha256", hex::encode(digest)),
+    ];
+    if hex.len() <= LISTED_SERIALS {
+        details.push(("revoked-serials", hex.join(",")));
+    }
+    details
+}
+
+/// The entry of an opened dual-control request (actor: the requester).
+pub fn request_opened(request: &crate::approvals::ApprovalRequest) -> AuditEvent {
+    let mut details = vec![
+        ("request-id", request.id.to_string()),
+        ("request-kind", request.kind.name().to_owned()),
+        ("reason", request.reason.clone()),
+        ("revocation-reason", request.revocation_reason.to_string()),
+        ("expires", rfc3339(request.expires_at)),
+    ];
+    if let Some(key) = &request.key_fingerprint {
+        details.push(("key-sha256", key.to_hex()));
+    }
+    AuditEvent {
+        kind: AuditKind::RequestOpened,
+        actor: request.requested_by.clone(),
+        subject: request.subject.to_string(),
+        details,
+    }
+}
+
+/// The entry of an approval (actor: the approver).
+pub fn request_approved(request: &crate::approvals::ApprovalRequest) -> AuditEvent {
+    AuditEvent {
+        kind: AuditKind::RequestApproved,
+        actor: request.approval.as_ref().map(|(by, _)| by.clone()).unwrap_or_default(),
+        subject: request.subject.to_string(),
+        details: vec![
+            ("request-id", request.id.to_string()),
+            ("request-kind", request.kind.name().to_owned()),
+            ("requested-by", request.requested_by.clone()),
+        ],
+    }
+}
+
+/// The entry of an admin's revocation of `serials` of `user`.
+pub fn revocation(
+    actor: &str,
+    user: &crate::identity::UserId,
+    serials: &[crate::identity::SerialNumber],
+    reason: crate::revocation::RevocationReason,
+) -> AuditEvent {
+    let mut details = vec![("revocation-reason", reason.to_string())];
+    details.extend(serial_details(serials));
+    AuditEvent {
+        kind: AuditKind::Revocation,
+        actor: actor.to_owned(),
+        subject: user.to_string(),
+        details,
+    }
+}
+
+/// RFC 3339, as entries write times.
+fn rfc3339(time: OffsetDateTime) -> String {
+    time.format(&Rfc3339)
+        .unwrap_or_else(|_| time.unix_timestamp().to_string())
 }
 
 /// Appends `name value\n`, replacing any control character in `value` so an entry stays one field per line.

@@ -288,6 +288,99 @@ pub struct ServeConfig {
     pub store: StoreSection,
     /// The audit log (always on: every state change is logged, sequenced and signed).
     pub audit: AuditSection,
+    /// CRL publication (defaults apply when absent).
+    #[serde(default)]
+    pub crl: CrlSection,
+    /// The Admin service's dual-control requests (defaults apply when absent).
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[crl]`: how often the CA signs a CRL, and for how long each is valid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlSection {
+    /// A new CRL is signed at least this often, even without revocations, in seconds (default
+    /// 3600); every revocation also publishes one at once.
+    #[serde(default = "CrlSection::default_refresh")]
+    pub refresh_seconds: u64,
+    /// nextUpdate - thisUpdate, in seconds (default 86400); must exceed `refresh_seconds`, so a
+    /// relying party always holds a current CRL.
+    #[serde(default = "CrlSection::default_validity")]
+    pub validity_seconds: u64,
+}
+
+impl CrlSection {
+    fn default_refresh() -> u64 {
+        3600
+    }
+
+    fn default_validity() -> u64 {
+        86_400
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(60..=7 * 86_400).contains(&self.refresh_seconds) {
+            bail!("crl.refresh_seconds must be between 60 and 604800");
+        }
+        if self.validity_seconds <= self.refresh_seconds || self.validity_seconds > 30 * 86_400 {
+            bail!("crl.validity_seconds must exceed crl.refresh_seconds and be at most 2592000 (30 days)");
+        }
+        Ok(())
+    }
+
+    /// The publisher's settings.
+    pub fn crl_config(&self) -> crate::revocation::CrlConfig {
+        crate::revocation::CrlConfig {
+            refresh: Duration::from_secs(self.refresh_seconds),
+            validity: Duration::from_secs(self.validity_seconds),
+        }
+    }
+}
+
+impl Default for CrlSection {
+    fn default() -> CrlSection {
+        CrlSection {
+            refresh_seconds: CrlSection::default_refresh(),
+            validity_seconds: CrlSection::default_validity(),
+        }
+    }
+}
+
+/// `[admin]`: dual-control requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// How long a request (an identity reset) stays valid, approved or not, before it must be
+    /// consumed, in seconds (default 86400: 24 hours).
+    #[serde(default = "AdminSection::default_lifetime")]
+    pub request_lifetime_seconds: u64,
+}
+
+impl AdminSection {
+    fn default_lifetime() -> u64 {
+        86_400
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=30 * 86_400).contains(&self.request_lifetime_seconds) {
+            bail!("admin.request_lifetime_seconds must be between 1 and 2592000 (30 days)");
+        }
+        Ok(())
+    }
+
+    /// The lifetime of a request.
+    pub fn request_lifetime(&self) -> Duration {
+        Duration::from_secs(self.request_lifetime_seconds)
+    }
+}
+
+impl Default for AdminSection {
+    fn default() -> AdminSection {
+        AdminSection {
+            request_lifetime_seconds: AdminSection::default_lifetime(),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -315,6 +408,8 @@ impl ServeConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.hsm.validate()?;
+        self.crl.validate()?;
+        self.admin.validate()?;
         if !self.listen.ip().is_loopback() && !self.allow_plaintext {
             bail!(
                 "listen = {} is not a loopback address and the CA has no TLS yet: terminate TLS in front of it \

@@ -155,6 +155,8 @@ pub struct StoredCertificate {
     pub key_fingerprint: KeyFingerprint,
     /// The certificate, DER.
     pub certificate_der: Vec<u8>,
+    /// True when it was revoked.
+    pub revoked: bool,
 }
 
 #[cfg(test)]

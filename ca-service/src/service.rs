@@ -8,7 +8,8 @@
 //!    key, from the HSM;
 //! 3. check the database's log against the signer guard and its own latest checkpoint;
 //! 4. record the CA certificate in the log, once per certificate (the ceremony's outcome);
-//! 5. start the sequencer (it signs the stored head before sequencing on it) and the health probe;
+//! 5. start the sequencer (it signs the stored head before sequencing on it), the health probe and
+//!    the CRL publisher (a CRL at once unless a fresh one is stored, then every `crl.refresh_seconds`);
 //! 6. build the issuer and the gRPC services, each with only the store traits it needs.
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::admin::AdminService;
 use crate::api::identity::{CaInfo, IdentityService};
 use crate::api::transparency::TransparencyService;
 use crate::api::{self, ServeOptions, Services};
@@ -30,6 +32,7 @@ use crate::clock::SystemClock;
 use crate::config::ServeConfig;
 use crate::hsm::{Hsm, KeyAlgorithm, Signer};
 use crate::issuer::{CaCertificate, Issuer, IssuerParts, LogWait, SigningQueue};
+use crate::revocation::CrlPublisher;
 use crate::storage::StoreError;
 use crate::store::{Store, StoreTask, with_store};
 use crate::tasks::Supervisor;
@@ -177,22 +180,36 @@ impl StoreTask for Build<'_> {
             log_origin: ca_info.log_origin.clone(),
             checkpoint_key: audit_key.verifier().to_string(),
         };
+        let ca = Arc::new(ca);
+        let crls = Arc::new(CrlPublisher::new(
+            ca_signer.clone(),
+            Arc::clone(&ca),
+            Arc::clone(&store),
+            config.crl.crl_config(),
+        ));
+        {
+            let crls = Arc::clone(&crls);
+            tasks.spawn("CRL publisher", |stop| crls.run(stop));
+        }
+        let log_wait = LogWait {
+            sequencer: sequencer_handle,
+            bound: audit.sequence_wait(),
+        };
         let issuer = Issuer::new(
             IssuerParts {
                 signer: ca_signer,
-                ca,
+                ca: CaCertificate::clone(&ca),
                 profile: config.profile(),
-                log_wait: LogWait {
-                    sequencer: sequencer_handle,
-                    bound: audit.sequence_wait(),
-                },
+                log_wait: log_wait.clone(),
                 clock: Arc::new(SystemClock),
                 signing,
+                crl_refresh: Some(crls.refresh_handle()),
             },
             Arc::clone(&store),
         )?;
         let services = Services {
             identity: IdentityService::new(issuer, Arc::clone(&store), ca_info),
+            admin: AdminService::new(Arc::clone(&store), crls, log_wait, config.admin.request_lifetime()),
             transparency: TransparencyService::new(store),
         };
         let options = ServeOptions {

@@ -16,6 +16,7 @@ use super::principal::principal;
 use super::status::{issue_status, store_status};
 use crate::identity::{StoredCertificate, UserId};
 use crate::issuer::{IssuanceStore, IssueRequest, Issuer};
+use crate::revocation::RevocationStore;
 use crate::storage::StoreError;
 use crate::transparency::LogReader;
 
@@ -93,7 +94,7 @@ fn certificate_pem(der: &[u8]) -> String {
 }
 
 #[tonic::async_trait]
-impl<S: IssuanceStore + CertificateLookup + LogReader> Identity for IdentityService<S> {
+impl<S: IssuanceStore + CertificateLookup + LogReader + RevocationStore> Identity for IdentityService<S> {
     async fn issue_certificate(
         &self,
         request: Request<IssueCertificateRequest>,
@@ -161,6 +162,7 @@ impl<S: IssuanceStore + CertificateLookup + LogReader> Identity for IdentityServ
                     certificate_pem: certificate_pem(&certificate.certificate_der),
                     key_fingerprint: certificate.key_fingerprint.to_hex(),
                     serial_hex: certificate.serial.to_hex(),
+                    revoked: certificate.revoked,
                 }),
                 None => unknown_user_ids.push(user_id.to_string()),
             }
@@ -185,10 +187,23 @@ impl<S: IssuanceStore + CertificateLookup + LogReader> Identity for IdentityServ
         }))
     }
 
-    /// Placeholder on the admin-cli branch so that the crate builds against the new proto; the
-    /// handler (with the CRL publisher) is written on main.
     async fn get_crl(&self, request: Request<GetCrlRequest>) -> Result<Response<GetCrlResponse>, Status> {
         principal(&request)?;
-        Err(Status::unimplemented("GetCrl is not served by this build yet"))
+        let Some(crl) = self.store.latest_crl().await.map_err(store_status)? else {
+            return Err(Status::not_found(
+                "no CRL has been published yet (the CA publishes one at startup); retry shortly",
+            ));
+        };
+        let rfc3339 = |time: time::OffsetDateTime| {
+            time.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| time.unix_timestamp().to_string())
+        };
+        Ok(Response::new(GetCrlResponse {
+            crl_number: crl.number,
+            this_update: rfc3339(crl.this_update),
+            next_update: rfc3339(crl.next_update),
+            revoked_count: crl.revoked_count,
+            crl_der: crl.der,
+        }))
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! `Services` holds one value per gRPC service, each typed by the store traits it needs and no
 //! more; `serve` runs them with health and reflection behind one `Authenticator`, which fills in
-//! every request's `Principal`. Errors become statuses in `status` only. Room is left for the
-//! `Admin` and `KeyBackup` services, each its own file.
+//! every request's `Principal`. Errors become statuses in `status` only. Each service is its own
+//! file (`identity`, `admin`, `transparency`); room is left for `KeyBackup`.
 
+pub mod admin;
 pub mod identity;
 pub mod principal;
 mod status;
@@ -13,6 +14,7 @@ pub mod transparency;
 use std::future::Future;
 
 use anyhow::Context;
+use e2ee_ca_proto::v1::admin_server::AdminServer;
 use e2ee_ca_proto::v1::identity_server::IdentityServer;
 use e2ee_ca_proto::v1::transparency_server::TransparencyServer;
 use tokio::net::TcpListener;
@@ -20,10 +22,13 @@ use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
+use self::admin::{AdminService, IdentityDirectory};
 use self::identity::{CertificateLookup, IdentityService};
 use self::principal::Authenticator;
 use self::transparency::TransparencyService;
+use crate::approvals::ApprovalStore;
 use crate::issuer::IssuanceStore;
+use crate::revocation::RevocationStore;
 use crate::transparency::LogReader;
 
 /// Default largest gRPC message, in bytes.
@@ -33,6 +38,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
 pub struct Services<S> {
     /// The sync server's calls.
     pub identity: IdentityService<S>,
+    /// The admin console's calls.
+    pub admin: AdminService<S>,
     /// The log's readers' calls.
     pub transparency: TransparencyService<S>,
 }
@@ -55,7 +62,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()>
 where
-    S: IssuanceStore + CertificateLookup + LogReader,
+    S: IssuanceStore + CertificateLookup + LogReader + RevocationStore + IdentityDirectory + ApprovalStore,
 {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -68,6 +75,7 @@ where
         IdentityServer::new(services.identity).max_decoding_message_size(options.max_message_bytes),
         authenticator.clone(),
     );
+    let admin = InterceptedService::new(AdminServer::new(services.admin), authenticator.clone());
     let transparency = InterceptedService::new(TransparencyServer::new(services.transparency), authenticator);
     // Without TCP_NODELAY, small responses wait for the peer's delayed ACK (about 40 ms per call).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -75,6 +83,7 @@ where
         .add_service(health_service)
         .add_service(reflection)
         .add_service(identity)
+        .add_service(admin)
         .add_service(transparency)
         .serve_with_incoming_shutdown(incoming, shutdown);
     tokio::select! {
@@ -84,7 +93,7 @@ where
 }
 
 /// The names `grpc.health.v1` answers for: the whole server, then each service.
-const HEALTH_NAMES: [&str; 3] = ["", "e2ee.ca.v1.Identity", "e2ee.ca.v1.Transparency"];
+const HEALTH_NAMES: [&str; 4] = ["", "e2ee.ca.v1.Identity", "e2ee.ca.v1.Admin", "e2ee.ca.v1.Transparency"];
 
 /// Mirrors `health` into `grpc.health.v1` for the whole server and each service.
 async fn report_health(

@@ -53,6 +53,24 @@ pub(super) fn store_status(error: StoreError) -> Status {
     }
 }
 
+/// A store error in an Admin call: like `store_status`.
+pub(super) fn admin_store_status(error: StoreError) -> Status {
+    store_status(error)
+}
+
+/// The change is committed but its entry was not given a log index in time.
+pub(super) fn log_entry_status(error: IssueError) -> Status {
+    match error {
+        IssueError::Store(error) => store_status(error),
+        other => {
+            tracing::error!(error = %other, "committed admin change not yet in the log");
+            Status::unavailable(
+                "the change is committed but the audit log did not index it in time; check with GetIdentity or ListRequests before retrying",
+            )
+        }
+    }
+}
+
 /// A proof that could not be served.
 pub(super) fn proof_status(error: ProofError) -> Status {
     match error {

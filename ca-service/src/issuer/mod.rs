@@ -28,8 +28,9 @@ use std::time::Duration;
 
 pub use certificate::{CaCertificate, Profile, SigningQueue, SigningTicket, check_certificate};
 pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES};
-pub use store::{CommitOutcome, IssuanceStore, NewCertificate, PinState};
+pub use store::{CommitOutcome, IssuanceStore, NewCertificate, PinState, ResetOutcome};
 
+use crate::approvals::ApprovalRequest;
 use crate::audit::{AuditEvent, AuditKind, LogEntryRef};
 use crate::clock::Clock;
 use crate::hsm::{HsmError, Signer};
@@ -151,6 +152,8 @@ pub struct IssuerParts {
     pub clock: Arc<dyn Clock>,
     /// The count of issuances at the HSM (shared with the embedded store, which follows it).
     pub signing: Arc<SigningQueue>,
+    /// Woken after an identity reset revoked certificates (the CRL publisher), if any.
+    pub crl_refresh: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The issuer: policy, profile, CA signer and store.
@@ -162,6 +165,7 @@ pub struct Issuer<S> {
     log_wait: LogWait,
     clock: Arc<dyn Clock>,
     signing: Arc<SigningQueue>,
+    crl_refresh: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<S: IssuanceStore> Issuer<S> {
@@ -174,6 +178,7 @@ impl<S: IssuanceStore> Issuer<S> {
             log_wait,
             clock,
             signing,
+            crl_refresh,
         } = parts;
         ca.check_key(&signer)?;
         Ok(Issuer {
@@ -184,6 +189,7 @@ impl<S: IssuanceStore> Issuer<S> {
             log_wait,
             clock,
             signing,
+            crl_refresh,
         })
     }
 
@@ -203,19 +209,29 @@ impl<S: IssuanceStore> Issuer<S> {
             Err(error) => return Err(self.refuse(actor, &user_id, csr_detail(), error.into()).await),
         };
         let key_detail = || ("key-sha256", checked.fingerprint.to_hex());
-        // 3. Pin state and rate limit (a fast path: step 6 decides races).
+        // 3. Pin state and rate limit (a fast path: step 6 decides races). A different key than the
+        //    pinned one passes only under an approved identity reset for that pin.
         let since = self.clock.now() - time::Duration::days(1);
         let pin_state = self.store.pin_state(&user_id, &checked.fingerprint, since).await?;
+        let mut reset = None;
         if let Some(pinned) = pin_state.user_pin.filter(|pinned| *pinned != checked.fingerprint) {
-            let error = IssueError::PinnedToOtherKey(pinned);
-            return Err(self.refuse(actor, &user_id, key_detail(), error).await);
+            match self.store.approved_reset(&user_id, self.clock.now()).await? {
+                Some(request) if request.key_fingerprint == Some(pinned) => reset = Some((pinned, request)),
+                _ => {
+                    let error = IssueError::PinnedToOtherKey(pinned);
+                    return Err(self.refuse(actor, &user_id, key_detail(), error).await);
+                }
+            }
         }
-        if pin_state.user_pin.is_none() && pin_state.key_pinned_elsewhere {
+        if (pin_state.user_pin.is_none() || reset.is_some()) && pin_state.key_pinned_elsewhere {
             return Err(self
                 .refuse(actor, &user_id, key_detail(), IssueError::KeyPinnedElsewhere)
                 .await);
         }
-        if pin_state.user_pin.is_some() && pin_state.certificates_since >= self.profile.max_certificates_per_day {
+        if reset.is_none()
+            && pin_state.user_pin.is_some()
+            && pin_state.certificates_since >= self.profile.max_certificates_per_day
+        {
             let error = IssueError::RateLimited(pin_state.certificates_since);
             return Err(self.refuse(actor, &user_id, key_detail(), error).await);
         }
@@ -246,10 +262,32 @@ impl<S: IssuanceStore> Issuer<S> {
         };
         let serial = certificate.serial.clone();
         let certificate_der = certificate.certificate_der.clone();
-        match self.store.commit_issuance(certificate, event).await? {
+        let committed = match reset {
+            Some((old_key, request)) => {
+                let reset_event = reset_event(event.clone(), &old_key, &request);
+                match self
+                    .store
+                    .commit_reset(certificate.clone(), reset_event, request)
+                    .await?
+                {
+                    ResetOutcome::Reset { entry, revoked } => {
+                        tracing::warn!(user = %user_id, old = %old_key, new = %checked.fingerprint, revoked = revoked.len(), "identity reset: new key pinned");
+                        if let Some(published) = &self.crl_refresh {
+                            published.notify_one();
+                        }
+                        CommitOutcome::Committed { renewal: false, entry }
+                    }
+                    // Another replica consumed it first: decide as an ordinary issuance.
+                    ResetOutcome::NotApproved => self.store.commit_issuance(certificate, event).await?,
+                    ResetOutcome::KeyPinnedElsewhere => CommitOutcome::KeyPinnedElsewhere,
+                }
+            }
+            None => self.store.commit_issuance(certificate, event).await?,
+        };
+        match committed {
             CommitOutcome::Committed { renewal, entry } => {
                 // 7. Wait for the log index; 8. release.
-                let log_index = self.wait_for_log_index(&entry).await?;
+                let log_index = wait_for_log_index(&self.log_wait, &*self.store, &entry).await?;
                 tracing::info!(user = %user_id, serial = %serial.to_hex(), renewal, log_index, "certificate issued");
                 Ok(Issued {
                     certificate_der,
@@ -267,48 +305,6 @@ impl<S: IssuanceStore> Issuer<S> {
             CommitOutcome::KeyPinnedElsewhere => Err(self
                 .refuse(actor, &user_id, key_detail(), IssueError::KeyPinnedElsewhere)
                 .await),
-        }
-    }
-
-    /// Step 7: wakes the sequencer and waits until `entry` has a log index, at most the bound.
-    /// The local sequencer publishes the indices it gives; the store is asked only when no local
-    /// progress shows the entry for `LOG_INDEX_POLL` (another replica sequences, or a long wait).
-    async fn wait_for_log_index(&self, entry: &LogEntryRef) -> Result<u64, IssueError> {
-        if let Some(index) = entry.leaf_index {
-            return Ok(index);
-        }
-        let log_wait = &self.log_wait;
-        // Subscribed before the first look, so that no batch goes unnoticed in between.
-        let mut sequenced = log_wait.sequencer.sequenced();
-        log_wait.sequencer.wake();
-        let deadline = tokio::time::Instant::now() + log_wait.bound;
-        let mut store_check = tokio::time::Instant::now() + LOG_INDEX_POLL;
-        loop {
-            if let Some(index) = log_wait.sequencer.recent_index(entry.entry_id) {
-                return Ok(index);
-            }
-            if tokio::time::Instant::now() >= store_check {
-                if let Some(index) = self.store.log_index(entry).await? {
-                    return Ok(index);
-                }
-                store_check = tokio::time::Instant::now() + LOG_INDEX_POLL;
-            }
-            let progressed = tokio::time::timeout_at(deadline, async {
-                tokio::select! {
-                    changed = sequenced.changed() => {
-                        // A stopped sequencer: fall back to the store rather than spinning.
-                        if changed.is_err() {
-                            tokio::time::sleep_until(store_check).await;
-                        }
-                    }
-                    () = tokio::time::sleep_until(store_check) => {}
-                }
-            })
-            .await;
-            if progressed.is_err() {
-                tracing::error!(entry_id = entry.entry_id, bound = ?log_wait.bound, "audit log lagging: certificate withheld");
-                return Err(IssueError::LogLagging(log_wait.bound));
-            }
         }
     }
 
@@ -344,7 +340,74 @@ impl<S: IssuanceStore> Issuer<S> {
     }
 }
 
+/// The `identity-reset` entry: the issuance's facts plus what a client needs to prove the change
+/// was approved (both fingerprints, both admins, the reason, the request id).
+fn reset_event(issuance: AuditEvent, old_key: &KeyFingerprint, request: &ApprovalRequest) -> AuditEvent {
+    let mut details = issuance.details;
+    details.extend([
+        ("old-key-sha256", old_key.to_hex()),
+        ("request-id", request.id.to_string()),
+        ("requested-by", request.requested_by.clone()),
+        (
+            "approved-by",
+            request.approval.as_ref().map(|(by, _)| by.clone()).unwrap_or_default(),
+        ),
+        ("reason", request.reason.clone()),
+        ("revocation-reason", request.revocation_reason.to_string()),
+    ]);
+    AuditEvent {
+        kind: AuditKind::IdentityReset,
+        details,
+        ..issuance
+    }
+}
+
 fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
+}
+
+/// Step 7 (and any caller that answers with a log index): wakes the sequencer and waits until `entry` has a log index, at most the bound.
+/// The local sequencer publishes the indices it gives; the store is asked only when no local
+/// progress shows the entry for `LOG_INDEX_POLL` (another replica sequences, or a long wait).
+pub async fn wait_for_log_index<S: IssuanceStore>(
+    log_wait: &LogWait,
+    store: &S,
+    entry: &LogEntryRef,
+) -> Result<u64, IssueError> {
+    if let Some(index) = entry.leaf_index {
+        return Ok(index);
+    }
+    // Subscribed before the first look, so that no batch goes unnoticed in between.
+    let mut sequenced = log_wait.sequencer.sequenced();
+    log_wait.sequencer.wake();
+    let deadline = tokio::time::Instant::now() + log_wait.bound;
+    let mut store_check = tokio::time::Instant::now() + LOG_INDEX_POLL;
+    loop {
+        if let Some(index) = log_wait.sequencer.recent_index(entry.entry_id) {
+            return Ok(index);
+        }
+        if tokio::time::Instant::now() >= store_check {
+            if let Some(index) = store.log_index(entry).await? {
+                return Ok(index);
+            }
+            store_check = tokio::time::Instant::now() + LOG_INDEX_POLL;
+        }
+        let progressed = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                changed = sequenced.changed() => {
+                    // A stopped sequencer: fall back to the store rather than spinning.
+                    if changed.is_err() {
+                        tokio::time::sleep_until(store_check).await;
+                    }
+                }
+                () = tokio::time::sleep_until(store_check) => {}
+            }
+        })
+        .await;
+        if progressed.is_err() {
+            tracing::error!(entry_id = entry.entry_id, bound = ?log_wait.bound, "audit log lagging: certificate withheld");
+            return Err(IssueError::LogLagging(log_wait.bound));
+        }
+    }
 }

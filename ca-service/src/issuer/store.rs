@@ -4,6 +4,7 @@ use std::future::Future;
 
 use time::OffsetDateTime;
 
+use crate::approvals::ApprovalRequest;
 use crate::audit::{AuditEvent, LogEntryRef};
 use crate::identity::{KeyFingerprint, SerialNumber, UserId};
 use crate::storage::StoreError;
@@ -56,6 +57,24 @@ pub enum CommitOutcome {
     KeyPinnedElsewhere,
 }
 
+/// The outcome of committing an issuance under an approved identity reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetOutcome {
+    /// The new key is pinned in place of the old one, the old certificates are revoked, the
+    /// approval is consumed, and the certificate and its `identity-reset` entry are durable.
+    Reset {
+        /// The audit entry.
+        entry: LogEntryRef,
+        /// The certificates the reset revoked.
+        revoked: Vec<SerialNumber>,
+    },
+    /// The approval was consumed, expired or no longer matches the pin (another replica used it);
+    /// nothing was written.
+    NotApproved,
+    /// The new key is pinned to another user; nothing was written.
+    KeyPinnedElsewhere,
+}
+
 /// What the issuer needs from a store. Implementations: `store::sqlite` and `store::postgres`,
 /// held to this contract by the shared suite in `store::conformance`.
 ///
@@ -82,6 +101,26 @@ pub trait IssuanceStore: Send + Sync + 'static {
         certificate: NewCertificate,
         event: AuditEvent,
     ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// The user's approved, unconsumed identity reset that is unexpired at `now`, if any: read only
+    /// when a CSR carries another key than the pinned one.
+    fn approved_reset(
+        &self,
+        user: &UserId,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<ApprovalRequest>, StoreError>> + Send;
+
+    /// Commits a certificate under the approved reset `request`, in one transaction: consumes the
+    /// approval (unless consumed or expired at `certificate.issued_at`, or the user's pin is no
+    /// longer the one it was approved for: `NotApproved`), pins the new key in place of the old,
+    /// revokes every unrevoked certificate of the user with the request's revocation reason, and
+    /// writes the certificate and `event` (kind `identity-reset`), or nothing.
+    fn commit_reset(
+        &self,
+        certificate: NewCertificate,
+        event: AuditEvent,
+        request: ApprovalRequest,
+    ) -> impl Future<Output = Result<ResetOutcome, StoreError>> + Send;
 
     /// Appends an audit event on its own (a refusal), durably, before answering.
     fn append_event(&self, event: AuditEvent) -> impl Future<Output = Result<LogEntryRef, StoreError>> + Send;

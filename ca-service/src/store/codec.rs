@@ -38,6 +38,35 @@ pub(super) fn checkpoint_stored(written: u64, size: u64) -> Result<(), StoreErro
     }
 }
 
+/// A stored Unix time (the embedded store keeps seconds).
+pub(super) fn from_unix(seconds: i64) -> Result<time::OffsetDateTime, StoreError> {
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .map_err(|_| StoreError::Corrupt(format!("stored time {seconds} is out of range")))
+}
+
+/// A stored RFC 5280 reason code.
+pub(super) fn reason(code: i64) -> Result<crate::revocation::RevocationReason, StoreError> {
+    crate::revocation::RevocationReason::from_code(code)
+        .ok_or_else(|| StoreError::Corrupt(format!("stored revocation reason {code} is not one the CA gives")))
+}
+
+/// A stored request id.
+pub(super) fn request_id(id: &str) -> Result<crate::approvals::RequestId, StoreError> {
+    crate::approvals::RequestId::parse(id)
+        .ok_or_else(|| StoreError::Corrupt("stored request id is malformed".to_owned()))
+}
+
+/// A stored user id.
+pub(super) fn user_id(user: &str) -> Result<crate::identity::UserId, StoreError> {
+    crate::identity::UserId::parse(user).map_err(|_| StoreError::Corrupt("stored user id is invalid".to_owned()))
+}
+
+/// A stored approval kind.
+pub(super) fn approval_kind(kind: &str) -> Result<crate::approvals::ApprovalKind, StoreError> {
+    crate::approvals::ApprovalKind::from_name(kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("stored request kind {kind:?} is unknown")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

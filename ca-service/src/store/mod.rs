@@ -18,10 +18,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::api::admin::IdentityDirectory;
 use crate::api::identity::CertificateLookup;
+use crate::approvals::ApprovalStore;
 use crate::config::StoreLocation;
 use crate::health::StoreHealth;
 use crate::issuer::{IssuanceStore, SigningQueue};
+use crate::revocation::RevocationStore;
 use crate::service::CaRecord;
 use crate::transparency::LogSequencer;
 use postgres::PostgresStore;
@@ -30,12 +33,30 @@ use sqlite::SqliteStore;
 /// Everything a store implementation provides. Only the wiring point and the conformance suite
 /// ask for all of it; every other part asks for its own trait.
 pub trait Store:
-    IssuanceStore + CertificateLookup + CaRecord + LogSequencer + StoreHealth + Clone + std::fmt::Debug
+    IssuanceStore
+    + CertificateLookup
+    + CaRecord
+    + LogSequencer
+    + StoreHealth
+    + IdentityDirectory
+    + ApprovalStore
+    + RevocationStore
+    + Clone
+    + std::fmt::Debug
 {
 }
 
 impl<S> Store for S where
-    S: IssuanceStore + CertificateLookup + CaRecord + LogSequencer + StoreHealth + Clone + std::fmt::Debug
+    S: IssuanceStore
+        + CertificateLookup
+        + CaRecord
+        + LogSequencer
+        + StoreHealth
+        + IdentityDirectory
+        + ApprovalStore
+        + RevocationStore
+        + Clone
+        + std::fmt::Debug
 {
 }
 

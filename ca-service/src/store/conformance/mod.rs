@@ -20,6 +20,7 @@
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`) and dropped when the test ends, pass
 //! or fail.
 
+mod admin;
 mod identities;
 mod log;
 
@@ -304,6 +305,12 @@ macro_rules! conformance_suite {
                 log::checkpoints_keep_history_and_refuse_a_fork,
                 log::exports_hold_the_latest_checkpoint_and_its_entries,
                 log::migrations_are_idempotent_and_refuse_newer_schemas,
+                admin::requests_are_approved_once_by_another_admin_before_they_expire,
+                admin::an_approved_reset_pins_the_new_key_revokes_the_old_and_is_consumed_once,
+                admin::concurrent_consumers_of_one_approval_pin_exactly_one_key,
+                admin::revocations_are_recorded_once_and_listed_for_the_crl,
+                admin::crl_numbers_only_grow_and_the_latest_is_served,
+                admin::identities_are_listed_in_pages_by_user_id,
             );
         }
     };

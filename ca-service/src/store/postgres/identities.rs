@@ -17,10 +17,11 @@ use time::OffsetDateTime;
 use super::group_commit::GroupedWrite;
 use super::{PostgresStore, store_error};
 use crate::api::identity::CertificateLookup;
+use crate::approvals::ApprovalRequest;
 use crate::audit::{AuditEntry, AuditEvent, AuditKind, LogEntryRef};
 use crate::health::StoreHealth;
 use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
-use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinState};
+use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinState, ResetOutcome};
 use crate::service::CaRecord;
 use crate::storage::StoreError;
 use crate::store::codec::{fingerprint, to_u64};
@@ -326,7 +327,10 @@ async fn commit_group(client: &mut Object, members: &[&IssuanceGroup]) -> Result
 
 /// Inserts `certificates` in one statement. A serial collision is a unique violation (23505):
 /// Integrity, and the transaction rolls back.
-async fn insert_certificates(client: &impl GenericClient, certificates: &[&NewCertificate]) -> Result<(), StoreError> {
+pub(super) async fn insert_certificates(
+    client: &impl GenericClient,
+    certificates: &[&NewCertificate],
+) -> Result<(), StoreError> {
     let serials: Vec<&[u8]> = certificates
         .iter()
         .map(|certificate| certificate.serial.as_bytes())
@@ -371,16 +375,18 @@ pub(super) async fn insert_entries(
 ) -> Result<Vec<i64>, StoreError> {
     let bytes: Vec<&[u8]> = entries.iter().map(|entry| entry.bytes.as_slice()).collect();
     let hashes: Vec<&[u8]> = entries.iter().map(|entry| entry.hash.as_slice()).collect();
+    let subjects: Vec<&str> = entries.iter().map(|entry| entry.subject.as_str()).collect();
     let statement = client
         .prepare_cached(
-            "INSERT INTO audit_entries (entry, entry_hash)
-             SELECT entry, entry_hash FROM unnest($1::bytea[], $2::bytea[]) AS new (entry, entry_hash)
+            "INSERT INTO audit_entries (entry, entry_hash, subject)
+             SELECT entry, entry_hash, subject FROM unnest($1::bytea[], $2::bytea[], $3::text[])
+                    AS new (entry, entry_hash, subject)
              RETURNING id, entry_hash",
         )
         .await
         .map_err(store_error)?;
     let rows = client
-        .query(&statement, &[&bytes, &hashes])
+        .query(&statement, &[&bytes, &hashes, &subjects])
         .await
         .map_err(store_error)?;
     // Matched by hash (each entry carries a random nonce), not by the order of RETURNING.
@@ -396,7 +402,7 @@ pub(super) async fn insert_entries(
 }
 
 /// The one id `insert_entries` returned for one entry.
-fn single_id(ids: Vec<i64>) -> Result<i64, StoreError> {
+pub(super) fn single_id(ids: Vec<i64>) -> Result<i64, StoreError> {
     match ids[..] {
         [id] => Ok(id),
         _ => Err(StoreError::Corrupt("an appended entry was not returned".to_owned())),
@@ -407,7 +413,8 @@ async fn latest_certificates(client: &Object, users: &[UserId]) -> Result<Vec<St
     // One round trip: per user, a backward scan of certificates_by_user that stops at the first row.
     let statement = client
         .prepare_cached(
-            "SELECT wanted.user_id, newest.serial, newest.key_sha256, newest.certificate_der
+            "SELECT wanted.user_id, newest.serial, newest.key_sha256, newest.certificate_der,
+                    EXISTS (SELECT 1 FROM revocations WHERE revocations.serial = newest.serial)
              FROM unnest($1::text[]) AS wanted (user_id)
              CROSS JOIN LATERAL (
                  SELECT serial, key_sha256, certificate_der FROM certificates
@@ -428,6 +435,7 @@ async fn latest_certificates(client: &Object, users: &[UserId]) -> Result<Vec<St
                 serial: SerialNumber::from_bytes(row.get(1)),
                 key_fingerprint: fingerprint(row.get(2))?,
                 certificate_der: row.get(3),
+                revoked: row.get(4),
             })
         })
         .collect()
@@ -454,6 +462,19 @@ impl IssuanceStore for PostgresStore {
 
     async fn append_event(&self, event: AuditEvent) -> Result<LogEntryRef, StoreError> {
         self.appends.submit(AppendGroup { entry: event.encode() }).await
+    }
+
+    async fn approved_reset(&self, user: &UserId, now: OffsetDateTime) -> Result<Option<ApprovalRequest>, StoreError> {
+        self.approved_reset_of(user, now).await
+    }
+
+    async fn commit_reset(
+        &self,
+        certificate: NewCertificate,
+        event: AuditEvent,
+        request: ApprovalRequest,
+    ) -> Result<ResetOutcome, StoreError> {
+        self.commit_reset_of(certificate, event, request).await
     }
 
     async fn log_index(&self, entry: &LogEntryRef) -> Result<Option<u64>, StoreError> {

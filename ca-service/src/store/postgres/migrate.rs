@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_identities.sql")),
     (2, include_str!("migrations/0002_transparency_log.sql")),
     (3, include_str!("migrations/0003_ca_certificates.sql")),
+    (4, include_str!("migrations/0004_admin.sql")),
 ];
 
 /// The schema version this binary writes.

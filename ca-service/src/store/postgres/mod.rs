@@ -16,6 +16,7 @@
 //! `group_commit` holds the group committers (issuances and refusals' entries share commits),
 //! `identities` the pins and certificates, `log` the transparency log, `migrate` the schema.
 
+mod admin;
 mod group_commit;
 mod identities;
 mod log;

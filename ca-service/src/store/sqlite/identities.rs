@@ -8,10 +8,11 @@ use time::OffsetDateTime;
 use super::group_commit::GroupWrite;
 use super::{SqliteStore, cached_row, store_error, unix};
 use crate::api::identity::CertificateLookup;
+use crate::approvals::ApprovalRequest;
 use crate::audit::{AuditEvent, AuditKind, LogEntryRef};
 use crate::health::StoreHealth;
 use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
-use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinState};
+use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinState, ResetOutcome};
 use crate::service::CaRecord;
 use crate::storage::StoreError;
 use crate::store::codec::{fingerprint, to_u64};
@@ -20,14 +21,36 @@ use crate::store::codec::{fingerprint, to_u64};
 pub(super) fn append_entry(connection: &Connection, event: &AuditEvent) -> Result<LogEntryRef, StoreError> {
     let entry = event.encode();
     connection
-        .prepare_cached("INSERT INTO audit_entries (entry, entry_hash) VALUES (?1, ?2)")
-        .and_then(|mut statement| statement.execute(params![entry.bytes, entry.hash.as_slice()]))
+        .prepare_cached("INSERT INTO audit_entries (entry, entry_hash, subject) VALUES (?1, ?2, ?3)")
+        .and_then(|mut statement| statement.execute(params![entry.bytes, entry.hash.as_slice(), entry.subject]))
         .map_err(store_error)?;
     Ok(LogEntryRef {
         entry_id: connection.last_insert_rowid(),
         entry_hash: entry.hash,
         leaf_index: None,
     })
+}
+
+/// Inserts `certificate`; a serial collision is `Integrity`.
+pub(super) fn insert_certificate(connection: &Connection, certificate: &NewCertificate) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                certificate.serial.as_bytes(),
+                certificate.user_id.as_str(),
+                certificate.key_fingerprint.as_bytes().as_slice(),
+                certificate.certificate_der,
+                unix(certificate.not_before),
+                unix(certificate.not_after),
+                unix(certificate.issued_at),
+            ])
+        })
+        .map_err(store_error)?;
+    Ok(())
 }
 
 /// `IssuanceStore::commit_issuance` as a grouped write.
@@ -74,23 +97,7 @@ impl GroupWrite for IssuanceWrite {
                 }
             }
         };
-        connection
-            .prepare_cached(
-                "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![
-                    certificate.serial.as_bytes(),
-                    user,
-                    key,
-                    certificate.certificate_der,
-                    unix(certificate.not_before),
-                    unix(certificate.not_after),
-                    unix(certificate.issued_at),
-                ])
-            })
-            .map_err(store_error)?;
+        insert_certificate(connection, &certificate)?;
         // The recorded kind follows what the transaction saw, not the earlier read.
         let event = AuditEvent {
             kind: AuditKind::issuance(renewal),
@@ -229,6 +236,26 @@ impl IssuanceStore for SqliteStore {
         self.grouped(AppendWrite { event }).await
     }
 
+    async fn approved_reset(&self, user: &UserId, now: OffsetDateTime) -> Result<Option<ApprovalRequest>, StoreError> {
+        let user = user.clone();
+        self.with_reader(move |connection| super::admin::approved_reset(connection, &user, now))
+            .await
+    }
+
+    async fn commit_reset(
+        &self,
+        certificate: NewCertificate,
+        event: AuditEvent,
+        request: ApprovalRequest,
+    ) -> Result<ResetOutcome, StoreError> {
+        self.grouped(super::admin::ResetWrite {
+            certificate,
+            event,
+            request,
+        })
+        .await
+    }
+
     async fn log_index(&self, entry: &LogEntryRef) -> Result<Option<u64>, StoreError> {
         let entry_id = entry.entry_id;
         self.with_reader(move |connection| {
@@ -251,8 +278,9 @@ impl CertificateLookup for SqliteStore {
         self.with_reader(move |connection| {
             let mut statement = connection
                 .prepare_cached(
-                    "SELECT serial, key_sha256, certificate_der FROM certificates
-                     WHERE user_id = ?1 ORDER BY issued_at DESC, rowid DESC LIMIT 1",
+                    "SELECT serial, key_sha256, certificate_der,
+                            EXISTS (SELECT 1 FROM revocations WHERE revocations.serial = certificates.serial)
+                     FROM certificates WHERE user_id = ?1 ORDER BY issued_at DESC, rowid DESC LIMIT 1",
                 )
                 .map_err(store_error)?;
             let mut found = Vec::new();
@@ -263,16 +291,18 @@ impl CertificateLookup for SqliteStore {
                             row.get::<_, Vec<u8>>(0)?,
                             row.get::<_, Vec<u8>>(1)?,
                             row.get::<_, Vec<u8>>(2)?,
+                            row.get::<_, bool>(3)?,
                         ))
                     })
                     .optional()
                     .map_err(store_error)?;
-                if let Some((serial, key, certificate_der)) = row {
+                if let Some((serial, key, certificate_der, revoked)) = row {
                     found.push(StoredCertificate {
                         user_id: user,
                         serial: SerialNumber::from_bytes(serial),
                         key_fingerprint: fingerprint(&key)?,
                         certificate_der,
+                        revoked,
                     });
                 }
             }

@@ -11,6 +11,7 @@
 //! traits), `log` the transparency log (the readers' and the sequencer's traits, and sequencing
 //! inside the groups), `migrate` the schema.
 
+mod admin;
 mod group_commit;
 mod identities;
 mod log;
