@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark in one go (bounded: about 12 minutes on 2 cores) and rewrites the generated
+# Runs every benchmark in one go (bounded: about 13 minutes on 2 cores) and rewrites the generated
 # part of BENCHMARKS.md (between the `generated` markers) with the numbers, the ratios and the machine.
 # The block keeps each bench's summary lines only, so that the page stays short; the full output is
 # what this script prints.
@@ -25,6 +25,8 @@ echo "== audit log (append, sequencing, commit to checkpoint, offline recomputat
 for writers in 8 32; do
   cargo bench --quiet -p ca-service --bench audit_log -- "$SECONDS_EACH" "$writers" | tee "$OUT/audit_log_$writers.txt"
 done
+echo "== CRL signer (100,000 entries next to 1,000)"
+cargo bench --quiet -p ca-service --bench crl | tee "$OUT/crl.txt"
 echo "== client file crypto and folder opening"
 cargo bench --quiet -p e2ee-client --bench throughput | tee "$OUT/client.txt"
 echo "== peers"
@@ -47,6 +49,10 @@ ca-service/benches/peers.sh "$SECONDS_EACH" "$CLIENTS" 2 2>&1 | tee "$OUT/peers.
     grep -E "^settings:|^(PostgreSQL|embedded SQLite):|mixed:|commit to signed checkpoint:" "$OUT/audit_log_$writers.txt" || true
   done
   grep -E "^offline recomputation" "$OUT/audit_log_32.txt" || true
+  echo '```'
+  echo
+  echo '```text'
+  grep -E "^CRL " "$OUT/crl.txt" || true
   echo '```'
   echo
   echo '```text'
