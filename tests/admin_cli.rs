@@ -228,7 +228,7 @@ fn an_admin_lists_shows_resets_revokes_and_fetches_a_crl_that_openssl_verifies()
             ],
         )
         .json();
-    assert_eq!(strings(&revoked["revoked_serials"]), [bob_serial.clone()]);
+    assert_eq!(strings(&revoked["revoked_serials"]), [bob_serial.as_str()]);
     let crl_number = revoked["crl_number"].as_u64().expect("crl_number");
     let twice = admin.run(
         "admin-alice",
