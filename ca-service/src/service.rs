@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::identity::{CaInfo, IdentityService};
+use crate::api::principal::Authenticator;
 use crate::api::transparency::TransparencyService;
 use crate::api::{self, ServeOptions, Services};
 use crate::audit::{AuditEvent, AuditKind, LogEntryRef};
@@ -195,8 +196,17 @@ impl StoreTask for Build<'_> {
             identity: IdentityService::new(issuer, Arc::clone(&store), ca_info),
             transparency: TransparencyService::new(store),
         };
+        let (tls, authenticator) = match &config.tls {
+            Some(tls) => (
+                Some(api::tls_config(tls)?),
+                Authenticator::mutual_tls(tls, &config.principals)?,
+            ),
+            None => (None, Authenticator::plaintext()),
+        };
         let options = ServeOptions {
             max_message_bytes: config.max_message_bytes.unwrap_or(api::DEFAULT_MAX_MESSAGE_BYTES),
+            tls,
+            authenticator,
         };
         let serve: Serve = Box::new(move |listener, shutdown| {
             Box::pin(async move { api::serve(listener, services, options, health, shutdown).await })
