@@ -921,7 +921,10 @@ fingerprint_sha256 = "AB:cd:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:0
             (
                 valid.replace(
                     "cn = \"sync.corp.example\"",
-                    "cn = \"sync.corp.example\"\nfingerprint_sha256 = \"00\"",
+                    &format!(
+                        "cn = \"sync.corp.example\"\nfingerprint_sha256 = \"{}\"",
+                        "0".repeat(64)
+                    ),
                 ),
                 "not both",
             ),
