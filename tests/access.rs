@@ -270,9 +270,11 @@ async fn config_principals_match_by_fingerprint_cn_and_san_and_a_removed_one_is_
     let (robot, _) = minted(&pki, "robot", Some("spiffe://corp.example/sync"));
     let write_config = |principals: &str| {
         let dev = std::fs::read_to_string(data_dir.join("ca-service.toml")).expect("dev config");
-        let without_principals = dev.split("\n[[principals]]").next().expect("prefix");
+        let mut config: toml::Table = toml::from_str(&dev).expect("dev config parses");
+        let principals: toml::Table = toml::from_str(principals).expect("principals parse");
+        config.insert("principals".to_owned(), principals["principals"].clone());
         let path = data_dir.join("access.toml");
-        std::fs::write(&path, format!("{without_principals}\n{principals}")).expect("write config");
+        std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
         path
     };
     let sync_by_cn =

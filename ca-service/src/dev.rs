@@ -119,7 +119,7 @@ pub enum DevTransport {
 }
 
 /// Runs the ceremony if the CA does not exist yet, then writes the serve config (with the dev
-/// PKI's `[tls]` and `[[principals]]`).
+/// PKI's `[tls]` and `[[principals]]`, before `[audit]`, which stays the last section).
 pub async fn ensure_ca(
     paths: &DevPaths,
     hsm: &Hsm,
@@ -157,10 +157,10 @@ pub async fn ensure_ca(
     let serve_text = format!(
         "# Dev-mode serve config, written by `ca-service serve --dev`.\nlisten = \"127.0.0.1:50051\"\n\n{hsm}\n\
          [ca]\nkey_label = {key_label:?}\nkey_algorithm = {algorithm:?}\ncertificate = \"ca.pem\"\n\n\
-         [issuance]\nvalidity_days = 365\n# Generous for dev: the demo renews on every run.\nmax_certificates_per_user_per_day = 1000\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n\n\
+         [issuance]\nvalidity_days = 365\n# Generous for dev: the demo renews on every run.\nmax_certificates_per_user_per_day = 1000\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n\n{tls}\n\
          [audit]\nkey_label = {audit_key_label:?}\norigin = {DEV_LOG_ORIGIN:?}\n\
          # Dev only: in production keep the guard on another disk than the database.\n\
-         guard_file = \"audit-signer-guard\"\n\n{tls}",
+         guard_file = \"audit-signer-guard\"\n",
         hsm = hsm_section(paths)?,
         algorithm = algorithm.name(),
         tls = pki.config_sections(),

@@ -466,6 +466,103 @@ mod tests {
         );
     }
 
+    /// A CA and a leaf it issued (CN `common_name`, `email` as an rfc822 SAN), both DER.
+    fn certificates(ca_name: &str, common_name: &str, email: &str) -> (String, Vec<u8>) {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::Rfc822Name(email.try_into().expect("email")));
+        let leaf = params.signed_by(&key, &ca).expect("leaf");
+        (ca.pem(), leaf.der().to_vec())
+    }
+
+    #[test]
+    fn names_count_only_under_the_client_ca_the_principal_names_and_fingerprints_match_exactly() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (corp_pem, corp_leaf) = certificates("Corp clients", "sync", "ops@corp.example");
+        // Another CA with the same subject name as corp's: only corp's key makes a corp certificate.
+        let (twin_pem, twin_leaf) = certificates("Corp clients", "sync", "ops@corp.example");
+        let (partner_pem, partner_leaf) = certificates("Partner clients", "sync", "audit@partner.example");
+        for (name, pem) in [
+            ("corp.pem", &corp_pem),
+            ("twin.pem", &twin_pem),
+            ("partner.pem", &partner_pem),
+        ] {
+            std::fs::write(directory.path().join(name), pem).expect("write");
+        }
+        let text = format!(
+            "certificate = \"server.pem\"\nkey = \"server-key.pem\"\n\
+             [[client_ca]]\nname = \"corp\"\nfile = {corp:?}\n[[client_ca]]\nname = \"partner\"\nfile = {partner:?}\n",
+            corp = directory.path().join("corp.pem"),
+            partner = directory.path().join("partner.pem"),
+        );
+        let tls: TlsSection = toml::from_str(&text).expect("tls section");
+        let principals: Vec<PrincipalSection> = toml::from_str::<toml::Table>(&format!(
+            "[[principals]]\nname = \"sync\"\nroles = [\"sync-server\"]\nclient_ca = \"corp\"\ncn = \"sync\"\n\
+             [[principals]]\nname = \"partner-audit\"\nroles = [\"auditor\"]\nclient_ca = \"partner\"\nsan = \"audit@partner.example\"\n\
+             [[principals]]\nname = \"pinned\"\nroles = []\nfingerprint_sha256 = \"{}\"\n",
+            hex::encode(Sha256::digest(&twin_leaf))
+        ))
+        .expect("principals")["principals"]
+            .clone()
+            .try_into()
+            .expect("principal sections");
+        let authenticator = Authenticator::mutual_tls(&tls, &principals).expect("authenticator");
+        let who = |leaf: &Vec<u8>| {
+            authenticator
+                .authorize("/e2ee.ca.v1.Identity/GetCaInfo", Some(std::slice::from_ref(leaf)))
+                .map(|principal| principal.expect("tagged").name().to_owned())
+        };
+        assert_eq!(who(&corp_leaf).expect("known"), "sync");
+        assert_eq!(who(&partner_leaf).expect("known"), "partner-audit");
+        assert_eq!(who(&twin_leaf).expect("known by fingerprint"), "pinned");
+        // The partner CA's "sync" is not corp's "sync"; a certificate from the twin CA matches only
+        // by its fingerprint, so a fresh one from the same twin is unknown.
+        let (_, other_twin_leaf) = certificates("Corp clients", "sync", "ops@corp.example");
+        let status = who(&other_twin_leaf).expect_err("unknown");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(
+            status
+                .message()
+                .contains(&hex::encode(Sha256::digest(&other_twin_leaf))),
+            "{}",
+            status.message()
+        );
+        let refused = authenticator
+            .authorize(
+                "/e2ee.ca.v1.Transparency/ExportEntries",
+                Some(std::slice::from_ref(&corp_leaf)),
+            )
+            .expect_err("sync is no auditor");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("needs role auditor"),
+            "{}",
+            refused.message()
+        );
+        let anonymous = authenticator
+            .authorize("/e2ee.ca.v1.Identity/GetCaInfo", NO_CERTIFICATES)
+            .expect_err("no certificate");
+        assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+        assert!(
+            authenticator
+                .authorize("/grpc.health.v1.Health/Check", NO_CERTIFICATES)
+                .expect("open")
+                .is_none()
+        );
+        // A client CA file with more or less than one certificate is refused at startup.
+        std::fs::write(directory.path().join("corp.pem"), format!("{corp_pem}{partner_pem}")).expect("write");
+        let error = Authenticator::mutual_tls(&tls, &principals).expect_err("two certificates");
+        assert!(error.to_string().contains("exactly one certificate"), "{error}");
+    }
+
     #[test]
     fn every_request_that_passes_the_layer_names_its_principal() {
         assert_eq!(
