@@ -3,6 +3,8 @@
 //! server whose principals change across a restart. The table itself is unit-tested in
 //! `api::principal`.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
+
 mod common;
 
 use std::path::Path;
