@@ -3,10 +3,12 @@
 #
 # Installs SoftHSM2 if missing, builds the CA and the reference client, starts
 # `ca-service serve --dev` (a private SoftHSM token, the CA key made by the real ceremony,
-# and the embedded store, all under ./data), enrolls a demo user over gRPC, renews, and
-# shows a second key for the same user being refused. Then keeps serving until Ctrl-C.
+# the embedded store and a dev TLS PKI, all under ./data), enrolls a demo user over gRPC
+# as the dev principal `sync-server` (mTLS), renews, and shows a second key for the same
+# user being refused. Then keeps serving until Ctrl-C.
 #
-# Environment: DATA_DIR (default ./data), PORT (default 50051), DEMO_ONLY=1 to stop after the demo.
+# Environment: DATA_DIR (default ./data), PORT (default 50051), DEMO_ONLY=1 to stop after the demo,
+# PLAINTEXT=1 to serve `--plaintext` instead (no TLS, nobody authenticated, loopback only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +38,11 @@ BIN=./target/debug
 say "starting the CA in dev mode on 127.0.0.1:$PORT (data in $DATA_DIR)"
 mkdir -p "$DATA_DIR"
 LOG="$DATA_DIR/ca-service.log"
-"$BIN/ca-service" serve --dev --data-dir "$DATA_DIR" --listen "127.0.0.1:$PORT" >"$DATA_DIR/ca-service.out" 2>"$LOG" &
+MODE=()
+if [ "${PLAINTEXT:-0}" = 1 ]; then
+  MODE=(--plaintext)
+fi
+"$BIN/ca-service" serve --dev "${MODE[@]}" --data-dir "$DATA_DIR" --listen "127.0.0.1:$PORT" >"$DATA_DIR/ca-service.out" 2>"$LOG" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
@@ -50,8 +56,15 @@ for _ in $(seq 1 600); do
 done
 cat "$DATA_DIR/ca-service.out"
 
-CA="http://127.0.0.1:$PORT"
-CLIENT=("$BIN/e2ee-client" --ca "$CA")
+if [ "${PLAINTEXT:-0}" = 1 ]; then
+  CA="http://127.0.0.1:$PORT"
+  CLIENT=("$BIN/e2ee-client" --ca "$CA")
+else
+  # mTLS as the dev principal sync-server (the PKI is printed above; CN = principal name).
+  PKI="$DATA_DIR/dev-pki"
+  CA="https://127.0.0.1:$PORT"
+  CLIENT=("$BIN/e2ee-client" --ca "$CA" --ca-cert "$PKI/ca.pem" --cert "$PKI/sync-server.pem" --key "$PKI/sync-server-key.pem")
+fi
 DEMO="$DATA_DIR/demo"
 
 say "GetCaInfo: the CA's certificate fingerprint and public key"
@@ -79,6 +92,6 @@ if [ "${DEMO_ONLY:-0}" = 1 ]; then
   exit 0
 fi
 echo "Press Ctrl-C to stop. Other things to try:"
-echo "  $BIN/e2ee-client --ca $CA lookup --user alice"
-echo "  $BIN/e2ee-client --ca $CA enroll --user bob --dir $DEMO/bob"
+echo "  ${CLIENT[*]} lookup --user alice"
+echo "  ${CLIENT[*]} enroll --user bob --dir $DEMO/bob"
 wait $SERVER

@@ -2,10 +2,8 @@
 //!
 //! The CLI runs in-process through `e2ee_ca_admin::run`, the function its `main` calls with the
 //! process's arguments and streams, so that `cargo test -p ca-service` needs no second binary built.
-//! Over mTLS (a dev PKI in `<data>/dev-pki/` and an https:// endpoint) each step runs as the dev
-//! principal it names: admin-alice, admin-bob, auditor. Over plaintext every caller is the same
-//! unauthenticated principal, so "another admin approves" cannot be expressed: the test then checks
-//! the refusal only and says so on stderr.
+//! The dev server serves mTLS with its dev PKI (`<data>/dev-pki/`), and each step runs as the dev
+//! principal it names: admin-alice, admin-bob, auditor, or sync-server (whose Admin call is refused).
 
 #![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
 
@@ -113,6 +111,11 @@ fn openssl(arguments: &[&str], crl: &Path) -> (bool, String) {
 fn an_admin_lists_shows_resets_revokes_and_fetches_a_crl_that_openssl_verifies() {
     let workspace = tempfile::tempdir().expect("tempdir");
     let server = DevServer::start(workspace.path(), "ecdsa-p256");
+    assert!(
+        server.endpoint.starts_with("https://"),
+        "serve --dev serves mTLS: {}",
+        server.endpoint
+    );
     let admin = Admin {
         endpoint: server.endpoint.clone(),
         pki: workspace.path().join("data").join("dev-pki"),
@@ -149,6 +152,27 @@ fn an_admin_lists_shows_resets_revokes_and_fetches_a_crl_that_openssl_verifies()
         .json();
     assert_eq!(every_page["identities"].as_array().expect("identities").len(), 3);
     assert_eq!(every_page["next_page_token"], "");
+
+    // A principal without the admin role is refused (exit 3), and so is no client certificate.
+    let sync_server = admin.run("sync-server", &["identity", "list"]);
+    assert_eq!(sync_server.code, 3, "{}", sync_server.stderr);
+    assert!(
+        sync_server.stderr.starts_with("error: PERMISSION_DENIED: "),
+        "{}",
+        sync_server.stderr
+    );
+    let mut anonymous = vec![
+        "e2ee-ca-admin".to_owned(),
+        "--endpoint".to_owned(),
+        admin.endpoint.clone(),
+    ];
+    anonymous.extend(["--ca-cert".to_owned(), admin.pki.join("ca.pem").display().to_string()]);
+    anonymous.extend(["identity".to_owned(), "list".to_owned()]);
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let code = e2ee_ca_admin::run(anonymous, &|_: &str| None, &mut stdout, &mut stderr);
+    let stderr = String::from_utf8(stderr).expect("UTF-8");
+    assert_eq!(code, 3, "no client certificate: {stderr}");
+    assert!(stderr.starts_with("error: UNAUTHENTICATED: "), "{stderr}");
 
     // 2. Show one; an unknown user is exit 4, an invalid one exit 3.
     let bob = admin.run("admin-alice", &["--json", "identity", "show", "bob"]).json();

@@ -223,7 +223,7 @@ async fn external_root_csr_import_and_serve() {
 
     // Production serve on the imported CA.
     let config = format!(
-        "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"issuing\"\nkey_algorithm = \"rsa-3072\"\ncertificate = \"ca.pem\"\n\
+        "listen = \"127.0.0.1:0\"\nallow_plaintext = true\n{}\n[ca]\nkey_label = \"issuing\"\nkey_algorithm = \"rsa-3072\"\ncertificate = \"ca.pem\"\n\
          [issuance]\nvalidity_days = 90\n[store]\nurl = \"sqlite:state/ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("pin")
     );
@@ -296,7 +296,7 @@ fn serve_refuses_a_wrong_pin_quickly_and_without_retrying() {
     token.make_root_ca();
     std::fs::write(token.path("wrong-pin"), "0000-wrong").expect("write");
     let config = format!(
-        "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
+        "listen = \"127.0.0.1:0\"\nallow_plaintext = true\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
          [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("wrong-pin")
     );
@@ -339,9 +339,14 @@ fn serve_refuses_inconsistent_configs() {
     let output = run(Command::new(CA_SERVICE)
         .args(["serve", "--config"])
         .arg(token.path("serve.toml")));
-    assert_fails_with(&output, "not a loopback address");
+    assert_fails_with(&output, "no [tls] section");
+    std::fs::write(token.path("serve.toml"), format!("allow_plaintext = true\n{base}")).expect("write");
+    let output = run(Command::new(CA_SERVICE)
+        .args(["serve", "--config"])
+        .arg(token.path("serve.toml")));
+    assert_fails_with(&output, "allowed on a loopback address only");
 
-    let missing_certificate = base.replace("0.0.0.0", "127.0.0.1");
+    let missing_certificate = format!("allow_plaintext = true\n{}", base.replace("0.0.0.0", "127.0.0.1"));
     std::fs::write(token.path("serve.toml"), missing_certificate).expect("write");
     let output = run(Command::new(CA_SERVICE)
         .args(["serve", "--config"])
@@ -384,7 +389,7 @@ fn deploy_examples_are_valid_configs() {
 fn logs_can_be_json_lines() {
     let token = Token::new();
     let config = format!(
-        "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
+        "listen = \"127.0.0.1:0\"\nallow_plaintext = true\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
          [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("pin")
     );
@@ -420,7 +425,7 @@ async fn renewals_are_rate_limited_per_user() {
     let token = Token::new();
     token.make_root_ca();
     let config = format!(
-        "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
+        "listen = \"127.0.0.1:0\"\nallow_plaintext = true\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = \"ecdsa-p256\"\ncertificate = \"ca.pem\"\n\
          [issuance]\nvalidity_days = 30\nmax_certificates_per_user_per_day = 2\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{AUDIT_SECTION}",
         token.hsm_section("pin")
     );

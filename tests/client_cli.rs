@@ -57,6 +57,8 @@ fn client_binary() -> PathBuf {
 struct Cli {
     binary: PathBuf,
     ca: String,
+    /// `--ca-cert`, `--cert` and `--key` of the sync server's dev principal.
+    tls: Vec<std::ffi::OsString>,
     storage: PathBuf,
 }
 
@@ -66,6 +68,7 @@ impl Cli {
         let mut child = Command::new(&self.binary)
             .arg("--ca")
             .arg(&self.ca)
+            .args(&self.tls)
             .arg("--dir")
             .arg(device)
             .arg("--storage")
@@ -186,6 +189,17 @@ fn a_person_shares_unshares_and_recovers_with_the_command_line() {
     let cli = Cli {
         binary: client_binary(),
         ca: server.endpoint.clone(),
+        tls: {
+            let (ca, certificate, key) = server.tls_files("sync-server").expect("mTLS");
+            vec![
+                "--ca-cert".into(),
+                ca.into(),
+                "--cert".into(),
+                certificate.into(),
+                "--key".into(),
+                key.into(),
+            ]
+        },
         storage: directory.path().join("storage"),
     };
     let alice = directory.path().join("alice-laptop");

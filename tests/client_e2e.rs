@@ -18,10 +18,13 @@ use e2ee_client::protocol::metadata::MetadataError;
 use e2ee_client::storage::LocalDirectory;
 use e2ee_client::transport::{CaTransport, GrpcTransport};
 
-async fn connect(endpoint: &str) -> GrpcTransport {
+/// The sync server's transport to `server`, over mTLS as the dev principal `sync-server`.
+async fn connect(server: &common::DevServer) -> GrpcTransport {
+    let endpoint = &server.endpoint;
+    let tls = server.client_tls("sync-server").expect("the dev server serves mTLS");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match GrpcTransport::connect(endpoint).await {
+        match GrpcTransport::connect_tls(endpoint, &tls).await {
             Ok(transport) => return transport,
             Err(error) if Instant::now() > deadline => panic!("cannot connect to {endpoint}: {error}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -72,7 +75,7 @@ async fn share_unshare_and_recover_against_the_real_ca() {
     let directory = tempfile::tempdir().expect("tempdir");
     let server = common::DevServer::start(directory.path(), "ecdsa-p256");
     let storage = LocalDirectory::new(&directory.path().join("sync-server"));
-    let mut transport = connect(&server.endpoint).await;
+    let mut transport = connect(&server).await;
 
     // 1. alice and bob enroll; alice backs her key up under a fresh 12-word mnemonic on the server.
     let mut alice = enroll(&mut transport, "alice", &directory.path().join("alice-laptop")).await;

@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{DevServer, UserKey, UserKeyPair, assert_refused, ca_info, issue, pem_der};
-use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
 use e2ee_ca_proto::v1::{ExportEntriesRequest, GetCertificatesRequest, GetCheckpointRequest};
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -409,9 +408,7 @@ async fn bad_input_is_refused_with_a_reason() {
 
 /// The entries `[0, size)` through `ExportEntries`, once a checkpoint covers them (at most 15 s).
 async fn exported_entries(server: &DevServer, size: u64) -> Vec<String> {
-    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
-        .await
-        .expect("connect");
+    let mut transparency = server.transparency().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let checkpoint = transparency
@@ -522,11 +519,8 @@ async fn health_and_reflection_answer() {
 
     let directory = tempfile::tempdir().expect("tempdir");
     let server = DevServer::start(directory.path(), "ecdsa-p256");
-    let channel = tonic::transport::Endpoint::from_shared(server.endpoint.clone())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    // Health and reflection are open: no client certificate needed.
+    let channel = server.connect_without_certificate().await;
 
     let mut health = HealthClient::new(channel.clone());
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -18,7 +18,6 @@ use common::{
     pem_der,
 };
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
-use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
 use e2ee_ca_proto::v1::{
     GetCertificatesRequest, GetCheckpointRequest, GetConsistencyProofRequest, IssueCertificateRequest,
 };
@@ -254,9 +253,7 @@ async fn replicas_share_one_linear_log_sequenced_by_one_of_them() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut checkpoints = Vec::new();
     for replica in &replicas {
-        let mut transparency = TransparencyClient::connect(replica.endpoint.clone())
-            .await
-            .expect("connect");
+        let mut transparency = replica.transparency().await;
         let checkpoint = loop {
             let response = transparency
                 .get_checkpoint(GetCheckpointRequest {})

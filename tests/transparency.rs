@@ -85,9 +85,7 @@ async fn issuances_are_provably_in_signed_checkpoints() {
     let trust = LogTrust::from_ca_info(&info);
     assert_eq!(trust.verifiers.len(), 1, "one checkpoint key");
     assert_eq!(trust.verifiers[0].name().as_str(), info.log_origin, "key name = origin");
-    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
-        .await
-        .expect("connect");
+    let mut transparency = server.transparency().await;
 
     // 1. Issue; the response carries the sequenced index.
     let alice = UserKeyPair::generate(UserKey::EcP256);
@@ -240,9 +238,7 @@ async fn the_log_survives_a_restart_and_stays_consistent() {
         .log_entry
         .expect("entry")
         .index;
-    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
-        .await
-        .expect("connect");
+    let mut transparency = server.transparency().await;
     let before = checkpoint_covering(&mut transparency, &trust, first_index + 1).await;
     drop(transparency);
     let data_dir = server.stop();
@@ -261,9 +257,7 @@ async fn the_log_survives_a_restart_and_stays_consistent() {
         .expect("entry")
         .index;
     assert!(renewed_index > first_index, "the log continues where it stopped");
-    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
-        .await
-        .expect("connect");
+    let mut transparency = server.transparency().await;
     let after = checkpoint_covering(&mut transparency, &trust, renewed_index + 1).await;
     let proof = transparency
         .get_consistency_proof(GetConsistencyProofRequest {

@@ -349,7 +349,7 @@ fn serve_config(
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = {:?}\nkey_algorithm = {:?}\ncertificate = \"ca-{algorithm}.pem\"\n\
+            "listen = \"127.0.0.1:0\"\nallow_plaintext = true\n{}\n[ca]\nkey_label = {:?}\nkey_algorithm = {:?}\ncertificate = \"ca-{algorithm}.pem\"\n\
              [issuance]\nvalidity_days = 365\nmax_certificates_per_user_per_day = 4000000000\n[store]\nurl = \"sqlite:{}\"\n\
              [audit]\nkey_label = \"bench-audit-{algorithm}\"\norigin = \"bench.example/audit-log\"\n\
              guard_file = \"{}.guard\"\n",

@@ -5,13 +5,18 @@
 //! `softhsm/` (token directory and `softhsm2.conf`), `hsm-user-pin` and `hsm-so-pin` (mode 0600),
 //! `ceremony-*.toml` (the ceremony input that made the CA and the audit key), `ca.pem`,
 //! `ca-service.toml` (the serve config with its `[audit]` section, written once the CA exists),
-//! `ca.sqlite3` (the store), `audit-signer-guard` (the signer guard's state).
+//! `ca.sqlite3` (the store), `audit-signer-guard` (the signer guard's state), `dev-pki/` (the dev
+//! TLS CA, the server certificate and the dev principals' client certificates, see `pki`).
 
+pub mod pki;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use hsm_sim::TokenDirectory;
 
+use self::pki::DevPki;
 use crate::ceremony::{self, CeremonyReport};
 use crate::config::{CeremonyConfig, ServeConfig};
 use crate::hsm::{Hsm, HsmConfig, KeyAlgorithm, Pin};
@@ -85,8 +90,42 @@ fn hsm_section(paths: &DevPaths) -> anyhow::Result<String> {
     ))
 }
 
-/// Runs the ceremony if the CA does not exist yet, then writes the serve config.
-pub async fn ensure_ca(paths: &DevPaths, hsm: &Hsm, algorithm: KeyAlgorithm) -> anyhow::Result<Option<CeremonyReport>> {
+/// Makes the dev PKI if it does not exist yet; returns it and whether it was made now. A serve
+/// config written before dev mode had mTLS gets the PKI's `[tls]` and `[[principals]]` appended.
+pub fn ensure_pki(paths: &DevPaths) -> anyhow::Result<(DevPki, bool)> {
+    let (pki, created) = pki::ensure(&paths.root)?;
+    if paths.config.exists() {
+        let text = std::fs::read_to_string(&paths.config)
+            .with_context(|| format!("cannot read {}", paths.config.display()))?;
+        if !text.lines().any(|line| line.trim() == "[tls]") {
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&paths.config)
+                .with_context(|| format!("cannot open {}", paths.config.display()))?;
+            std::io::Write::write_all(&mut file, format!("\n{}", pki.config_sections()).as_bytes())
+                .with_context(|| format!("cannot add [tls] to {}", paths.config.display()))?;
+        }
+    }
+    Ok((pki, created))
+}
+
+/// How dev mode serves.
+#[derive(Debug, Clone)]
+pub enum DevTransport {
+    /// mTLS with the dev PKI (the default).
+    MutualTls(DevPki),
+    /// `--plaintext`: no TLS, nobody authenticated, loopback only.
+    Plaintext,
+}
+
+/// Runs the ceremony if the CA does not exist yet, then writes the serve config (with the dev
+/// PKI's `[tls]` and `[[principals]]`, before `[audit]`, which stays the last section).
+pub async fn ensure_ca(
+    paths: &DevPaths,
+    hsm: &Hsm,
+    algorithm: KeyAlgorithm,
+    pki: &DevPki,
+) -> anyhow::Result<Option<CeremonyReport>> {
     if paths.config.exists() {
         return Ok(None);
     }
@@ -118,12 +157,13 @@ pub async fn ensure_ca(paths: &DevPaths, hsm: &Hsm, algorithm: KeyAlgorithm) -> 
     let serve_text = format!(
         "# Dev-mode serve config, written by `ca-service serve --dev`.\nlisten = \"127.0.0.1:50051\"\n\n{hsm}\n\
          [ca]\nkey_label = {key_label:?}\nkey_algorithm = {algorithm:?}\ncertificate = \"ca.pem\"\n\n\
-         [issuance]\nvalidity_days = 365\n# Generous for dev: the demo renews on every run.\nmax_certificates_per_user_per_day = 1000\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n\n\
+         [issuance]\nvalidity_days = 365\n# Generous for dev: the demo renews on every run.\nmax_certificates_per_user_per_day = 1000\n\n[store]\nurl = \"sqlite:ca.sqlite3\"\n\n{tls}\n\
          [audit]\nkey_label = {audit_key_label:?}\norigin = {DEV_LOG_ORIGIN:?}\n\
          # Dev only: in production keep the guard on another disk than the database.\n\
          guard_file = \"audit-signer-guard\"\n",
         hsm = hsm_section(paths)?,
         algorithm = algorithm.name(),
+        tls = pki.config_sections(),
     );
     ceremony::write_new_file(&paths.config, serve_text.as_bytes())?;
     Ok(Some(report))
@@ -151,16 +191,28 @@ pub fn banner(
     ceremony: Option<&CeremonyReport>,
     config: &ServeConfig,
     requested_algorithm: KeyAlgorithm,
+    transport: &DevTransport,
 ) -> Vec<String> {
-    let mut banner = vec![
-        "e2ee-ca DEV MODE: not for production. Plaintext gRPC (no TLS), loopback only.".to_owned(),
+    let mut banner = match transport {
+        DevTransport::MutualTls(_) => vec![
+            "e2ee-ca DEV MODE: not for production. mTLS with the dev PKI (software keys), loopback only.".to_owned(),
+        ],
+        DevTransport::Plaintext => vec![
+            "e2ee-ca DEV MODE: not for production.".to_owned(),
+            "  !!! PLAINTEXT gRPC (--plaintext): no TLS, NOBODY IS AUTHENTICATED, loopback only. !!!".to_owned(),
+            "  !!! Every caller is the principal \"unauthenticated\" (role sync-server only): Admin and ExportEntries \
+             answer UNAUTHENTICATED. !!!"
+                .to_owned(),
+        ],
+    };
+    banner.extend([
         format!("  data directory: {}", paths.root.display()),
         format!(
             "  SoftHSM token {:?}: {}",
             DEV_TOKEN_LABEL,
             if token_created { "created" } else { "reused" }
         ),
-    ];
+    ]);
     match ceremony {
         Some(report) => banner.push(format!(
             "  CA key {:?} ({}) generated on the token by the ceremony; certificate written to {}",
@@ -179,5 +231,61 @@ pub fn banner(
         ));
     }
     banner.push(format!("  store: {}", config.store.url));
+    if let DevTransport::MutualTls(pki) = transport {
+        banner.push(format!("  dev TLS PKI: {}", pki.directory().display()));
+        banner.push(format!(
+            "    CA (trust it for the server; it issued every client certificate): {}",
+            pki.ca_certificate().display()
+        ));
+        for (name, roles) in pki::DEV_PRINCIPALS {
+            let roles: Vec<&str> = roles.iter().map(|role| role.name()).collect();
+            banner.push(format!(
+                "    principal {name} ({}): -cert {} -key {}",
+                roles.join(", "),
+                pki.certificate(name).display(),
+                pki.key(name).display()
+            ));
+        }
+    }
     banner
+}
+
+/// What to try once dev mode listens on `address`: grpcurl and client lines, ready to paste.
+pub fn try_lines(transport: &DevTransport, address: SocketAddr) -> Vec<String> {
+    match transport {
+        DevTransport::MutualTls(pki) => {
+            let as_principal = |name: &str| {
+                format!(
+                    "grpcurl -cacert {} -cert {} -key {} {address}",
+                    pki.ca_certificate().display(),
+                    pki.certificate(name).display(),
+                    pki.key(name).display()
+                )
+            };
+            vec![
+                format!("Try: {} e2ee.ca.v1.Identity/GetCaInfo", as_principal("sync-server")),
+                format!("     {} e2ee.ca.v1.Transparency/GetCheckpoint", as_principal("auditor")),
+                format!(
+                    "     {} -d '{{\"start\": 0, \"end\": 1}}' e2ee.ca.v1.Transparency/ExportEntries",
+                    as_principal("auditor")
+                ),
+                format!(
+                    "     cargo run -p e2ee-client -- --ca https://{address} --ca-cert {} --cert {} --key {} enroll --user alice --dir ./alice",
+                    pki.ca_certificate().display(),
+                    pki.certificate("sync-server").display(),
+                    pki.key("sync-server").display()
+                ),
+            ]
+        }
+        DevTransport::Plaintext => plaintext_try_lines(address),
+    }
+}
+
+/// What to try on a plaintext listener.
+pub fn plaintext_try_lines(address: SocketAddr) -> Vec<String> {
+    vec![
+        format!("Try: grpcurl -plaintext {address} e2ee.ca.v1.Identity/GetCaInfo"),
+        format!("     grpcurl -plaintext {address} e2ee.ca.v1.Transparency/GetCheckpoint"),
+        format!("     cargo run -p e2ee-client -- --ca http://{address} enroll --user alice --dir ./alice"),
+    ]
 }

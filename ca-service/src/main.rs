@@ -34,9 +34,13 @@ enum Command {
         /// The serve config (TOML; see deploy/ca-service.example.toml).
         #[arg(long, conflicts_with = "dev", required_unless_present = "dev")]
         config: Option<PathBuf>,
-        /// Dev mode: SoftHSM token, CA and embedded store provisioned under --data-dir; no TLS; loopback only.
+        /// Dev mode: SoftHSM token, CA, embedded store and a dev TLS PKI provisioned under --data-dir;
+        /// mTLS; loopback only.
         #[arg(long)]
         dev: bool,
+        /// Dev mode: serve plaintext gRPC instead of mTLS (loopback only; nobody is authenticated).
+        #[arg(long, requires = "dev")]
+        plaintext: bool,
         /// Dev mode: where the token, CA and store live.
         #[arg(long, default_value = "./data", requires = "dev")]
         data_dir: PathBuf,
@@ -124,14 +128,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut config = ServeConfig::load(&path)?;
             if let Some(listen) = listen {
-                config.listen = listen;
+                config
+                    .set_listen(listen)
+                    .with_context(|| format!("--listen {listen} with config file {}", path.display()))?;
             }
             init_logging(cli.log_format.as_deref(), config.log_format)?;
             set_softhsm2_conf(config.hsm.softhsm2_conf.as_deref())?;
+            let plaintext = config.tls.is_none();
             runtime()?.block_on(async {
                 let hsm = connect(config.hsm.hsm_config()?).await?;
                 let service = Service::build(&config, hsm).await?;
-                serve(service, config.listen, Vec::new()).await
+                let hints = move |address| {
+                    if plaintext {
+                        dev::plaintext_try_lines(address)
+                    } else {
+                        Vec::new()
+                    }
+                };
+                serve(service, config.listen, Vec::new(), hints).await
             })
         }
         Command::Serve {
@@ -139,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             ca_key_algorithm,
+            plaintext,
             ..
         } => {
             if let Some(listen) = listen
@@ -151,12 +166,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             set_softhsm2_conf(Some(&paths.token.conf_path()))?;
             runtime()?.block_on(async {
                 let hsm = connect(dev::hsm_config(&paths)?).await?;
-                let ceremony = dev::ensure_ca(&paths, &hsm, ca_key_algorithm).await?;
+                let (pki, _) = dev::ensure_pki(&paths)?;
+                let ceremony = dev::ensure_ca(&paths, &hsm, ca_key_algorithm, &pki).await?;
                 let mut config = ServeConfig::load(&paths.config)?;
-                config.listen = listen.unwrap_or(config.listen);
-                let banner = dev::banner(&paths, token_created, ceremony.as_ref(), &config, ca_key_algorithm);
+                let transport = if plaintext {
+                    // The loopback check above is what makes plaintext acceptable here.
+                    config.tls = None;
+                    config.principals.clear();
+                    config.allow_plaintext = true;
+                    dev::DevTransport::Plaintext
+                } else {
+                    dev::DevTransport::MutualTls(pki)
+                };
+                if let Some(listen) = listen {
+                    config.set_listen(listen)?;
+                }
+                let banner = dev::banner(
+                    &paths,
+                    token_created,
+                    ceremony.as_ref(),
+                    &config,
+                    ca_key_algorithm,
+                    &transport,
+                );
                 let service = Service::build(&config, hsm).await?;
-                serve(service, config.listen, banner).await
+                serve(service, config.listen, banner, move |address| {
+                    dev::try_lines(&transport, address)
+                })
+                .await
             })
         }
         Command::Migrate { config } => {
@@ -299,9 +336,14 @@ fn parse_vkey(text_or_file: &str) -> anyhow::Result<VerifierKey> {
         .with_context(|| format!("{:?} is not a verifier key (name+keyid+base64)", text.trim()))
 }
 
-/// Binds `listen`, tells the operator what is served (the dev banner first, if any), and runs
-/// `service` until Ctrl-C or SIGTERM.
-async fn serve(service: Service, listen: SocketAddr, banner: Vec<String>) -> anyhow::Result<()> {
+/// Binds `listen`, tells the operator what is served (the dev banner first, if any, and the `hints`
+/// for the bound address), and runs `service` until Ctrl-C or SIGTERM.
+async fn serve(
+    service: Service,
+    listen: SocketAddr,
+    banner: Vec<String>,
+    hints: impl FnOnce(SocketAddr) -> Vec<String>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -312,9 +354,9 @@ async fn serve(service: Service, listen: SocketAddr, banner: Vec<String>) -> any
     }
     println!("  CA certificate SHA-256: {}", info.ca_fingerprint);
     println!("listening on {address}");
-    println!("Try: grpcurl -plaintext {address} e2ee.ca.v1.Identity/GetCaInfo");
-    println!("     grpcurl -plaintext {address} e2ee.ca.v1.Transparency/GetCheckpoint");
-    println!("     cargo run -p e2ee-client -- --ca http://{address} enroll --user alice --dir ./alice");
+    for line in hints(address) {
+        println!("{line}");
+    }
     tracing::info!(%address, ca_fingerprint = %info.ca_fingerprint, "serving");
     println!(
         "  audit log {}: checkpoint key {}",

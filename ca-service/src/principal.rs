@@ -3,8 +3,12 @@
 
 use std::fmt;
 
+use serde::Deserialize;
+
 /// What a principal may do. Services check roles; they never compare names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Config files name roles as `sync-server`, `admin` and `auditor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// The sync server: issues certificates for its users and looks them up.
     SyncServer,
@@ -15,7 +19,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// Every role, for the dev principal.
+    /// Every role.
     pub const ALL: [Role; 3] = [Role::SyncServer, Role::Admin, Role::Auditor];
 
     /// The name used in config files and logs.
@@ -42,8 +46,8 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// The name every caller has while the service authenticates nobody (no TLS): it holds every
-    /// role, because every RPC is open to whoever reaches the port. Recorded as the actor.
+    /// The name every caller has while the service authenticates nobody (plaintext: dev
+    /// `--plaintext` or `allow_plaintext`). Recorded as the actor.
     pub const UNAUTHENTICATED: &'static str = "unauthenticated";
 
     /// A principal named `name` with `roles`.
@@ -54,9 +58,11 @@ impl Principal {
         }
     }
 
-    /// The caller of a service that authenticates nobody.
+    /// The caller of a service that authenticates nobody: it holds `sync-server` only, so that the
+    /// sync server's calls keep working behind a TLS-terminating proxy or in plaintext dev mode,
+    /// while the roles that name a person or an audit duty (`admin`, `auditor`) need a certificate.
     pub fn unauthenticated() -> Principal {
-        Principal::new(Principal::UNAUTHENTICATED, &Role::ALL)
+        Principal::new(Principal::UNAUTHENTICATED, &[Role::SyncServer])
     }
 
     /// The principal's name: the actor of its audit entries.
@@ -68,6 +74,11 @@ impl Principal {
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
+
+    /// The roles the principal holds.
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
 }
 
 #[cfg(test)]
@@ -75,10 +86,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_unauthenticated_principal_holds_every_role_under_its_recorded_name() {
+    fn the_unauthenticated_principal_holds_only_the_sync_server_role_under_its_recorded_name() {
         let principal = Principal::unauthenticated();
         assert_eq!(principal.name(), "unauthenticated");
-        assert!(Role::ALL.iter().all(|role| principal.has(*role)));
+        assert_eq!(principal.roles(), &[Role::SyncServer]);
+        assert!(!principal.has(Role::Admin) && !principal.has(Role::Auditor));
         let admin = Principal::new("alice-admin", &[Role::Admin]);
         assert!(admin.has(Role::Admin) && !admin.has(Role::SyncServer) && !admin.has(Role::Auditor));
         assert_eq!(Role::SyncServer.to_string(), "sync-server");

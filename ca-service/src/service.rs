@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::api::admin::AdminService;
 use crate::api::identity::{CaInfo, IdentityService};
+use crate::api::principal::Authenticator;
 use crate::api::transparency::TransparencyService;
 use crate::api::{self, ServeOptions, Services};
 use crate::audit::{AuditEvent, AuditKind, LogEntryRef};
@@ -212,8 +213,17 @@ impl StoreTask for Build<'_> {
             admin: AdminService::new(Arc::clone(&store), crls, log_wait, config.admin.request_lifetime()),
             transparency: TransparencyService::new(store),
         };
+        let (tls, authenticator) = match &config.tls {
+            Some(tls) => (
+                Some(api::tls_config(tls)?),
+                Authenticator::mutual_tls(tls, &config.principals)?,
+            ),
+            None => (None, Authenticator::plaintext()),
+        };
         let options = ServeOptions {
             max_message_bytes: config.max_message_bytes.unwrap_or(api::DEFAULT_MAX_MESSAGE_BYTES),
+            tls,
+            authenticator,
         };
         let serve: Serve = Box::new(move |listener, shutdown| {
             Box::pin(async move { api::serve(listener, services, options, health, shutdown).await })

@@ -4,7 +4,8 @@ use std::future::Future;
 
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
 use e2ee_ca_proto::v1::{GetCaInfoRequest, GetCertificatesRequest, IssueCertificateRequest};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use zeroize::Zeroizing;
 
 /// What the CA answered, or why it could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,72 @@ pub trait CaTransport {
     fn certificate_of(&mut self, user_id: &str) -> impl Future<Output = Result<Option<String>, CaError>> + Send;
 }
 
+/// How to reach a CA that serves mTLS: the CA certificate that issued the server's certificate,
+/// and the caller's client certificate and key (PEM), which the CA maps to a principal (the sync
+/// server's, for this client's calls).
+#[derive(Clone)]
+pub struct ClientTls {
+    server_ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+}
+
+impl ClientTls {
+    /// Trusts `server_ca_pem` for the server's certificate; presents no client certificate.
+    pub fn new(server_ca_pem: Vec<u8>) -> ClientTls {
+        ClientTls {
+            server_ca_pem,
+            identity: None,
+        }
+    }
+
+    /// Also presents `certificate_pem`, proven with `key_pem`.
+    pub fn with_client_certificate(self, certificate_pem: Vec<u8>, key_pem: Zeroizing<Vec<u8>>) -> ClientTls {
+        ClientTls {
+            identity: Some((certificate_pem, key_pem)),
+            ..self
+        }
+    }
+
+    /// A channel to `endpoint` (`https://HOST:PORT`) over this TLS configuration; the server's
+    /// certificate must name HOST (a DNS name or an IP address).
+    pub async fn channel(&self, endpoint: &str) -> Result<Channel, CaError> {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.server_ca_pem));
+        if let Some((certificate_pem, key_pem)) = &self.identity {
+            config = config.identity(Identity::from_pem(certificate_pem, key_pem.as_slice()));
+        }
+        Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|error| CaError::Connect(error_chain(&error)))?
+            .tls_config(config)
+            .map_err(|error| CaError::Connect(error_chain(&error)))?
+            .connect()
+            .await
+            .map_err(|error| CaError::Connect(error_chain(&error)))
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is never printed.
+        formatter
+            .debug_struct("ClientTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error and its sources, for a connection failure whose top-level message ("transport error")
+/// says too little (a TLS handshake refused, a certificate not trusted).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The gRPC transport.
 #[derive(Debug, Clone)]
 pub struct GrpcTransport {
@@ -84,12 +151,20 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
+    /// Connects to `endpoint` over plaintext, e.g. `http://127.0.0.1:50051` (a dev CA started with
+    /// `--plaintext`, or one behind a TLS-terminating proxy on this host).
     pub async fn connect(endpoint: &str) -> Result<GrpcTransport, CaError> {
         let client = IdentityClient::connect(endpoint.to_owned())
             .await
-            .map_err(|error| CaError::Connect(error.to_string()))?;
+            .map_err(|error| CaError::Connect(error_chain(&error)))?;
         Ok(GrpcTransport { client })
+    }
+
+    /// Connects to `endpoint` over mTLS, e.g. `https://127.0.0.1:50051`.
+    pub async fn connect_tls(endpoint: &str, tls: &ClientTls) -> Result<GrpcTransport, CaError> {
+        Ok(GrpcTransport {
+            client: IdentityClient::new(tls.channel(endpoint).await?),
+        })
     }
 }
 

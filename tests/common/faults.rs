@@ -138,7 +138,7 @@ impl Token {
         let module = hsm_sim::faults::fault_module_path().unwrap_or_else(|error| panic!("{error}"));
         let audit = audit_section(&self.setup.audit);
         let config = format!(
-            "listen = \"127.0.0.1:0\"\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = {:?}\ncertificate = \"ca.pem\"\n\
+            "listen = \"127.0.0.1:0\"\nallow_plaintext = true\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = {:?}\ncertificate = \"ca.pem\"\n\
              [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{audit}",
             self.hsm_section(&module, pool_size, session_wait_ms),
             self.setup.ca_key_algorithm,

@@ -1,5 +1,6 @@
 //! Shared harness for the end-to-end tests: the real `ca-service` binary in dev mode on an ephemeral
-//! port, each with its own data directory and SoftHSM token, reached through the real gRPC client.
+//! port, each with its own data directory and SoftHSM token, reached through the real gRPC client,
+//! over mTLS as one of the dev principals (`connect_as`) unless started with `--plaintext`.
 
 #![allow(dead_code, reason = "each test binary uses a different part of the shared fixture")]
 
@@ -22,13 +23,25 @@ use tonic::transport::Channel;
 /// The binary under test.
 pub const CA_SERVICE: &str = env!("CARGO_BIN_EXE_ca-service");
 
+/// How a test server is reached.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// mTLS with a dev PKI (`<data>/dev-pki/`): `ca.pem` for the server, `<principal>.pem` and
+    /// `<principal>-key.pem` for each caller.
+    MutualTls { pki: PathBuf },
+    /// Plaintext: every caller is the unauthenticated principal.
+    Plaintext,
+}
+
 /// A running dev-mode CA. Killed when dropped.
 pub struct DevServer {
     child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` (mTLS) or `http://127.0.0.1:PORT` (plaintext).
     pub endpoint: String,
     /// Everything the server printed on stdout before it started listening.
     pub banner: String,
+    /// How to reach it.
+    pub transport: Transport,
     data_dir: PathBuf,
 }
 
@@ -39,8 +52,17 @@ impl DevServer {
         DevServer::start_in(&data_dir, algorithm)
     }
 
-    /// Starts (or restarts) the dev server on `data_dir`.
+    /// Starts (or restarts) the dev server on `data_dir`, serving mTLS with its dev PKI.
     pub fn start_in(data_dir: &Path, algorithm: &str) -> DevServer {
+        DevServer::start_dev(data_dir, algorithm, &[])
+    }
+
+    /// Starts (or restarts) the dev server on `data_dir` with `--plaintext`.
+    pub fn start_plaintext_in(data_dir: &Path, algorithm: &str) -> DevServer {
+        DevServer::start_dev(data_dir, algorithm, &["--plaintext"])
+    }
+
+    fn start_dev(data_dir: &Path, algorithm: &str, extra: &[&str]) -> DevServer {
         let mut command = Command::new(CA_SERVICE);
         command
             .args([
@@ -52,43 +74,124 @@ impl DevServer {
                 algorithm,
                 "--data-dir",
             ])
-            .arg(data_dir);
-        let (child, endpoint, banner) = spawn_listening(command);
+            .arg(data_dir)
+            .args(extra);
+        let transport = if extra.contains(&"--plaintext") {
+            Transport::Plaintext
+        } else {
+            Transport::MutualTls {
+                pki: data_dir.join("dev-pki"),
+            }
+        };
+        DevServer::spawn(command, transport, data_dir.to_path_buf())
+    }
+
+    fn spawn(command: Command, transport: Transport, data_dir: PathBuf) -> DevServer {
+        let (child, address, banner) = spawn_listening(command);
+        let endpoint = match transport {
+            Transport::MutualTls { .. } => format!("https://{address}"),
+            Transport::Plaintext => format!("http://{address}"),
+        };
         DevServer {
             child,
             endpoint,
             banner,
-            data_dir: data_dir.to_path_buf(),
+            transport,
+            data_dir,
         }
     }
 
     /// Starts `ca-service serve --config CONFIG --listen 127.0.0.1:0` (a production-style server).
+    /// With a `[tls]` section, its certificate's directory must hold a dev PKI's files (as the
+    /// configs copied from a dev data directory do).
     pub fn start_with_config(config: &Path) -> DevServer {
+        let directory = config.parent().expect("config in a directory").to_path_buf();
+        let text = std::fs::read_to_string(config).expect("read config");
+        let table: toml::Table = toml::from_str(&text).expect("config parses");
+        let transport = match table.get("tls").and_then(|tls| tls.get("certificate")) {
+            Some(certificate) => {
+                let certificate = directory.join(certificate.as_str().expect("tls.certificate is a string"));
+                Transport::MutualTls {
+                    pki: certificate.parent().expect("certificate in a directory").to_path_buf(),
+                }
+            }
+            None => Transport::Plaintext,
+        };
         let mut command = Command::new(CA_SERVICE);
         command
             .arg("serve")
             .arg("--config")
             .arg(config)
             .args(["--listen", "127.0.0.1:0"]);
-        let (child, endpoint, banner) = spawn_listening(command);
-        DevServer {
-            child,
-            endpoint,
-            banner,
-            data_dir: config.parent().expect("config in a directory").to_path_buf(),
+        DevServer::spawn(command, transport, directory)
+    }
+
+    /// The dev PKI's CA certificate, and `principal`'s certificate and key, if the server is mTLS.
+    pub fn tls_files(&self, principal: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+        match &self.transport {
+            Transport::MutualTls { pki } => Some((
+                pki.join("ca.pem"),
+                pki.join(format!("{principal}.pem")),
+                pki.join(format!("{principal}-key.pem")),
+            )),
+            Transport::Plaintext => None,
         }
     }
 
-    /// A gRPC client for the Identity service.
-    pub async fn client(&self) -> IdentityClient<Channel> {
+    /// The reference client's TLS settings as dev principal `principal` (`None` for plaintext).
+    pub fn client_tls(&self, principal: &str) -> Option<e2ee_client::transport::ClientTls> {
+        let (ca, certificate, key) = self.tls_files(principal)?;
+        let read = |path: &Path| std::fs::read(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        Some(
+            e2ee_client::transport::ClientTls::new(read(&ca))
+                .with_client_certificate(read(&certificate), zeroize::Zeroizing::new(read(&key))),
+        )
+    }
+
+    /// A channel as dev principal `principal` (over plaintext, every caller is the same).
+    pub async fn connect_as(&self, principal: &str) -> Channel {
+        self.connect_with(self.client_tls(principal)).await
+    }
+
+    /// A channel that presents no client certificate (over TLS when the server serves mTLS).
+    pub async fn connect_without_certificate(&self) -> Channel {
+        let tls = match &self.transport {
+            Transport::MutualTls { pki } => Some(e2ee_client::transport::ClientTls::new(
+                std::fs::read(pki.join("ca.pem")).expect("dev CA certificate"),
+            )),
+            Transport::Plaintext => None,
+        };
+        self.connect_with(tls).await
+    }
+
+    /// A channel with `tls` (or plaintext), retried for up to 10 s while the server starts.
+    pub async fn connect_with(&self, tls: Option<e2ee_client::transport::ClientTls>) -> Channel {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match IdentityClient::connect(self.endpoint.clone()).await {
-                Ok(client) => return client,
+            let channel = match &tls {
+                Some(tls) => tls.channel(&self.endpoint).await.map_err(|error| error.to_string()),
+                None => tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+                    .expect("endpoint")
+                    .connect()
+                    .await
+                    .map_err(|error| error.to_string()),
+            };
+            match channel {
+                Ok(channel) => return channel,
                 Err(error) if Instant::now() > deadline => panic!("cannot connect to {}: {error}", self.endpoint),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+    }
+
+    /// A gRPC client for the Identity service, as the sync server.
+    pub async fn client(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.connect_as("sync-server").await)
+    }
+
+    /// A gRPC client for the Transparency service, as the auditor (who may also export).
+    pub async fn transparency(&self) -> TransparencyClient<Channel> {
+        TransparencyClient::new(self.connect_as("auditor").await)
     }
 
     /// The server's process id (for CPU accounting in the benches).
@@ -134,7 +237,7 @@ impl Drop for DevServer {
 }
 
 /// Spawns `command` and waits until it prints `listening on ADDRESS`; returns the child, the
-/// endpoint and the banner printed until then.
+/// address and the banner printed until then.
 fn spawn_listening(mut command: Command) -> (Child, String, String) {
     let mut child = command
         .env("RUST_LOG", "warn")
@@ -161,7 +264,7 @@ fn spawn_listening(mut command: Command) -> (Child, String, String) {
         let _ = child.kill();
         panic!("ca-service did not start listening within 120 s");
     });
-    (child, format!("http://{address}"), banner)
+    (child, address, banner)
 }
 
 /// User key types the CA accepts.
@@ -304,9 +407,7 @@ pub async fn issue_and_wait_for_checkpoint(server: &DevServer, users: &[&str]) -
         let issued = issue(&mut identity, user, &key.csr(user)).await.expect("issued");
         needed = issued.log_entry.expect("log entry").index + 1;
     }
-    let mut transparency = TransparencyClient::connect(server.endpoint.clone())
-        .await
-        .expect("connect");
+    let mut transparency = server.transparency().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(response) = transparency.get_checkpoint(GetCheckpointRequest {}).await {

@@ -1,9 +1,10 @@
 //! The gRPC boundary: the only module that knows protobuf and tonic types.
 //!
 //! `Services` holds one value per gRPC service, each typed by the store traits it needs and no
-//! more; `serve` runs them with health and reflection behind one `Authenticator`, which fills in
-//! every request's `Principal`. Errors become statuses in `status` only. Each service is its own
-//! file (`identity`, `admin`, `transparency`); room is left for `KeyBackup`.
+//! more; `serve` runs them with health and reflection, over mTLS (`tls_config`) or plaintext,
+//! behind one `principal::AccessLayer`, which authenticates every request, authorizes it from one
+//! table and fills in its `Principal`. Errors become statuses in `status` only. Each service is
+//! its own file (`identity`, `admin`, `transparency`); room is left for `KeyBackup`.
 
 pub mod admin;
 pub mod identity;
@@ -19,14 +20,15 @@ use e2ee_ca_proto::v1::identity_server::IdentityServer;
 use e2ee_ca_proto::v1::transparency_server::TransparencyServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use self::admin::{AdminService, IdentityDirectory};
 use self::identity::{CertificateLookup, IdentityService};
-use self::principal::Authenticator;
+use self::principal::{AccessLayer, Authenticator};
 use self::transparency::TransparencyService;
 use crate::approvals::ApprovalStore;
+use crate::config::TlsSection;
 use crate::issuer::IssuanceStore;
 use crate::revocation::RevocationStore;
 use crate::transparency::LogReader;
@@ -45,10 +47,42 @@ pub struct Services<S> {
 }
 
 /// How `serve` runs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeOptions {
     /// Largest message accepted (CSRs are bounded again by the issuer).
     pub max_message_bytes: usize,
+    /// The TLS listener, or `None` for plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Who the callers are (must be `Authenticator::mutual_tls` when `tls` is set).
+    pub authenticator: Authenticator,
+}
+
+/// A TLS handshake that has not finished by then is dropped (a stalled client holds no task).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The server side of `[tls]`: its certificate and key, and client authentication that is optional
+/// in the handshake but verified against the client CAs when a certificate is presented.
+///
+/// tonic's own `ServerTlsConfig` is enough: `client_ca_root` takes a PEM bundle (every client CA)
+/// and `client_auth_optional(true)` builds rustls's `WebPkiClientVerifier` with
+/// `allow_unauthenticated`, which is exactly "no certificate is allowed, a presented one must
+/// chain"; so no hand-built rustls config or accept loop is needed. Files are read here, at startup.
+pub fn tls_config(tls: &TlsSection) -> anyhow::Result<ServerTlsConfig> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let certificate = read(&tls.certificate, "tls.certificate")?;
+    let key = zeroize::Zeroizing::new(read(&tls.key, "tls.key")?);
+    let mut client_cas = Vec::new();
+    for client_ca in &tls.client_ca {
+        client_cas.extend(read(&client_ca.file, "tls.client_ca file")?);
+        client_cas.push(b'\n');
+    }
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(certificate, key.as_slice()))
+        .client_ca_root(Certificate::from_pem(client_cas))
+        .client_auth_optional(true)
+        .timeout(HANDSHAKE_TIMEOUT))
 }
 
 /// Serves `services`, `grpc.health.v1` (fed by `health`: `None` until the first probe, then
@@ -70,16 +104,21 @@ where
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build the reflection service")?;
-    let authenticator = Authenticator::without_tls();
-    let identity = InterceptedService::new(
-        IdentityServer::new(services.identity).max_decoding_message_size(options.max_message_bytes),
-        authenticator.clone(),
-    );
-    let admin = InterceptedService::new(AdminServer::new(services.admin), authenticator.clone());
-    let transparency = InterceptedService::new(TransparencyServer::new(services.transparency), authenticator);
+    let identity = IdentityServer::new(services.identity).max_decoding_message_size(options.max_message_bytes);
+    let admin = AdminServer::new(services.admin);
+    let transparency = TransparencyServer::new(services.transparency);
     // Without TCP_NODELAY, small responses wait for the peer's delayed ACK (about 40 ms per call).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = options.tls {
+        anyhow::ensure!(
+            options.authenticator.is_mutual_tls(),
+            "a TLS listener needs the mTLS authenticator"
+        );
+        builder = builder.tls_config(tls).context("invalid [tls] certificate or key")?;
+    }
+    let server = builder
+        .layer(AccessLayer::new(options.authenticator))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(identity)

@@ -47,7 +47,7 @@ use e2ee_client::protocol::folder::{
 use e2ee_client::protocol::key_backup;
 use e2ee_client::protocol::metadata::{MetadataError, Recipient};
 use e2ee_client::storage::LocalDirectory;
-use e2ee_client::transport::{CaError, CaInfo, CaTransport, GrpcTransport};
+use e2ee_client::transport::{CaError, CaInfo, CaTransport, ClientTls, GrpcTransport};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -69,9 +69,20 @@ const PROGRESS_THRESHOLD: u64 = 8 * 1024 * 1024;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The CA's gRPC endpoint.
+    /// The CA's gRPC endpoint: `https://HOST:PORT` for mTLS (with --ca-cert), or `http://…` for a
+    /// plaintext CA (`serve --dev --plaintext`).
     #[arg(long, default_value = "http://127.0.0.1:50051", global = true)]
     ca: String,
+    /// mTLS: the CA certificate (PEM) that issued the CA server's TLS certificate
+    /// (dev mode: DATA/dev-pki/ca.pem).
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
+    /// mTLS: this caller's client certificate (PEM), e.g. DATA/dev-pki/sync-server.pem; with --key.
+    #[arg(long, global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// mTLS: the client certificate's private key (PEM); with --cert.
+    #[arg(long, global = true, requires = "cert")]
+    key: Option<PathBuf>,
     /// The device directory (private key, certificate, pins, counters).
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
@@ -198,7 +209,49 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Where the CA is and how to reach it.
+struct CaAddress {
+    endpoint: String,
+    tls: Option<ClientTls>,
+}
+
+impl CaAddress {
+    fn from_cli(cli: &Cli) -> anyhow::Result<CaAddress> {
+        let read = |path: &Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+        let tls = match (&cli.ca_cert, &cli.cert, &cli.key) {
+            (None, None, None) => None,
+            (None, _, _) => {
+                anyhow::bail!("--cert and --key need --ca-cert, the CA that issued the server's certificate")
+            }
+            (Some(ca_cert), certificate, key) => {
+                let tls = ClientTls::new(read(ca_cert)?);
+                Some(match (certificate, key) {
+                    (Some(certificate), Some(key)) => {
+                        tls.with_client_certificate(read(certificate)?, Zeroizing::new(read(key)?))
+                    }
+                    _ => tls,
+                })
+            }
+        };
+        if tls.is_some() && !cli.ca.starts_with("https://") {
+            anyhow::bail!("--ca-cert needs an https:// endpoint (got --ca {})", cli.ca);
+        }
+        Ok(CaAddress {
+            endpoint: cli.ca.clone(),
+            tls,
+        })
+    }
+
+    async fn connect(&self) -> Result<GrpcTransport, CaError> {
+        match &self.tls {
+            Some(tls) => GrpcTransport::connect_tls(&self.endpoint, tls).await,
+            None => GrpcTransport::connect(&self.endpoint).await,
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ca = CaAddress::from_cli(&cli)?;
     let dir = || cli.dir.as_deref().context("--dir DEVICE is required for this command");
     let storage = || {
         cli.storage
@@ -209,17 +262,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Enroll { user, rsa_bits } => {
             let storage = cli.storage.as_deref().map(LocalDirectory::new);
-            enroll(&cli.ca, user, dir()?, *rsa_bits, storage.as_ref()).await
+            enroll(&ca, user, dir()?, *rsa_bits, storage.as_ref()).await
         }
-        Command::Recover { user } => recover(&cli.ca, user, dir()?, &storage()?).await,
+        Command::Recover { user } => recover(&ca, user, dir()?, &storage()?).await,
         Command::CaInfo => {
-            let info = GrpcTransport::connect(&cli.ca).await?.ca_info().await?;
+            let info = ca.connect().await?.ca_info().await?;
             println!("CA certificate SHA-256: {}", info.certificate_fingerprint);
             print!("{}", info.public_key_pem);
             Ok(())
         }
         Command::Lookup { user } => {
-            match GrpcTransport::connect(&cli.ca).await?.certificate_of(user).await? {
+            match ca.connect().await?.certificate_of(user).await? {
                 Some(certificate) => print!("{certificate}"),
                 None => println!("the CA knows no certificate for {user:?}"),
             }
@@ -243,7 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         folder_command => {
             let mut device = Device::load(dir()?)?;
             let storage = ProgressStorage(storage()?, std::cell::RefCell::new(None));
-            let result = folder_operation(&cli.ca, &mut device, &storage, folder_command).await;
+            let result = folder_operation(&ca, &mut device, &storage, folder_command).await;
             // Counters raised by a successful open or save are kept even if a later step failed.
             device.save_counters()?;
             result
@@ -323,7 +376,7 @@ impl Device {
 }
 
 async fn folder_operation(
-    ca: &str,
+    ca: &CaAddress,
     device: &mut Device,
     storage: &ProgressStorage,
     command: &Command,
@@ -363,7 +416,7 @@ async fn folder_operation(
         }
         Command::Share { folder, user } => {
             let mut opened = device.open(storage, folder)?;
-            let mut transport = GrpcTransport::connect(ca).await?;
+            let mut transport = ca.connect().await?;
             let certificate_pem = transport
                 .certificate_of(user)
                 .await?
@@ -425,7 +478,7 @@ fn print_tree(folder: &Folder, path: &FolderPath, depth: usize) -> anyhow::Resul
 }
 
 async fn enroll(
-    ca: &str,
+    ca: &CaAddress,
     user: &str,
     dir: &Path,
     rsa_bits: u32,
@@ -450,7 +503,7 @@ async fn enroll(
         key
     };
     println!("key SHA-256 (SPKI): {}", key.fingerprint());
-    let mut transport = GrpcTransport::connect(ca).await?;
+    let mut transport = ca.connect().await?;
     let enrollment = match identity::enroll(&mut transport, user, &key).await {
         Ok(enrollment) => enrollment,
         Err(IdentityError::Ca(CaError::Refused { code, message })) => {
@@ -501,7 +554,7 @@ async fn enroll(
     Ok(())
 }
 
-async fn recover(ca: &str, user: &str, dir: &Path, storage: &LocalDirectory) -> anyhow::Result<()> {
+async fn recover(ca: &CaAddress, user: &str, dir: &Path, storage: &LocalDirectory) -> anyhow::Result<()> {
     let key_path = dir.join("private-key.pem");
     if key_path.exists() {
         anyhow::bail!(
@@ -516,7 +569,7 @@ async fn recover(ca: &str, user: &str, dir: &Path, storage: &LocalDirectory) -> 
     let mnemonic = read_mnemonic(user)?;
     let recovered = key_backup::unwrap(&blob, &mnemonic)?;
 
-    let mut transport = GrpcTransport::connect(ca).await?;
+    let mut transport = ca.connect().await?;
     let ca_info = transport.ca_info().await?;
     let certificate_pem = transport
         .certificate_of(user)
