@@ -330,4 +330,24 @@ fn an_admin_lists_shows_resets_revokes_and_fetches_a_crl_that_openssl_verifies()
     assert_eq!(exported["end"], exported["tree_size"]);
     let (verified, output) = audit_verify(&export_dir, &vkey, None, &[]);
     assert!(verified, "audit verify on the CLI's export: {output}");
+    let elsewhere = workspace.path().join("export-refused");
+    let elsewhere = elsewhere.to_str().expect("UTF-8");
+    let backwards = admin.run(
+        "auditor",
+        &["log", "export", "--start", "2", "--end", "1", "--out", elsewhere],
+    );
+    assert_eq!(backwards.code, 2, "start past end: {}", backwards.stderr);
+    let past_the_checkpoint = admin.run("auditor", &["log", "export", "--end", "1000000", "--out", elsewhere]);
+    assert_eq!(
+        past_the_checkpoint.code, 3,
+        "end past the checkpoint: {}",
+        past_the_checkpoint.stderr
+    );
+    assert!(
+        past_the_checkpoint.stderr.starts_with("error: INVALID_ARGUMENT: "),
+        "{}",
+        past_the_checkpoint.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(elsewhere).expect("the directory was made").collect();
+    assert!(left.is_empty(), "a refused export leaves no files: {left:?}");
 }

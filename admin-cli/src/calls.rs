@@ -222,44 +222,16 @@ async fn export(channel: Channel, start: u64, end: Option<u64>, dir: &Path) -> R
         return Err(Failure::usage(format!("--start {start} is past --end {end}")));
     }
     std::fs::create_dir_all(dir).map_err(|error| local("create", dir, error))?;
+    // Written aside and renamed into place, so that a refused or broken stream leaves no partial
+    // entries file next to an earlier export's checkpoint.
+    let partial = dir.join(format!("{ENTRIES_FILE}.partial"));
+    let written = write_entries(&mut transparency, start, end, &partial).await;
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written?;
     let entries_path = dir.join(ENTRIES_FILE);
-    let file = std::fs::File::create(&entries_path).map_err(|error| local("create", &entries_path, error))?;
-    let mut writer = BufWriter::new(file);
-    let write_error = |error| local("write", &entries_path, error);
-    writer.write_all(ENTRIES_MAGIC).map_err(write_error)?;
-    let mut next = start;
-    if start < end {
-        let mut stream = transparency
-            .export_entries(pb::ExportEntriesRequest { start, end })
-            .await?
-            .into_inner();
-        while let Some(message) = stream.message().await? {
-            if message.start != next {
-                return Err(Failure::new(
-                    Exit::Other,
-                    "DATA_LOSS",
-                    format!("the server sent entries from {} where {next} was due", message.start),
-                ));
-            }
-            for entry in message.entries {
-                let length = u32::try_from(entry.len())
-                    .map_err(|_| Failure::new(Exit::Other, "DATA_LOSS", format!("entry {next} is over 4 GiB")))?;
-                writer.write_all(&next.to_be_bytes()).map_err(write_error)?;
-                writer.write_all(&length.to_be_bytes()).map_err(write_error)?;
-                writer.write_all(&entry).map_err(write_error)?;
-                next += 1;
-            }
-        }
-    }
-    if next != end {
-        return Err(Failure::new(
-            Exit::Other,
-            "DATA_LOSS",
-            format!("the export stream ended at {next}, before {end}"),
-        ));
-    }
-    let file = writer.into_inner().map_err(|error| write_error(error.into_error()))?;
-    file.sync_all().map_err(write_error)?;
+    std::fs::rename(&partial, &entries_path).map_err(|error| local("rename into", &entries_path, error))?;
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
     std::fs::write(&checkpoint_path, checkpoint.checkpoint.as_bytes())
         .map_err(|error| local("write", &checkpoint_path, error))?;
@@ -278,4 +250,56 @@ async fn export(channel: Channel, start: u64, end: Option<u64>, dir: &Path) -> R
         end,
         tree_size: checkpoint.tree_size,
     })
+}
+
+/// Streams entries [start, end) into `path` in the export format, each checked to follow the last.
+async fn write_entries(
+    transparency: &mut TransparencyClient<Channel>,
+    start: u64,
+    end: u64,
+    path: &Path,
+) -> Result<(), Failure> {
+    let local = |what: &str, error: std::io::Error| {
+        Failure::local(&anyhow::anyhow!("cannot {what} {}: {error}", path.display()))
+    };
+    let file = std::fs::File::create(path).map_err(|error| local("create", error))?;
+    let mut writer = BufWriter::new(file);
+    writer.write_all(ENTRIES_MAGIC).map_err(|error| local("write", error))?;
+    let mut next = start;
+    if start < end {
+        let mut stream = transparency
+            .export_entries(pb::ExportEntriesRequest { start, end })
+            .await?
+            .into_inner();
+        while let Some(message) = stream.message().await? {
+            if message.start != next {
+                return Err(Failure::new(
+                    Exit::Other,
+                    "DATA_LOSS",
+                    format!("the server sent entries from {} where {next} was due", message.start),
+                ));
+            }
+            for entry in message.entries {
+                let length = u32::try_from(entry.len())
+                    .map_err(|_| Failure::new(Exit::Other, "DATA_LOSS", format!("entry {next} is over 4 GiB")))?;
+                writer
+                    .write_all(&next.to_be_bytes())
+                    .and_then(|()| writer.write_all(&length.to_be_bytes()))
+                    .and_then(|()| writer.write_all(&entry))
+                    .map_err(|error| local("write", error))?;
+                next += 1;
+            }
+        }
+    }
+    if next != end {
+        return Err(Failure::new(
+            Exit::Other,
+            "DATA_LOSS",
+            format!("the export stream ended at {next}, before {end}"),
+        ));
+    }
+    let file = writer
+        .into_inner()
+        .map_err(|error| local("write", error.into_error()))?;
+    file.sync_all().map_err(|error| local("write", error))
 }

@@ -3,7 +3,7 @@
 //! `cargo bench -p ca-service --bench crl -- [RUNS]` (default 3). For a P-256 and an RSA-3072 CA
 //! key, each made by the real ceremony on a fresh SoftHSM token, `revocation::crl::sign_crl` is
 //! timed end to end (rcgen building the DER, one HSM signature, the lease's verification and the
-//! re-parse and verification under the CA certificate): the median of RUNS runs per size, the DER
+//! check that the DER carries what was verified): the median of RUNS runs per size, the DER
 //! size in bytes, the ratios of time and size to the 1,000-entry CRL, and how long `describe_crl`
 //! takes to read the large one back (what GetCrl's response fields cost).
 
