@@ -139,9 +139,10 @@ async fn each_dev_principal_calls_what_its_roles_allow_and_nothing_else() {
         ca_info(&channel)
             .await
             .unwrap_or_else(|status| panic!("{principal}: GetCaInfo: {status}"));
-        checkpoint(&channel)
-            .await
-            .unwrap_or_else(|status| panic!("{principal}: GetCheckpoint: {status}"));
+        // Past the access layer; the log may not have signed its first checkpoint yet.
+        if let Err(status) = checkpoint(&channel).await {
+            assert_eq!(status.code(), Code::Unavailable, "{principal}: GetCheckpoint: {status}");
+        }
     }
 
     // sync-server issues, and may not export.

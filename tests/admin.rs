@@ -15,8 +15,8 @@ use e2ee_ca_proto::v1::admin_client::AdminClient;
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
 use e2ee_ca_proto::v1::{
     ApproveRequestRequest, GetCertificatesRequest, GetCrlRequest, GetCrlResponse, GetIdentityRequest,
-    ListIdentitiesRequest, ListRequestsRequest, RequestIdentityResetRequest, RevocationReason, RevokeCertificateRequest,
-    revoke_certificate_request::Target,
+    ListIdentitiesRequest, ListRequestsRequest, RequestIdentityResetRequest, RevocationReason,
+    RevokeCertificateRequest, revoke_certificate_request::Target,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -63,7 +63,10 @@ fn openssl_verified_crl(dir: &Path, ca_chain_pem: &str, crl_der: &[u8]) -> Strin
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success() && text.contains("verify OK"), "openssl refused the CRL:\n{text}");
+    assert!(
+        output.status.success() && text.contains("verify OK"),
+        "openssl refused the CRL:\n{text}"
+    );
     text
 }
 
@@ -84,7 +87,9 @@ async fn an_identity_reset_needs_two_admins_pins_the_new_key_and_revokes_the_old
 
     // 1. alice enrolls; 2. a second key is refused.
     let old_key = UserKeyPair::generate(UserKey::EcP256);
-    let enrolled = issue(&mut identity, "alice", &old_key.csr("alice")).await.expect("enrolled");
+    let enrolled = issue(&mut identity, "alice", &old_key.csr("alice"))
+        .await
+        .expect("enrolled");
     let new_key = UserKeyPair::generate(UserKey::EcP256);
     let refused = issue(&mut identity, "alice", &new_key.csr("alice")).await;
     assert_eq!(code(refused), Code::FailedPrecondition);
@@ -127,7 +132,10 @@ async fn an_identity_reset_needs_two_admins_pins_the_new_key_and_revokes_the_old
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].approved_by, "");
     // Until approved, the new key is still refused.
-    assert_eq!(code(issue(&mut identity, "alice", &new_key.csr("alice")).await), Code::FailedPrecondition);
+    assert_eq!(
+        code(issue(&mut identity, "alice", &new_key.csr("alice")).await),
+        Code::FailedPrecondition
+    );
 
     // 4. admin-bob approves; a second approval is refused.
     let approved = bob_admin
@@ -148,10 +156,15 @@ async fn an_identity_reset_needs_two_admins_pins_the_new_key_and_revokes_the_old
     assert_eq!(code(again), Code::FailedPrecondition);
 
     // 5. The new key is pinned; the old one is now the refused one.
-    let reset = issue(&mut identity, "alice", &new_key.csr("alice")).await.expect("new key pinned");
+    let reset = issue(&mut identity, "alice", &new_key.csr("alice"))
+        .await
+        .expect("new key pinned");
     assert!(!reset.renewal);
     assert_eq!(reset.key_fingerprint, new_key.fingerprint());
-    assert_eq!(code(issue(&mut identity, "alice", &old_key.csr("alice")).await), Code::FailedPrecondition);
+    assert_eq!(
+        code(issue(&mut identity, "alice", &old_key.csr("alice")).await),
+        Code::FailedPrecondition
+    );
     let lookup = identity
         .get_certificates(GetCertificatesRequest {
             user_ids: vec!["alice".to_owned()],
@@ -197,7 +210,7 @@ async fn an_identity_reset_needs_two_admins_pins_the_new_key_and_revokes_the_old
     let reset_entry = record
         .log_entries
         .iter()
-        .find(|entry| entry.entry.contains("kind identity-reset\n"))
+        .find(|entry| entry.entry.contains("\nkind identity-reset\n"))
         .expect("the reset's entry");
     for line in [
         format!("old-key-sha256 {}\n", enrolled.key_fingerprint),
@@ -208,7 +221,11 @@ async fn an_identity_reset_needs_two_admins_pins_the_new_key_and_revokes_the_old
         "reason lost every device (ticket 4711)\n".to_owned(),
         format!("revoked-serials {}\n", enrolled.serial_hex),
     ] {
-        assert!(reset_entry.entry.contains(&line), "missing {line:?} in\n{}", reset_entry.entry);
+        assert!(
+            reset_entry.entry.contains(&line),
+            "missing {line:?} in\n{}",
+            reset_entry.entry
+        );
     }
     assert!(reset_entry.index.is_some());
     let kinds: Vec<&str> = record
@@ -228,7 +245,12 @@ async fn an_identity_reset_needs_two_admins_pins_the_new_key_and_revokes_the_old
             "issuance-refused"
         ]
     );
-    assert!(record.log_entries.iter().any(|entry| entry.entry.contains("actor admin-alice\n")));
+    assert!(
+        record
+            .log_entries
+            .iter()
+            .any(|entry| entry.entry.contains("actor admin-alice\n"))
+    );
 
     // The whole log verifies offline.
     let data_dir = server.stop();
@@ -252,14 +274,19 @@ async fn revocation_by_serial_and_by_user_lists_the_certificates_and_bad_input_i
     let bob = issue(&mut identity, "bob", &bob_key.csr("bob")).await.expect("bob");
     let bob_renewed = issue(&mut identity, "bob", &bob_key.csr("bob")).await.expect("renewal");
     let carol_key = UserKeyPair::generate(UserKey::EcP256);
-    let carol = issue(&mut identity, "carol", &carol_key.csr("carol")).await.expect("carol");
+    let carol = issue(&mut identity, "carol", &carol_key.csr("carol"))
+        .await
+        .expect("carol");
 
     let revoke = |target: Target, reason: RevocationReason| RevokeCertificateRequest {
         target: Some(target),
         reason: reason.into(),
     };
     let one = alice_admin
-        .revoke_certificate(revoke(Target::SerialHex(bob.serial_hex.clone()), RevocationReason::KeyCompromise))
+        .revoke_certificate(revoke(
+            Target::SerialHex(bob.serial_hex.clone()),
+            RevocationReason::KeyCompromise,
+        ))
         .await
         .expect("revoked")
         .into_inner();
@@ -267,11 +294,17 @@ async fn revocation_by_serial_and_by_user_lists_the_certificates_and_bad_input_i
     assert!(one.crl_number > first_crl.crl_number, "the revocation published a CRL");
     assert!(one.log_entry.is_some());
     let twice = alice_admin
-        .revoke_certificate(revoke(Target::SerialHex(bob.serial_hex.clone()), RevocationReason::KeyCompromise))
+        .revoke_certificate(revoke(
+            Target::SerialHex(bob.serial_hex.clone()),
+            RevocationReason::KeyCompromise,
+        ))
         .await;
     assert_eq!(code(twice), Code::FailedPrecondition);
     let by_user = alice_admin
-        .revoke_certificate(revoke(Target::UserId("bob".to_owned()), RevocationReason::CessationOfOperation))
+        .revoke_certificate(revoke(
+            Target::UserId("bob".to_owned()),
+            RevocationReason::CessationOfOperation,
+        ))
         .await
         .expect("revoked")
         .into_inner();
@@ -291,19 +324,44 @@ async fn revocation_by_serial_and_by_user_lists_the_certificates_and_bad_input_i
         .expect("lookup")
         .into_inner();
     assert_eq!(
-        lookup.certificates.iter().map(|certificate| certificate.revoked).collect::<Vec<_>>(),
+        lookup
+            .certificates
+            .iter()
+            .map(|certificate| certificate.revoked)
+            .collect::<Vec<_>>(),
         [true, false]
     );
 
     // Bad input: each refused with its code, nothing revoked.
     let bad = [
-        (revoke(Target::SerialHex("zz".to_owned()), RevocationReason::KeyCompromise), Code::InvalidArgument),
-        (revoke(Target::SerialHex(String::new()), RevocationReason::KeyCompromise), Code::InvalidArgument),
-        (revoke(Target::SerialHex("ab".repeat(21)), RevocationReason::KeyCompromise), Code::InvalidArgument),
-        (revoke(Target::SerialHex("ab".repeat(16)), RevocationReason::KeyCompromise), Code::NotFound),
-        (revoke(Target::UserId("nobody".to_owned()), RevocationReason::KeyCompromise), Code::NotFound),
-        (revoke(Target::UserId(String::new()), RevocationReason::KeyCompromise), Code::InvalidArgument),
-        (revoke(Target::UserId("carol".to_owned()), RevocationReason::Unspecified), Code::InvalidArgument),
+        (
+            revoke(Target::SerialHex("zz".to_owned()), RevocationReason::KeyCompromise),
+            Code::InvalidArgument,
+        ),
+        (
+            revoke(Target::SerialHex(String::new()), RevocationReason::KeyCompromise),
+            Code::InvalidArgument,
+        ),
+        (
+            revoke(Target::SerialHex("ab".repeat(21)), RevocationReason::KeyCompromise),
+            Code::InvalidArgument,
+        ),
+        (
+            revoke(Target::SerialHex("ab".repeat(16)), RevocationReason::KeyCompromise),
+            Code::NotFound,
+        ),
+        (
+            revoke(Target::UserId("nobody".to_owned()), RevocationReason::KeyCompromise),
+            Code::NotFound,
+        ),
+        (
+            revoke(Target::UserId(String::new()), RevocationReason::KeyCompromise),
+            Code::InvalidArgument,
+        ),
+        (
+            revoke(Target::UserId("carol".to_owned()), RevocationReason::Unspecified),
+            Code::InvalidArgument,
+        ),
         (
             RevokeCertificateRequest {
                 target: None,
@@ -321,7 +379,11 @@ async fn revocation_by_serial_and_by_user_lists_the_certificates_and_bad_input_i
     ];
     for (request, expected) in bad {
         let described = format!("{request:?}");
-        assert_eq!(code(alice_admin.revoke_certificate(request).await), expected, "{described}");
+        assert_eq!(
+            code(alice_admin.revoke_certificate(request).await),
+            expected,
+            "{described}"
+        );
     }
     let reset = |user: &str, reason: &str, revocation_reason: i32| RequestIdentityResetRequest {
         user_id: user.to_owned(),
@@ -333,12 +395,19 @@ async fn revocation_by_serial_and_by_user_lists_the_certificates_and_bad_input_i
         (reset("carol", "   ", 0), Code::InvalidArgument),
         (reset("carol", &"x".repeat(513), 0), Code::InvalidArgument),
         (reset("carol", "line\nbreak", 0), Code::InvalidArgument),
-        (reset("carol", "ok", RevocationReason::PrivilegeWithdrawn.into()), Code::InvalidArgument),
+        (
+            reset("carol", "ok", RevocationReason::PrivilegeWithdrawn.into()),
+            Code::InvalidArgument,
+        ),
         (reset("nobody", "ok", 0), Code::NotFound),
         (reset("", "ok", 0), Code::InvalidArgument),
     ] {
         let described = format!("{request:?}");
-        assert_eq!(code(alice_admin.request_identity_reset(request).await), expected, "{described}");
+        assert_eq!(
+            code(alice_admin.request_identity_reset(request).await),
+            expected,
+            "{described}"
+        );
     }
     for (id, expected) in [
         ("", Code::InvalidArgument),
@@ -461,4 +530,71 @@ async fn a_request_expires_after_the_configured_lifetime() {
         })
         .await
         .expect("a new request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_reach_the_admin_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = DevServer::start(dir.path(), "ecdsa-p256");
+    let mut identity = server.client().await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    issue(&mut identity, "erin", &key.csr("erin")).await.expect("enrolled");
+    let lookup = || GetIdentityRequest {
+        user_id: "erin".to_owned(),
+    };
+    for principal in ["admin-alice", "admin-bob"] {
+        admin(&server, principal)
+            .await
+            .get_identity(lookup())
+            .await
+            .expect("an admin may");
+    }
+    for principal in ["sync-server", "auditor"] {
+        let status = admin(&server, principal)
+            .await
+            .get_identity(lookup())
+            .await
+            .expect_err("not an admin");
+        assert_eq!(status.code(), Code::PermissionDenied, "{principal}: {status:?}");
+        assert!(
+            status.message().contains("admin"),
+            "names the role: {}",
+            status.message()
+        );
+    }
+    let anonymous = AdminClient::new(server.connect_without_certificate().await)
+        .get_identity(lookup())
+        .await;
+    assert_eq!(code(anonymous), Code::Unauthenticated);
+    // An admin may read the CRL (any authenticated caller may), but not issue.
+    let mut as_admin = IdentityClient::new(server.connect_as("admin-alice").await);
+    as_admin
+        .get_crl(GetCrlRequest {})
+        .await
+        .expect("CRLs are public to principals");
+    assert_eq!(
+        code(issue(&mut as_admin, "erin", &key.csr("erin")).await),
+        Code::PermissionDenied
+    );
+    let anonymous_crl = IdentityClient::new(server.connect_without_certificate().await)
+        .get_crl(GetCrlRequest {})
+        .await;
+    assert_eq!(code(anonymous_crl), Code::Unauthenticated);
+    let data_dir = server.stop();
+
+    // Plaintext dev mode knows no principal: Admin is UNAUTHENTICATED, for every call.
+    let plaintext = DevServer::start_plaintext_in(&data_dir, "ecdsa-p256");
+    let mut anonymous = admin(&plaintext, "admin-alice").await;
+    assert_eq!(code(anonymous.get_identity(lookup()).await), Code::Unauthenticated);
+    assert_eq!(
+        code(anonymous.list_requests(ListRequestsRequest {}).await),
+        Code::Unauthenticated
+    );
+    let revoked = anonymous
+        .revoke_certificate(RevokeCertificateRequest {
+            target: Some(Target::UserId("erin".to_owned())),
+            reason: RevocationReason::KeyCompromise.into(),
+        })
+        .await;
+    assert_eq!(code(revoked), Code::Unauthenticated);
 }

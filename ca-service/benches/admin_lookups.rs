@@ -107,7 +107,9 @@ fn fill_sqlite(path: &std::path::Path, from: usize, to: usize) {
             .prepare("INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at) VALUES (?1, ?2, ?2, 0)")
             .expect("prepare");
         for index in from..to {
-            insert.execute(rusqlite::params![user(index), key(index)]).expect("insert");
+            insert
+                .execute(rusqlite::params![user(index), key(index)])
+                .expect("insert");
         }
     }
     transaction.commit().expect("commit");
@@ -121,7 +123,10 @@ async fn sqlite(small: usize, large: usize, repeats: usize) {
     let small_times = measure(&store, small, repeats).await;
     let started = Instant::now();
     fill_sqlite(&path, small, large);
-    eprintln!("sqlite: {large} identities inserted in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "sqlite: {large} identities inserted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let large_times = measure(&store, large, repeats).await;
     report("embedded store", small, large, small_times, large_times);
 }
@@ -172,7 +177,10 @@ async fn postgres(small: usize, large: usize, repeats: usize) {
     let small_times = measure(&store, small, repeats).await;
     let started = Instant::now();
     fill_postgres(&client, small, large).await;
-    eprintln!("postgres: {large} identities inserted in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "postgres: {large} identities inserted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let large_times = measure(&store, large, repeats).await;
     report("PostgreSQL", small, large, small_times, large_times);
     drop(store);
@@ -184,8 +192,13 @@ async fn postgres(small: usize, large: usize, repeats: usize) {
 
 #[tokio::main]
 async fn main() {
-    let arguments: Vec<String> = std::env::args().skip(1).filter(|argument| !argument.starts_with('-')).collect();
-    let large: usize = arguments.first().map_or(1_000_000, |value| value.parse().expect("IDENTITIES"));
+    let arguments: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|argument| !argument.starts_with('-'))
+        .collect();
+    let large: usize = arguments
+        .first()
+        .map_or(1_000_000, |value| value.parse().expect("IDENTITIES"));
     let repeats: usize = arguments.get(1).map_or(200, |value| value.parse().expect("REPEATS"));
     let small = 1000.min(large);
     sqlite(small, large, repeats).await;

@@ -96,7 +96,15 @@ struct Directory {
     client_cas: Vec<ClientCa>,
     /// In config order: the first match wins.
     by_name: Vec<NameRule>,
+    /// What name rules decided for a certificate (by its SHA-256), so that the parse and the
+    /// signature check under each client CA run once per certificate, not once per request. The
+    /// rules never change while the process runs, so a cached answer stays right; bounded, and
+    /// emptied when full.
+    resolved: std::sync::Mutex<HashMap<[u8; 32], Option<Arc<Principal>>>>,
 }
+
+/// Most certificates `Directory::resolved` remembers.
+const RESOLVED_CERTIFICATES: usize = 4096;
 
 #[derive(Debug)]
 struct ClientCa {
@@ -151,6 +159,7 @@ impl Authenticator {
             by_fingerprint: HashMap::new(),
             client_cas,
             by_name: Vec::new(),
+            resolved: std::sync::Mutex::new(HashMap::new()),
         };
         for section in principals {
             let principal = Arc::new(Principal::new(section.name.clone(), &section.roles));
@@ -252,8 +261,29 @@ impl Directory {
             return Ok(Arc::clone(principal));
         }
         let unknown = || hex::encode(fingerprint);
+        let cached = {
+            let resolved = self.resolved.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            resolved.get(&fingerprint).cloned()
+        };
+        let principal = match cached {
+            Some(principal) => principal,
+            None => {
+                let principal = self.match_names(certificate_der);
+                let mut resolved = self.resolved.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if resolved.len() >= RESOLVED_CERTIFICATES {
+                    resolved.clear();
+                }
+                resolved.insert(fingerprint, principal.clone());
+                principal
+            }
+        };
+        principal.ok_or_else(unknown)
+    }
+
+    /// The first name rule `certificate_der` matches under the client CA the rule names.
+    fn match_names(&self, certificate_der: &[u8]) -> Option<Arc<Principal>> {
         let Ok((_, certificate)) = X509Certificate::from_der(certificate_der) else {
-            return Err(unknown());
+            return None;
         };
         // Which client CA signed it: the handshake checked that it chains to one of them, and a
         // name only counts under the CA the principal names.
@@ -270,7 +300,6 @@ impl Directory {
             .iter()
             .find(|rule| issuers[rule.client_ca] && rule.name.matches(&certificate))
             .map(|rule| Arc::clone(&rule.principal))
-            .ok_or_else(unknown)
     }
 }
 

@@ -80,13 +80,17 @@ impl DevPki {
         files
     }
 
-    /// The `[tls]` and `[[principals]]` sections of the dev serve config (paths relative to the
-    /// data directory, where that config lives).
+    /// The `[tls]` and `[[principals]]` sections of the dev serve config. Paths are absolute, so
+    /// that a copy of the config elsewhere (a replica's) still finds the files.
     pub fn config_sections(&self) -> String {
+        let path = |path: PathBuf| path.display().to_string();
         let mut text = format!(
             "# Dev mode's mTLS (dev-pki/, made by `ca-service serve --dev`): dev principals match by CN under the\n\
-             # dev client CA.\n[tls]\ncertificate = \"dev-pki/server.pem\"\nkey = \"dev-pki/server-key.pem\"\n\n\
-             [[tls.client_ca]]\nname = {DEV_CLIENT_CA:?}\nfile = \"dev-pki/ca.pem\"\n"
+             # dev client CA.\n[tls]\ncertificate = {certificate:?}\nkey = {key:?}\n\n\
+             [[tls.client_ca]]\nname = {DEV_CLIENT_CA:?}\nfile = {ca:?}\n",
+            certificate = path(self.server_certificate()),
+            key = path(self.server_key()),
+            ca = path(self.ca_certificate()),
         );
         for (name, roles) in DEV_PRINCIPALS {
             let roles: Vec<String> = roles.iter().map(|role| format!("{:?}", role.name())).collect();
