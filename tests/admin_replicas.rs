@@ -166,7 +166,8 @@ async fn replicas_racing_one_reset_approve_it_once_and_pin_exactly_one_new_key()
         assert!(!issued.renewal, "a reset pins a new key");
         assert!(
             refusal.message().contains(&winner_key),
-            "the loser is pinned to the winner's key {winner_key}: {}",
+            "the loser is pinned to the winner's key {winner_key} (the replaced one was {}): {}",
+            current.key_fingerprint,
             refusal.message()
         );
 
