@@ -5,7 +5,8 @@
 //! rules of hsm.md ("Rules for the session manager") from the outside: gRPC status codes, the
 //! health service, and the module's call log. Build the module first:
 //! `cargo build -p pkcs11-fault && cargo test -p ca-service --test hsm_faults`. The fixture is
-//! `common::faults`, shared with `tests/audit_faults.rs`.
+//! `common::faults`, shared with `tests/audit_faults.rs`; the Admin test serves mTLS with a dev PKI,
+//! since Admin calls need a named admin.
 
 #![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
 
@@ -13,10 +14,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::faults::{AuditBounds, Setup, Token, USER_PIN};
-use common::{UserKey, UserKeyPair, issue};
-use e2ee_ca_proto::v1::GetCertificatesRequest;
+use common::faults::{AuditBounds, Listener, Setup, Token, USER_PIN};
+use common::{UserKey, UserKeyPair, ca_info, issue, pem_der};
+use e2ee_ca_proto::v1::admin_client::AdminClient;
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
+use e2ee_ca_proto::v1::revoke_certificate_request::Target;
+use e2ee_ca_proto::v1::{
+    GetCertificatesRequest, GetCrlRequest, GetCrlResponse, GetIdentityRequest, GetIdentityResponse, RevocationReason,
+    RevokeCertificateRequest,
+};
 use hsm_sim::faults::Fault;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -29,6 +35,65 @@ async fn issue_new_user(client: &mut IdentityClient<Channel>, user: &str) -> Res
 
 fn fail(function: &'static str, rv: &'static str, times: Option<u32>) -> Fault {
     Fault::Fail { function, rv, times }
+}
+
+/// Polls `GetCrl` until a CRL numbered at least `number` is served, at most 10 s.
+async fn crl_numbered(identity: &mut IdentityClient<Channel>, number: u64) -> GetCrlResponse {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(crl) = identity.get_crl(GetCrlRequest {}).await {
+            let crl = crl.into_inner();
+            if crl.crl_number >= number {
+                return crl;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no CRL numbered {number} or above within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The serials `crl` lists (lowercase hex, leading zero bytes dropped), after checking that the CA
+/// certificate in `ca_chain_pem` signed it.
+fn crl_serials(crl: &GetCrlResponse, ca_chain_pem: &str) -> Vec<String> {
+    let ca_der = pem_der(ca_chain_pem);
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("CA certificate");
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl.crl_der).expect("CRL parses");
+    parsed
+        .verify_signature(ca.public_key())
+        .expect("the CRL verifies with the CA key");
+    parsed
+        .iter_revoked_certificates()
+        .map(|revoked| significant_hex(revoked.raw_serial()))
+        .collect()
+}
+
+/// `bytes` as lowercase hex without leading zero bytes (as a DER INTEGER may or may not carry them).
+fn significant_hex(bytes: &[u8]) -> String {
+    let start = bytes.iter().position(|byte| *byte != 0).unwrap_or(bytes.len());
+    hex::encode(&bytes[start..])
+}
+
+async fn identity_record(admin: &mut AdminClient<Channel>, user: &str) -> GetIdentityResponse {
+    admin
+        .get_identity(GetIdentityRequest {
+            user_id: user.to_owned(),
+        })
+        .await
+        .expect("GetIdentity")
+        .into_inner()
+}
+
+/// The entries of `record` whose kind is `revocation`.
+fn revocation_entries(record: &GetIdentityResponse) -> Vec<&str> {
+    record
+        .log_entries
+        .iter()
+        .map(|entry| entry.entry.as_str())
+        .filter(|entry| entry.lines().any(|line| line == "kind revocation"))
+        .collect()
 }
 
 /// hsm.md, retry class: a session that went away is replaced and the signature retried once.
@@ -387,4 +452,117 @@ fn pin_incorrect_at_startup_fails_fast_after_one_login() {
     assert!(elapsed < Duration::from_secs(10), "fails fast: {elapsed:?}");
     assert_eq!(token.calls.calls("C_Login"), 1, "exactly one login attempt");
     assert_eq!(token.calls.calls("C_Initialize"), 1, "no reconnect loop");
+}
+
+/// Revocation fails closed: while the CA key cannot sign (so no CRL could list it), RevokeCertificate
+/// answers UNAVAILABLE at once and records nothing (the certificate stays unrevoked, no entry, no
+/// CRL lists it); once the token is back, the same revocation succeeds and a new CRL lists it.
+#[tokio::test]
+async fn a_revocation_while_the_hsm_is_down_answers_unavailable_and_records_nothing() {
+    let token = Token::new();
+    let mut server = token.serve_on(Listener::MutualTls, 2, 2000, &[]);
+    assert!(server.endpoint.starts_with("https://"), "{}", server.endpoint);
+    let mut identity = server.client().await;
+    let mut admin = AdminClient::new(server.channel_as("admin-alice").await);
+    server
+        .wait_for_health(ServingStatus::Serving, Duration::from_secs(10))
+        .await;
+    let info = ca_info(&mut identity).await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    let issued = issue(&mut identity, "mallory", &key.csr("mallory"))
+        .await
+        .expect("issued");
+    let serial = significant_hex(&hex::decode(&issued.serial_hex).expect("hex serial"));
+    // The CRL published at startup, before any revocation.
+    let before = crl_numbered(&mut identity, 1).await;
+
+    // The device fails, and while it is gone the token is not even listed, so rebuilds fail too.
+    token
+        .control
+        .set(&[
+            fail("C_Sign", "CKR_DEVICE_ERROR", None),
+            fail("C_GetSlotList", "CKR_TOKEN_NOT_PRESENT", None),
+        ])
+        .expect("set faults");
+    let revoke = RevokeCertificateRequest {
+        target: Some(Target::SerialHex(issued.serial_hex.clone())),
+        reason: RevocationReason::KeyCompromise.into(),
+    };
+    let started = Instant::now();
+    let status = admin
+        .revoke_certificate(revoke.clone())
+        .await
+        .expect_err("no revocation while the CA key cannot sign");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("nothing was revoked"), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        token.calls.injected("C_Sign", "CKR_DEVICE_ERROR") >= 1,
+        "the token was asked"
+    );
+    server
+        .wait_for_health(ServingStatus::NotServing, Duration::from_secs(10))
+        .await;
+
+    // The token comes back.
+    token.control.clear().expect("clear faults");
+    server
+        .wait_for_health(ServingStatus::Serving, Duration::from_secs(20))
+        .await;
+
+    // Nothing was recorded: not revoked, no revocation entry, not in the latest CRL.
+    let record = identity_record(&mut admin, "mallory").await;
+    let certificate = record
+        .certificates
+        .iter()
+        .find(|certificate| certificate.serial_hex == issued.serial_hex)
+        .expect("the certificate is listed");
+    assert!(!certificate.revoked, "{certificate:?}");
+    assert!(certificate.revoked_at.is_empty(), "{certificate:?}");
+    assert!(
+        revocation_entries(&record).is_empty(),
+        "{:?}",
+        revocation_entries(&record)
+    );
+    let latest = identity.get_crl(GetCrlRequest {}).await.expect("GetCrl").into_inner();
+    assert!(latest.crl_number >= before.crl_number);
+    assert_eq!(latest.revoked_count, 0);
+    assert!(!crl_serials(&latest, &info.ca_chain_pem).contains(&serial));
+
+    // The same revocation now succeeds, and the CRL it published lists the certificate.
+    let revoked = admin
+        .revoke_certificate(revoke)
+        .await
+        .expect("revoked once the token is back")
+        .into_inner();
+    assert_eq!(revoked.revoked_serials, vec![issued.serial_hex.clone()]);
+    assert!(revoked.log_entry.is_some());
+    assert!(
+        revoked.crl_number > latest.crl_number,
+        "the revocation published a CRL: {} after {}",
+        revoked.crl_number,
+        latest.crl_number
+    );
+    let crl = crl_numbered(&mut identity, revoked.crl_number).await;
+    assert_eq!(crl.revoked_count, 1);
+    assert_eq!(crl_serials(&crl, &info.ca_chain_pem), vec![serial]);
+    let record = identity_record(&mut admin, "mallory").await;
+    let certificate = record
+        .certificates
+        .iter()
+        .find(|certificate| certificate.serial_hex == issued.serial_hex)
+        .expect("the certificate is listed");
+    assert!(certificate.revoked);
+    assert_eq!(
+        certificate.revocation_reason,
+        i32::from(RevocationReason::KeyCompromise)
+    );
+    let entries = revocation_entries(&record);
+    assert_eq!(entries.len(), 1, "one revocation recorded: {entries:?}");
+    assert!(entries[0].contains("\nactor admin-alice\n"), "{}", entries[0]);
+    server.assert_running();
 }

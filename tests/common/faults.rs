@@ -1,7 +1,8 @@
 //! Fixture of the fault tests: a private SoftHSM token with a CA made by the ceremony, and `ca-service serve --config` loaded through hsm-sim's fault-injecting PKCS#11 module.
 //!
 //! The ceremony talks to SoftHSM directly; only the serving CA goes through `libpkcs11_fault.so`,
-//! whose control file the test rewrites while the CA runs. Build the module first:
+//! whose control file the test rewrites while the CA runs. The CA serves plaintext on loopback, or
+//! mTLS with a dev PKI made in the token's directory (`Listener`). Build the module first:
 //! `cargo build -p pkcs11-fault`.
 
 use std::io::{BufRead, BufReader, Read};
@@ -26,6 +27,17 @@ pub const USER_PIN: &str = "1234-user-pin";
 pub const AUDIT_KEY_LABEL: &str = "audit";
 /// The audit log's origin (and its key's name).
 pub const AUDIT_ORIGIN: &str = "fault-test.example/audit-log";
+
+/// How the serving CA listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Plaintext on loopback (`allow_plaintext`): every caller is the unauthenticated principal,
+    /// so Admin calls answer UNAUTHENTICATED.
+    Plaintext,
+    /// mTLS with the dev PKI of `ca_service::dev::pki`, made once in the token's directory: the dev
+    /// principals (`sync-server`, `admin-alice`, `admin-bob`, `auditor`) match by CN.
+    MutualTls,
+}
 
 /// What the ceremony puts on the token and how `serve` is configured.
 #[derive(Debug, Clone, Copy)]
@@ -133,13 +145,25 @@ impl Token {
         self.path("serve.toml")
     }
 
+    /// The dev PKI's directory in the token's directory, made on first use.
+    fn dev_pki(&self) -> ca_service::dev::pki::DevPki {
+        let (pki, _) = ca_service::dev::pki::ensure(self.directory.path()).expect("dev PKI");
+        pki
+    }
+
     /// `ca-service serve --config` through the fault module, not yet started.
-    fn serve_command(&self, pool_size: usize, session_wait_ms: u64) -> Command {
+    fn serve_command(&self, listener: Listener, pool_size: usize, session_wait_ms: u64) -> Command {
         let module = hsm_sim::faults::fault_module_path().unwrap_or_else(|error| panic!("{error}"));
         let audit = audit_section(&self.setup.audit);
+        // Top-level keys first; `[tls]` and `[[principals]]` (paths relative to this directory) after
+        // the other sections.
+        let (plaintext, tls) = match listener {
+            Listener::Plaintext => ("allow_plaintext = true\n", String::new()),
+            Listener::MutualTls => ("", self.dev_pki().config_sections()),
+        };
         let config = format!(
-            "listen = \"127.0.0.1:0\"\nallow_plaintext = true\n{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = {:?}\ncertificate = \"ca.pem\"\n\
-             [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{audit}",
+            "listen = \"127.0.0.1:0\"\n{plaintext}{}\n[ca]\nkey_label = \"ca\"\nkey_algorithm = {:?}\ncertificate = \"ca.pem\"\n\
+             [issuance]\nvalidity_days = 30\n[store]\nurl = \"sqlite:ca.sqlite3\"\n{tls}\n{audit}",
             self.hsm_section(&module, pool_size, session_wait_ms),
             self.setup.ca_key_algorithm,
         );
@@ -158,11 +182,17 @@ impl Token {
         command
     }
 
-    /// Starts the CA with `faults` in force from the first PKCS#11 call, and waits until it listens.
+    /// Starts the CA on plaintext with `faults` in force from the first PKCS#11 call, and waits
+    /// until it listens.
     pub fn serve(&self, pool_size: usize, session_wait_ms: u64, faults: &[Fault]) -> Server {
+        self.serve_on(Listener::Plaintext, pool_size, session_wait_ms, faults)
+    }
+
+    /// `serve` on `listener`.
+    pub fn serve_on(&self, listener: Listener, pool_size: usize, session_wait_ms: u64, faults: &[Fault]) -> Server {
         self.control.set(faults).expect("set faults");
         let mut child = self
-            .serve_command(pool_size, session_wait_ms)
+            .serve_command(listener, pool_size, session_wait_ms)
             .spawn()
             .expect("spawn ca-service");
         let output = Output::capture(&mut child);
@@ -185,10 +215,15 @@ impl Token {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
+        let (endpoint, pki) = match listener {
+            Listener::Plaintext => (format!("http://{address}"), None),
+            Listener::MutualTls => (format!("https://{address}"), Some(self.dev_pki())),
+        };
         Server {
             child,
             output,
-            endpoint: format!("http://{address}"),
+            endpoint,
+            pki,
         }
     }
 
@@ -201,7 +236,10 @@ impl Token {
     ) -> (ExitStatus, String, Duration) {
         self.control.set(faults).expect("set faults");
         let started = Instant::now();
-        let mut child = self.serve_command(pool_size, 2000).spawn().expect("spawn ca-service");
+        let mut child = self
+            .serve_command(Listener::Plaintext, pool_size, 2000)
+            .spawn()
+            .expect("spawn ca-service");
         let output = Output::capture(&mut child);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -261,17 +299,38 @@ pub struct Server {
     child: Child,
     pub output: Output,
     pub endpoint: String,
+    /// The dev PKI, when it serves mTLS.
+    pki: Option<ca_service::dev::pki::DevPki>,
 }
 
 impl Server {
+    /// A channel as the sync server (over plaintext, every caller is the same).
     pub async fn channel(&self) -> Channel {
+        self.channel_as("sync-server").await
+    }
+
+    /// A channel as dev principal `principal` (over plaintext, the unauthenticated principal),
+    /// retried for up to 10 s while the server starts.
+    pub async fn channel_as(&self, principal: &str) -> Channel {
+        let tls = self.pki.as_ref().map(|pki| {
+            let read =
+                |path: PathBuf| std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            e2ee_client::transport::ClientTls::new(read(pki.ca_certificate())).with_client_certificate(
+                read(pki.certificate(principal)),
+                zeroize::Zeroizing::new(read(pki.key(principal))),
+            )
+        });
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match tonic::transport::Endpoint::from_shared(self.endpoint.clone())
-                .expect("endpoint")
-                .connect()
-                .await
-            {
+            let channel = match &tls {
+                Some(tls) => tls.channel(&self.endpoint).await.map_err(|error| error.to_string()),
+                None => tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+                    .expect("endpoint")
+                    .connect()
+                    .await
+                    .map_err(|error| error.to_string()),
+            };
+            match channel {
                 Ok(channel) => return channel,
                 Err(error) if Instant::now() > deadline => panic!("cannot connect to {}: {error}", self.endpoint),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -2,7 +2,9 @@
 //!
 //! The database is created through `E2EE_CA_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped at the end. Each replica gets its own
-//! copy of the SoftHSM token directory (SoftHSM must not share a token directory between processes).
+//! copy of the SoftHSM token directory (SoftHSM must not share a token directory between processes),
+//! and all serve mTLS with the dev data directory's PKI, so `connect_as` reaches any of them as any
+//! dev principal.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -149,6 +151,21 @@ impl ProvisionedCa {
             "certificate".to_owned(),
             self.data_dir.join("ca.pem").display().to_string().into(),
         );
+        // The dev PKI stays in the dev data directory: every replica serves mTLS with the same
+        // server certificate and knows the same principals.
+        if let Some(tls) = config.get_mut("tls").and_then(toml::Value::as_table_mut) {
+            self.absolute(tls, "certificate");
+            self.absolute(tls, "key");
+            for client_ca in tls
+                .get_mut("client_ca")
+                .and_then(toml::Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .filter_map(toml::Value::as_table_mut)
+            {
+                self.absolute(client_ca, "file");
+            }
+        }
         let mut store = toml::Table::new();
         store.insert("url".to_owned(), url.into());
         store.insert("pool_size".to_owned(), 4.into());
@@ -160,6 +177,14 @@ impl ProvisionedCa {
         let path = root.join("ca-service.toml");
         std::fs::write(&path, toml::to_string(&config).expect("serialise")).expect("write config");
         path
+    }
+
+    /// Rewrites the path `table[key]`, relative to the dev data directory, as an absolute path.
+    fn absolute(&self, table: &mut toml::Table, key: &str) {
+        if let Some(relative) = table.get(key).and_then(toml::Value::as_str) {
+            let path = self.data_dir.join(relative).display().to_string();
+            table.insert(key.to_owned(), path.into());
+        }
     }
 
     /// Replica 0's config with `audit.sequence_wait_ms` set to `millis`.

@@ -218,7 +218,17 @@ impl<S: IssuanceStore> Issuer<S> {
             match self.store.approved_reset(&user_id, self.clock.now()).await? {
                 Some(request) if request.key_fingerprint == Some(pinned) => reset = Some((pinned, request)),
                 _ => {
-                    let error = IssueError::PinnedToOtherKey(pinned);
+                    // The pin was read before the reset lookup: another replica may have consumed
+                    // the reset in between, pinning a new key. Name the key pinned now (unless it is
+                    // this request's own, which a retry renews), not the one it replaced.
+                    let pinned_now = self
+                        .store
+                        .pin_state(&user_id, &checked.fingerprint, since)
+                        .await?
+                        .user_pin
+                        .filter(|now| *now != checked.fingerprint)
+                        .unwrap_or(pinned);
+                    let error = IssueError::PinnedToOtherKey(pinned_now);
                     return Err(self.refuse(actor, &user_id, key_detail(), error).await);
                 }
             }
