@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark in one go (bounded: about 13 minutes on 2 cores) and rewrites the generated
+# Runs every benchmark in one go (bounded: about 15 minutes on 2 cores) and rewrites the generated
 # part of BENCHMARKS.md (between the `generated` markers) with the numbers, the ratios and the machine.
 # The block keeps each bench's summary lines only, so that the page stays short; the full output is
 # what this script prints.
@@ -27,6 +27,8 @@ for writers in 8 32; do
 done
 echo "== CRL signer (100,000 entries next to 1,000)"
 cargo bench --quiet -p ca-service --bench crl | tee "$OUT/crl.txt"
+echo "== Admin lookups (1,000,000 identities next to 1,000)"
+cargo bench --quiet -p ca-service --bench admin_lookups | tee "$OUT/admin_lookups.txt"
 echo "== client file crypto and folder opening"
 cargo bench --quiet -p e2ee-client --bench throughput | tee "$OUT/client.txt"
 echo "== peers"
@@ -53,6 +55,7 @@ ca-service/benches/peers.sh "$SECONDS_EACH" "$CLIENTS" 2 2>&1 | tee "$OUT/peers.
   echo
   echo '```text'
   grep -E "^CRL " "$OUT/crl.txt" || true
+  grep -E " at [0-9]+ identities:" "$OUT/admin_lookups.txt" || true
   echo '```'
   echo
   echo '```text'

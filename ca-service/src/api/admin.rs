@@ -336,7 +336,7 @@ where
             }
         };
         tracing::warn!(admin = actor.name(), user = %revoked.user, count = revoked.serials.len(), %reason, "certificates revoked");
-        let log_entry = self.indexed(&revoked.entry).await?;
+        // The CRL first: it must list a committed revocation even if the log's index is late.
         let crl_number = match self.crls.publish().await {
             Ok(crl) => crl.number,
             Err(error) => {
@@ -345,6 +345,7 @@ where
                 0
             }
         };
+        let log_entry = self.indexed(&revoked.entry).await?;
         Ok(Response::new(pb::RevokeCertificateResponse {
             revoked_serials: revoked.serials.iter().map(SerialNumber::to_hex).collect(),
             log_entry: Some(log_entry),
