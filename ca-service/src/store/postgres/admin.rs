@@ -490,35 +490,43 @@ impl IdentityDirectory for PostgresStore {
                 .start()
                 .await
                 .map_err(store_error)?;
+            // Cached statements: a lookup is three executions, not three parses and plans.
+            let read_pin = transaction
+                .prepare_cached("SELECT key_sha256, pinned_at FROM identities WHERE user_id = $1")
+                .await
+                .map_err(store_error)?;
             let pin = transaction
-                .query_opt(
-                    "SELECT key_sha256, pinned_at FROM identities WHERE user_id = $1",
-                    &[&user.as_str()],
-                )
+                .query_opt(&read_pin, &[&user.as_str()])
                 .await
                 .map_err(store_error)?;
             let Some(pin) = pin else {
                 transaction.commit().await.map_err(store_error)?;
                 return Ok(None);
             };
-            let certificates = transaction
-                .query(
+            let read_certificates = transaction
+                .prepare_cached(
                     "SELECT certificates.serial, certificates.key_sha256, certificates.issued_at,
                             certificates.not_after, certificates.certificate_der,
                             revocations.revoked_at, revocations.reason
                      FROM certificates LEFT JOIN revocations ON revocations.serial = certificates.serial
                      WHERE certificates.user_id = $1
                      ORDER BY certificates.issued_at DESC, certificates.id DESC LIMIT $2",
-                    &[&user.as_str(), &history],
+                )
+                .await
+                .map_err(store_error)?;
+            let certificates = transaction
+                .query(&read_certificates, &[&user.as_str(), &history])
+                .await
+                .map_err(store_error)?;
+            let read_entries = transaction
+                .prepare_cached(
+                    "SELECT leaf_index, entry, entry_hash FROM audit_entries
+                     WHERE subject = $1 ORDER BY id DESC LIMIT $2",
                 )
                 .await
                 .map_err(store_error)?;
             let entries = transaction
-                .query(
-                    "SELECT leaf_index, entry, entry_hash FROM audit_entries
-                     WHERE subject = $1 ORDER BY id DESC LIMIT $2",
-                    &[&user.as_str(), &history],
-                )
+                .query(&read_entries, &[&user.as_str(), &history])
                 .await
                 .map_err(store_error)?;
             transaction.commit().await.map_err(store_error)?;
