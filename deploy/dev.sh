@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Quick start, command 1: run the CA in dev mode and show it working.
 #
-# Installs SoftHSM2 if missing, builds the CA and the reference client, starts
+# Installs SoftHSM2 if missing, builds the CA, the reference client and the admin CLI, starts
 # `ca-service serve --dev` (a private SoftHSM token, the CA key made by the real ceremony,
 # the embedded store and a dev TLS PKI, all under ./data), enrolls a demo user over gRPC
 # as the dev principal `sync-server` (mTLS), renews, and shows a second key for the same
-# user being refused. Then keeps serving until Ctrl-C.
+# user being refused; then (mTLS only) the dual-control identity reset through the admin CLI:
+# admin-alice requests it, cannot approve it herself, admin-bob approves, the new key is pinned.
+# Then keeps serving until Ctrl-C.
 #
 # Environment: DATA_DIR (default ./data), PORT (default 50051), DEMO_ONLY=1 to stop after the demo,
 # PLAINTEXT=1 to serve `--plaintext` instead (no TLS, nobody authenticated, loopback only).
@@ -32,7 +34,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 say "building ca-service and e2ee-client"
-cargo build --quiet -p ca-service -p e2ee-client
+cargo build --quiet -p ca-service -p e2ee-client -p e2ee-ca-admin
 BIN=./target/debug
 
 say "starting the CA in dev mode on 127.0.0.1:$PORT (data in $DATA_DIR)"
@@ -86,6 +88,25 @@ if "${CLIENT[@]}" enroll --user alice --dir "$DEMO/alice-other-key" >/dev/null 2
   exit 1
 fi
 cat "$DEMO/refusal.txt"
+
+if [ -n "${PKI:-}" ]; then
+  # A fresh user each run, so that a reset demo never touches alice's pinned laptop key.
+  USER_R="carol-$(date +%s)"
+  admin() { "$BIN/e2ee-ca-admin" --endpoint "$CA" --ca-cert "$PKI/ca.pem" --cert "$PKI/$1.pem" --key "$PKI/$1-key.pem" "${@:2}"; }
+  say "$USER_R enrolls, loses every device; admin-alice requests an identity reset, admin-bob approves it"
+  "${CLIENT[@]}" enroll --user "$USER_R" --dir "$DEMO/$USER_R-old" >/dev/null
+  REQUEST=$(admin admin-alice --json reset request "$USER_R" --reason "dev.sh demo: lost every device" \
+    | grep -o '"request_id": *"[0-9a-f]*"' | grep -o '[0-9a-f]\{32\}')
+  if admin admin-alice request approve "$REQUEST" >/dev/null 2>&1; then
+    echo "dev.sh: admin-alice approved her own request: this must never happen" >&2
+    exit 1
+  fi
+  echo "admin-alice cannot approve her own request $REQUEST (PERMISSION_DENIED)"
+  admin admin-bob request approve "$REQUEST"
+  say "$USER_R's new device: the new key is pinned, the old certificate revoked (it is in the next CRL)"
+  "${CLIENT[@]}" enroll --user "$USER_R" --dir "$DEMO/$USER_R-new" | head -3
+  admin admin-bob identity show "$USER_R"
+fi
 
 say "the CA is running at $CA (logs: $LOG)"
 if [ "${DEMO_ONLY:-0}" = 1 ]; then
