@@ -107,9 +107,7 @@ impl AuditEvent {
     }
 
     fn encode_at(&self, time: OffsetDateTime, nonce: [u8; 16]) -> AuditEntry {
-        let timestamp = time
-            .format(&Rfc3339)
-            .unwrap_or_else(|_| time.unix_timestamp().to_string());
+        let timestamp = rfc3339(time);
         let mut text = format!("{FORMAT_LINE}\nkind {}\ntime {timestamp}\n", self.kind.name());
         push_line(&mut text, "actor", &self.actor);
         push_line(&mut text, "subject", &self.subject);
@@ -196,8 +194,8 @@ pub fn revocation(
     }
 }
 
-/// RFC 3339, as entries write times.
-fn rfc3339(time: OffsetDateTime) -> String {
+/// RFC 3339, as entries (and the API) write times.
+pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&Rfc3339)
         .unwrap_or_else(|_| time.unix_timestamp().to_string())
 }

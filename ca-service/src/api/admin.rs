@@ -12,15 +12,15 @@ use std::time::Duration;
 use e2ee_ca_proto::v1 as pb;
 use e2ee_ca_proto::v1::admin_server::Admin;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
 
+use super::identity::certificate_pem;
 use super::principal::principal;
-use super::status::{admin_store_status, log_entry_status};
+use super::status::{log_entry_status, store_status};
 use crate::approvals::{
     ApprovalKind, ApprovalRefused, ApprovalRequest, ApprovalStore, MAX_REASON_BYTES, NewRequest, OpenRefused, RequestId,
 };
-use crate::audit::LogEntryRef;
+use crate::audit::{LogEntryRef, rfc3339};
 use crate::identity::{KeyFingerprint, SerialNumber, UserId};
 use crate::issuer::{IssuanceStore, LogWait, wait_for_log_index};
 use crate::revocation::{CrlPublisher, RevocationReason, RevocationStore, RevocationTarget, RevokeRefused};
@@ -136,15 +136,6 @@ fn now() -> OffsetDateTime {
     now.replace_nanosecond(0).unwrap_or(now)
 }
 
-fn rfc3339(time: OffsetDateTime) -> String {
-    time.format(&Rfc3339)
-        .unwrap_or_else(|_| time.unix_timestamp().to_string())
-}
-
-fn pem_certificate(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}
-
 /// The reason as the API names it.
 pub(super) fn reason_to_proto(reason: RevocationReason) -> pb::RevocationReason {
     match reason {
@@ -215,7 +206,7 @@ where
     ) -> Result<Response<pb::GetIdentityResponse>, Status> {
         principal(&request)?;
         let user = user_argument(&request.get_ref().user_id, "user_id")?;
-        let Some(record) = self.store.identity(&user).await.map_err(admin_store_status)? else {
+        let Some(record) = self.store.identity(&user).await.map_err(store_status)? else {
             return Err(Status::not_found(format!("no identity is pinned for user {user}")));
         };
         Ok(Response::new(pb::GetIdentityResponse {
@@ -236,7 +227,7 @@ where
                         .revocation
                         .map_or(pb::RevocationReason::Unspecified, |(_, reason)| reason_to_proto(reason))
                         .into(),
-                    certificate_pem: pem_certificate(&certificate.certificate_der),
+                    certificate_pem: certificate_pem(&certificate.certificate_der),
                 })
                 .collect(),
             log_entries: record
@@ -275,7 +266,7 @@ where
             .store
             .list_identities(after, page_size + 1)
             .await
-            .map_err(admin_store_status)?;
+            .map_err(store_status)?;
         let more = page.len() > page_size;
         page.truncate(page_size);
         let next_page_token = match page.last() {
@@ -327,7 +318,7 @@ where
             .store
             .revoke(target, reason, actor.name().to_owned(), now())
             .await
-            .map_err(admin_store_status)?
+            .map_err(store_status)?
         {
             Ok(revoked) => revoked,
             Err(RevokeRefused::NotFound) => return Err(Status::not_found("no such certificate or user")),
@@ -391,7 +382,7 @@ where
                 expires_at: now + self.request_lifetime,
             })
             .await
-            .map_err(admin_store_status)?;
+            .map_err(store_status)?;
         match opened {
             Ok((request, entry)) => {
                 self.indexed(&entry).await?;
@@ -416,7 +407,7 @@ where
             .store
             .approve_request(id, actor.name().to_owned(), now())
             .await
-            .map_err(admin_store_status)?;
+            .map_err(store_status)?;
         match approved {
             Ok((request, entry)) => {
                 self.indexed(&entry).await?;
@@ -443,7 +434,7 @@ where
             .store
             .open_requests(now(), MAX_OPEN_REQUESTS)
             .await
-            .map_err(admin_store_status)?;
+            .map_err(store_status)?;
         Ok(Response::new(pb::ListRequestsResponse {
             requests: requests.iter().map(request_to_proto).collect(),
         }))

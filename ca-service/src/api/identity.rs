@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::principal::principal;
 use super::status::{issue_status, store_status};
+use crate::audit::rfc3339;
 use crate::identity::{StoredCertificate, UserId};
 use crate::issuer::{IssuanceStore, IssueRequest, Issuer};
 use crate::revocation::RevocationStore;
@@ -89,7 +90,7 @@ impl<S: LogReader> IdentityService<S> {
     }
 }
 
-fn certificate_pem(der: &[u8]) -> String {
+pub(super) fn certificate_pem(der: &[u8]) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
 }
 
@@ -193,10 +194,6 @@ impl<S: IssuanceStore + CertificateLookup + LogReader + RevocationStore> Identit
             return Err(Status::not_found(
                 "no CRL has been published yet (the CA publishes one at startup); retry shortly",
             ));
-        };
-        let rfc3339 = |time: time::OffsetDateTime| {
-            time.format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_else(|_| time.unix_timestamp().to_string())
         };
         Ok(Response::new(GetCrlResponse {
             crl_number: crl.number,

@@ -53,11 +53,6 @@ pub(super) fn store_status(error: StoreError) -> Status {
     }
 }
 
-/// A store error in an Admin call: like `store_status`.
-pub(super) fn admin_store_status(error: StoreError) -> Status {
-    store_status(error)
-}
-
 /// The change is committed but its entry was not given a log index in time.
 pub(super) fn log_entry_status(error: IssueError) -> Status {
     match error {
