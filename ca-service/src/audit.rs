@@ -11,6 +11,16 @@ use time::format_description::well_known::Rfc3339;
 /// The format tag on the first line of every entry.
 const FORMAT_LINE: &str = "e2ee-ca audit entry v1";
 
+/// The longest value a line holds; a longer one is recorded as its SHA-256 and length
+/// (`sha256:<hex> (<n> bytes)`), so that no caller input can make an entry large.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
+/// The longest entry: values are replaced by their digests, longest first, until it fits.
+pub const MAX_ENTRY_BYTES: usize = 8192;
+
+/// Values at most this long are never replaced by a digest (a digest line is about this long).
+const DIGEST_VALUE_BYTES: usize = 96;
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditKind {
@@ -108,10 +118,30 @@ impl AuditEvent {
 
     fn encode_at(&self, time: OffsetDateTime, nonce: [u8; 16]) -> AuditEntry {
         let timestamp = rfc3339(time);
+        let mut values: Vec<(&str, String)> = Vec::with_capacity(self.details.len() + 3);
+        values.push(("actor", bounded_value(&self.actor)));
+        values.push(("subject", bounded_value(&self.subject)));
+        values.extend(self.details.iter().map(|(name, value)| (*name, bounded_value(value))));
+        let fixed = FORMAT_LINE.len() + self.kind.name().len() + timestamp.len() + 80;
+        let mut total = fixed
+            + values
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 2)
+                .sum::<usize>();
+        while total > MAX_ENTRY_BYTES {
+            let Some((_, longest)) = values
+                .iter_mut()
+                .filter(|(_, value)| value.len() > DIGEST_VALUE_BYTES)
+                .max_by_key(|(_, value)| value.len())
+            else {
+                break;
+            };
+            let digest = digest_value(longest);
+            total = total - longest.len() + digest.len();
+            *longest = digest;
+        }
         let mut text = format!("{FORMAT_LINE}\nkind {}\ntime {timestamp}\n", self.kind.name());
-        push_line(&mut text, "actor", &self.actor);
-        push_line(&mut text, "subject", &self.subject);
-        for (name, value) in &self.details {
+        for (name, value) in &values {
             push_line(&mut text, name, value);
         }
         push_line(&mut text, "nonce", &hex::encode(nonce));
@@ -194,6 +224,167 @@ pub fn revocation(
     }
 }
 
+/// `value`, or its digest form when it is longer than `MAX_VALUE_BYTES`.
+fn bounded_value(value: &str) -> String {
+    if value.len() > MAX_VALUE_BYTES {
+        digest_value(value)
+    } else {
+        value.to_owned()
+    }
+}
+
+/// `sha256:<hex> (<n> bytes)`: what an entry records instead of an oversized value.
+fn digest_value(value: &str) -> String {
+    format!(
+        "sha256:{} ({} bytes)",
+        hex::encode(Sha256::digest(value.as_bytes())),
+        value.len()
+    )
+}
+
+/// An entry read back from its canonical bytes: what the issuer checks a pin against and what the
+/// offline verifier replays. Parsing is strict: the format line, then `kind`, `time`, `actor` and
+/// `subject`, the details, and `nonce` last, each `name value` on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedEntry {
+    /// The `kind` line's value (`AuditKind::name`, or a kind this version does not know).
+    pub kind: String,
+    /// The `time` line's value, RFC 3339.
+    pub time: String,
+    /// Who asked.
+    pub actor: String,
+    /// Whom it concerns.
+    pub subject: String,
+    /// The details, in order.
+    pub details: Vec<(String, String)>,
+}
+
+/// Why entry bytes do not parse as an entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryParseError {
+    /// Not UTF-8.
+    #[error("the entry is not UTF-8")]
+    NotUtf8,
+    /// The first line is not the format line.
+    #[error("the entry does not start with the format line")]
+    Format,
+    /// A required line is missing or out of order.
+    #[error("the entry has no {0} line where one is required")]
+    Missing(&'static str),
+    /// A line has no `name value` shape, or the entry does not end with a newline.
+    #[error("the entry holds a malformed line")]
+    Malformed,
+}
+
+impl ParsedEntry {
+    /// Parses canonical entry bytes.
+    pub fn parse(bytes: &[u8]) -> Result<ParsedEntry, EntryParseError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| EntryParseError::NotUtf8)?;
+        let body = text.strip_suffix('\n').ok_or(EntryParseError::Malformed)?;
+        let mut lines = body.split('\n');
+        if lines.next() != Some(FORMAT_LINE) {
+            return Err(EntryParseError::Format);
+        }
+        let mut fields = Vec::new();
+        for line in lines {
+            let (name, value) = line.split_once(' ').ok_or(EntryParseError::Malformed)?;
+            if name.is_empty() {
+                return Err(EntryParseError::Malformed);
+            }
+            fields.push((name.to_owned(), value.to_owned()));
+        }
+        let mut fields = fields.into_iter();
+        let mut required = |name: &'static str| match fields.next() {
+            Some((found, value)) if found == name => Ok(value),
+            _ => Err(EntryParseError::Missing(name)),
+        };
+        let kind = required("kind")?;
+        let time = required("time")?;
+        let actor = required("actor")?;
+        let subject = required("subject")?;
+        let mut details: Vec<(String, String)> = fields.collect();
+        match details.pop() {
+            Some((name, _)) if name == "nonce" => {}
+            _ => return Err(EntryParseError::Missing("nonce")),
+        }
+        Ok(ParsedEntry {
+            kind,
+            time,
+            actor,
+            subject,
+            details,
+        })
+    }
+
+    /// The first detail named `name`.
+    pub fn detail(&self, name: &str) -> Option<&str> {
+        self.details
+            .iter()
+            .find(|(found, _)| found == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Why a stored certificate does not match the entry that records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateEntryMismatch {
+    /// The certificate references no stored entry.
+    #[error("the certificate references no audit entry")]
+    NoEntry,
+    /// The entry does not parse, or records no certificate.
+    #[error("the certificate's audit entry records no certificate")]
+    NotACertificateEntry,
+    /// The entry records another user or serial.
+    #[error("the certificate's audit entry records another user or serial")]
+    OtherCertificate,
+    /// The stored key fingerprint is not the one the entry names.
+    #[error("the certificate's key fingerprint differs from its audit entry's key-sha256")]
+    KeyDiffers,
+    /// The certificate's bytes are not the ones the entry hashed.
+    #[error("the certificate's bytes differ from its audit entry's certificate-sha256")]
+    BytesDiffer,
+}
+
+/// What a stored certificate row claims, checked by `check_certificate_entry`.
+#[derive(Debug, Clone, Copy)]
+pub struct CertificateRow<'a> {
+    /// Whose it is.
+    pub user: &'a str,
+    /// Its serial, hex.
+    pub serial_hex: &'a str,
+    /// The certified key's fingerprint, hex.
+    pub key_hex: &'a str,
+    /// The certificate, DER.
+    pub certificate_der: &'a [u8],
+}
+
+/// Checks a stored certificate against the entry that records it: an `issuance`, `renewal` or
+/// `identity-reset` of the row's user naming its serial and key, whose `certificate-sha256` is the
+/// SHA-256 of its bytes. A certificate changed in the database alone fails here.
+pub fn check_certificate_entry(row: CertificateRow<'_>, entry: Option<&[u8]>) -> Result<(), CertificateEntryMismatch> {
+    let entry = entry.ok_or(CertificateEntryMismatch::NoEntry)?;
+    let parsed = ParsedEntry::parse(entry).map_err(|_| CertificateEntryMismatch::NotACertificateEntry)?;
+    let certifies = [AuditKind::Issuance, AuditKind::Renewal, AuditKind::IdentityReset]
+        .iter()
+        .any(|kind| kind.name() == parsed.kind);
+    if !certifies {
+        return Err(CertificateEntryMismatch::NotACertificateEntry);
+    }
+    if parsed.subject != row.user || parsed.detail("serial") != Some(row.serial_hex) {
+        return Err(CertificateEntryMismatch::OtherCertificate);
+    }
+    if parsed.detail("key-sha256") != Some(row.key_hex) {
+        return Err(CertificateEntryMismatch::KeyDiffers);
+    }
+    let digest = hex::encode(Sha256::digest(row.certificate_der));
+    if parsed.detail("certificate-sha256") != Some(digest.as_str()) {
+        return Err(CertificateEntryMismatch::BytesDiffer);
+    }
+    Ok(())
+}
+
 /// RFC 3339, as entries (and the API) write times.
 pub(crate) fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&Rfc3339)
@@ -233,5 +424,140 @@ mod tests {
         );
         assert_eq!(entry.hash, <[u8; 32]>::from(Sha256::digest(&entry.bytes)));
         assert_ne!(event.encode().bytes, event.encode().bytes, "nonces differ");
+        let parsed = ParsedEntry::parse(&entry.bytes).expect("parses");
+        assert_eq!(
+            (parsed.kind.as_str(), parsed.actor.as_str(), parsed.subject.as_str()),
+            ("issuance-refused", "dev", "alice")
+        );
+        assert_eq!(parsed.detail("reason"), Some("pinned\u{fffd}to another key"));
+    }
+
+    #[test]
+    fn oversized_values_become_digests_and_entries_stay_bounded() {
+        let huge = "x".repeat(200_000);
+        let event = AuditEvent {
+            kind: AuditKind::IssuanceRefused,
+            actor: "a".repeat(MAX_VALUE_BYTES + 1),
+            subject: "alice".to_owned(),
+            details: (0..40)
+                .map(|_| ("reason", huge[..MAX_VALUE_BYTES].to_owned()))
+                .chain([("csr", huge.clone())])
+                .collect(),
+        };
+        let entry = event.encode();
+        assert!(entry.bytes.len() <= MAX_ENTRY_BYTES, "{} bytes", entry.bytes.len());
+        let parsed = ParsedEntry::parse(&entry.bytes).expect("parses");
+        let expected = format!("sha256:{} (200000 bytes)", hex::encode(Sha256::digest(huge.as_bytes())));
+        assert_eq!(parsed.detail("csr"), Some(expected.as_str()));
+        assert!(parsed.actor.starts_with("sha256:"), "an oversized actor is a digest");
+        assert_eq!(parsed.subject, "alice", "short values are kept");
+    }
+
+    fn row<'a>(user: &'a str, serial_hex: &'a str, key_hex: &'a str, certificate_der: &'a [u8]) -> CertificateRow<'a> {
+        CertificateRow {
+            user,
+            serial_hex,
+            key_hex,
+            certificate_der,
+        }
+    }
+
+    #[test]
+    fn certificates_are_checked_against_their_entries() {
+        let der = b"certificate bytes".to_vec();
+        let entry = |kind: AuditKind, serial: &str, der: &[u8]| {
+            AuditEvent {
+                kind,
+                actor: "sync-server".to_owned(),
+                subject: "alice".to_owned(),
+                details: vec![
+                    ("key-sha256", "ab".to_owned()),
+                    ("serial", serial.to_owned()),
+                    ("certificate-sha256", hex::encode(Sha256::digest(der))),
+                ],
+            }
+            .encode()
+            .bytes
+        };
+        for kind in [AuditKind::Issuance, AuditKind::Renewal, AuditKind::IdentityReset] {
+            let good = entry(kind, "0a", &der);
+            assert_eq!(
+                check_certificate_entry(row("alice", "0a", "ab", &der), Some(&good)),
+                Ok(())
+            );
+        }
+        let good = entry(AuditKind::Issuance, "0a", &der);
+        let mut tampered = der.clone();
+        tampered[3] ^= 1;
+        for (stored, entry, expected) in [
+            (row("alice", "0a", "ab", &der), None, CertificateEntryMismatch::NoEntry),
+            (
+                row("alice", "0a", "ab", &tampered),
+                Some(good.clone()),
+                CertificateEntryMismatch::BytesDiffer,
+            ),
+            (
+                row("alice", "0a", "cd", &der),
+                Some(good.clone()),
+                CertificateEntryMismatch::KeyDiffers,
+            ),
+            (
+                row("bob", "0a", "ab", &der),
+                Some(good.clone()),
+                CertificateEntryMismatch::OtherCertificate,
+            ),
+            (
+                row("alice", "0b", "ab", &der),
+                Some(good.clone()),
+                CertificateEntryMismatch::OtherCertificate,
+            ),
+            (
+                row("alice", "0a", "ab", &der),
+                Some(entry(AuditKind::Revocation, "0a", &der)),
+                CertificateEntryMismatch::NotACertificateEntry,
+            ),
+            (
+                row("alice", "0a", "ab", &der),
+                Some(b"junk".to_vec()),
+                CertificateEntryMismatch::NotACertificateEntry,
+            ),
+        ] {
+            assert_eq!(check_certificate_entry(stored, entry.as_deref()), Err(expected));
+        }
+    }
+
+    #[test]
+    fn malformed_entries_are_refused() {
+        let good = AuditEvent {
+            kind: AuditKind::Issuance,
+            actor: "dev".to_owned(),
+            subject: "alice".to_owned(),
+            details: vec![("key-sha256", "00".repeat(32))],
+        }
+        .encode()
+        .bytes;
+        let text = String::from_utf8(good.clone()).expect("utf-8");
+        for (bytes, error) in [
+            (vec![0xff], EntryParseError::NotUtf8),
+            (good[..good.len() - 1].to_vec(), EntryParseError::Malformed),
+            (
+                text.replacen("e2ee-ca audit entry v1", "v0", 1).into_bytes(),
+                EntryParseError::Format,
+            ),
+            (
+                text.replacen("\nactor dev", "", 1).into_bytes(),
+                EntryParseError::Missing("actor"),
+            ),
+            (
+                text.replacen("\nnonce ", "\nnoncx ", 1).into_bytes(),
+                EntryParseError::Missing("nonce"),
+            ),
+            (
+                text.replacen("\nkey-sha256 ", "\nkey-sha256\n", 1).into_bytes(),
+                EntryParseError::Malformed,
+            ),
+        ] {
+            assert_eq!(ParsedEntry::parse(&bytes), Err(error));
+        }
     }
 }

@@ -157,6 +157,9 @@ pub struct StoredCertificate {
     pub certificate_der: Vec<u8>,
     /// True when it was revoked.
     pub revoked: bool,
+    /// The bytes of the audit entry that records it (`audit::check_certificate_entry`), if the
+    /// certificate references a stored entry.
+    pub entry: Option<Vec<u8>>,
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::principal::principal;
 use super::status::{issue_status, store_status};
-use crate::audit::rfc3339;
+use crate::audit::{CertificateRow, check_certificate_entry, rfc3339};
 use crate::identity::{StoredCertificate, UserId};
 use crate::issuer::{IssuanceStore, IssueRequest, Issuer};
 use crate::revocation::RevocationStore;
@@ -38,6 +38,32 @@ pub trait CertificateLookup: Send + Sync + 'static {
         &self,
         users: Vec<UserId>,
     ) -> impl Future<Output = Result<Vec<StoredCertificate>, StoreError>> + Send;
+}
+
+/// A stored certificate as served, once it matched the audit entry that records it (a row changed
+/// in the database alone is never served: INTERNAL, and an ERROR naming it).
+fn checked_certificate(certificate: &StoredCertificate) -> Result<UserCertificate, Status> {
+    let serial_hex = certificate.serial.to_hex();
+    let key_hex = certificate.key_fingerprint.to_hex();
+    let row = CertificateRow {
+        user: certificate.user_id.as_str(),
+        serial_hex: &serial_hex,
+        key_hex: &key_hex,
+        certificate_der: &certificate.certificate_der,
+    };
+    if let Err(mismatch) = check_certificate_entry(row, certificate.entry.as_deref()) {
+        tracing::error!(user = %certificate.user_id, serial = %serial_hex, %mismatch, "stored certificate does not match the audit log: not served");
+        return Err(Status::internal(
+            "a stored certificate failed its check against the audit log and is not served",
+        ));
+    }
+    Ok(UserCertificate {
+        user_id: certificate.user_id.to_string(),
+        certificate_pem: certificate_pem(&certificate.certificate_der),
+        key_fingerprint: key_hex,
+        serial_hex,
+        revoked: certificate.revoked,
+    })
 }
 
 /// What `GetCaInfo` answers, fixed at startup.
@@ -158,13 +184,7 @@ impl<S: IssuanceStore + CertificateLookup + LogReader + RevocationStore> Identit
         let mut unknown_user_ids = Vec::new();
         for user_id in user_ids {
             match found.iter().find(|certificate| certificate.user_id == user_id) {
-                Some(certificate) => certificates.push(UserCertificate {
-                    user_id: user_id.to_string(),
-                    certificate_pem: certificate_pem(&certificate.certificate_der),
-                    key_fingerprint: certificate.key_fingerprint.to_hex(),
-                    serial_hex: certificate.serial.to_hex(),
-                    revoked: certificate.revoked,
-                }),
+                Some(certificate) => certificates.push(checked_certificate(certificate)?),
                 None => unknown_user_ids.push(user_id.to_string()),
             }
         }

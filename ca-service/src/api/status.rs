@@ -30,6 +30,13 @@ pub(super) fn issue_status(error: IssueError) -> Status {
             tracing::error!(%error, "issuance failed");
             Status::internal("the CA could not produce a valid certificate; nothing was issued")
         }
+        IssueError::PinMismatch(mismatch) if mismatch.is_transient() => Status::unavailable(
+            "the audit log has not yet recorded this user's pin, so nothing was issued; retry shortly",
+        ),
+        // The issuer logged the mismatch at ERROR; the caller learns only that it was refused.
+        IssueError::PinMismatch(_) => Status::internal(
+            "the CA's record of this user's key failed its check against the audit log; nothing was issued",
+        ),
         IssueError::LogStalled => Status::unavailable(
             "the audit log cannot currently record issuances (sequencing or checkpoint signing is failing), \
              so nothing was issued; retry later",

@@ -154,6 +154,10 @@ pub(super) async fn sign(
         not_before,
         not_after,
         issued_at: now,
+        rate_limit: super::RateLimit {
+            since: now - time::Duration::days(1),
+            max: profile.max_certificates_per_day,
+        },
     })
 }
 

@@ -4,23 +4,27 @@
 //! 1. validate the user id (a request without a valid user names no subject: refused, not logged)
 //!    and the CSR size;
 //! 2. parse and check the CSR (encoding, key policy, self-signature, CN = user id);
-//! 3. read the pin state: a different key pinned to the user, or this key pinned to someone else,
-//!    is refused; a renewal is rate-limited; every refusal from here and from steps 1 (size) and 2
-//!    is answered only after its audit entry is committed;
+//! 3. read the pin state: a pin must match the audit entry that made it, in the log's tree
+//!    (`pins`; a mismatch is `PinMismatch`, nothing signed); a different key pinned to the user,
+//!    or this key pinned to someone else, is refused; a renewal is rate-limited; every refusal
+//!    from here and from steps 1 (size) and 2 is answered only after its audit entry is committed;
 //! 4. refuse up front (UNAVAILABLE) while the audit log is stalled; build the certificate from the
 //!    profile and sign it on the HSM;
 //! 5. verify the signature with the CA public key;
 //! 6. commit pin, certificate and audit entry in one transaction; the store's constraints decide
-//!    races (one key per user, one user per key, unique serials), so step 3 is only a fast path;
+//!    races (one key per user, one user per key, unique serials) and the transaction counts a
+//!    renewal's rate limit, so step 3 is only a fast path;
 //! 7. wait (bounded) until the sequencer has given the audit entry its log index; past the bound
 //!    the certificate stays committed but is not released (`LogLagging`, UNAVAILABLE: fail closed);
 //! 8. only then release the certificate, with its log index.
 
 //!
-//! `store` holds the store contract (`IssuanceStore`), `certificate` steps 4 and 5, `csr` step 2.
+//! `store` holds the store contract (`IssuanceStore`), `certificate` steps 4 and 5, `csr` step 2,
+//! `pins` the pin's check against its log entry in step 3.
 
 mod certificate;
 pub mod csr;
+pub mod pins;
 mod store;
 
 use std::sync::Arc;
@@ -28,7 +32,8 @@ use std::time::Duration;
 
 pub use certificate::{CaCertificate, Profile, SigningQueue, SigningTicket, check_certificate};
 pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES};
-pub use store::{CommitOutcome, IssuanceStore, NewCertificate, PinState, ResetOutcome};
+pub use pins::PinMismatch;
+pub use store::{CommitOutcome, IssuanceStore, NewCertificate, PinEntry, PinState, RateLimit, ResetOutcome};
 
 use crate::approvals::ApprovalRequest;
 use crate::audit::{AuditEvent, AuditKind, LogEntryRef};
@@ -102,6 +107,11 @@ pub enum IssueError {
     /// Too many certificates for this user today.
     #[error("user has received {0} certificates in the last 24 hours; try again later")]
     RateLimited(u64),
+    /// The user's pin does not match the audit entry that made it: the database was changed
+    /// outside the service (or the sequencer is behind, `PinMismatch::is_transient`); nothing was
+    /// signed.
+    #[error("the stored pin does not match the audit log")]
+    PinMismatch(#[from] PinMismatch),
     /// The HSM failed or is busy.
     #[error(transparent)]
     Hsm(#[from] HsmError),
@@ -213,6 +223,16 @@ impl<S: IssuanceStore> Issuer<S> {
         //    pinned one passes only under an approved identity reset for that pin.
         let since = self.clock.now() - time::Duration::days(1);
         let pin_state = self.store.pin_state(&user_id, &checked.fingerprint, since).await?;
+        if let Some(pinned) = &pin_state.user_pin
+            && let Err(mismatch) = pins::check_pin(&user_id, pinned, pin_state.pin_entry.as_ref())
+        {
+            if mismatch.is_transient() {
+                tracing::warn!(user = %user_id, %mismatch, "pin not yet backed by a sequenced entry");
+            } else {
+                tracing::error!(user = %user_id, %mismatch, "the stored pin does not match the audit log: refusing to sign");
+            }
+            return Err(IssueError::PinMismatch(mismatch));
+        }
         let mut reset = None;
         if let Some(pinned) = pin_state.user_pin.filter(|pinned| *pinned != checked.fingerprint) {
             match self.store.approved_reset(&user_id, self.clock.now()).await? {
@@ -254,6 +274,7 @@ impl<S: IssuanceStore> Issuer<S> {
             let now = self.clock.now();
             certificate::sign(&self.signer, &self.ca, &self.profile, now, &user_id, &checked).await?
         };
+
         // 6. Commit pin, certificate and audit entry in one transaction.
         let renewal_hint = pin_state.user_pin.is_some();
         let event = AuditEvent {
@@ -314,6 +335,9 @@ impl<S: IssuanceStore> Issuer<S> {
             }
             CommitOutcome::KeyPinnedElsewhere => Err(self
                 .refuse(actor, &user_id, key_detail(), IssueError::KeyPinnedElsewhere)
+                .await),
+            CommitOutcome::RateLimited(count) => Err(self
+                .refuse(actor, &user_id, key_detail(), IssueError::RateLimited(count))
                 .await),
         }
     }

@@ -14,10 +14,35 @@ use crate::storage::StoreError;
 pub struct PinState {
     /// The key pinned to the user, if any.
     pub user_pin: Option<KeyFingerprint>,
+    /// The audit entry the pin references (its `issuance` or `identity-reset`), read with the pin;
+    /// `None` when the user has no pin or the pin references no stored entry.
+    pub pin_entry: Option<PinEntry>,
     /// True when the key is pinned to a different user.
     pub key_pinned_elsewhere: bool,
     /// How many certificates the user received at or after the time asked about (the rate limit).
     pub certificates_since: u64,
+}
+
+/// The entry that pinned a user's key, as the store holds it: what the issuer checks the pin
+/// against before signing (`issuer::pins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinEntry {
+    /// The entry's stored bytes.
+    pub bytes: Vec<u8>,
+    /// Its log index, once sequenced.
+    pub leaf_index: Option<u64>,
+    /// The tree's stored leaf hash at that index, if the tree holds one.
+    pub tree_leaf_hash: Option<[u8; 32]>,
+}
+
+/// The renewal rate limit, decided in the write transaction: a renewal is refused when the user
+/// holds `max` certificates issued at or after `since`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The start of the window.
+    pub since: OffsetDateTime,
+    /// Certificates allowed in the window.
+    pub max: u64,
 }
 
 /// A signed certificate ready to be committed.
@@ -39,6 +64,8 @@ pub struct NewCertificate {
     pub not_after: OffsetDateTime,
     /// When the issuer's clock made it: what the rate limit's window counts (and the pin's time).
     pub issued_at: OffsetDateTime,
+    /// The limit a renewal is held to (an identity reset is not).
+    pub rate_limit: RateLimit,
 }
 
 /// The outcome of committing an issuance.
@@ -55,6 +82,9 @@ pub enum CommitOutcome {
     PinnedToOtherKey(KeyFingerprint),
     /// The key is pinned to another user; nothing was written.
     KeyPinnedElsewhere,
+    /// A renewal over the rate limit: the user holds this many certificates in the window; nothing
+    /// was written.
+    RateLimited(u64),
 }
 
 /// The outcome of committing an issuance under an approved identity reset.
@@ -78,8 +108,10 @@ pub enum ResetOutcome {
 /// What the issuer needs from a store. Implementations: `store::sqlite` and `store::postgres`,
 /// held to this contract by the shared suite in `store::conformance`.
 ///
-/// Contract: `commit_issuance` is one transaction that writes the pin (if the user has none), the
-/// certificate and the audit entry, or nothing. Uniqueness of a user's pin, of a key's owner and of
+/// Contract: `commit_issuance` is one transaction that writes the pin (if the user has none, with a
+/// reference to the entry), the certificate (with a reference to the entry) and the audit entry,
+/// or nothing; a renewal over its `rate_limit`, counted inside that transaction (serialized per
+/// user), writes nothing. Uniqueness of a user's pin, of a key's owner and of
 /// serials is enforced by the database, so that concurrent callers (threads or replicas) cannot
 /// both win; the audit entry's kind (issuance or renewal) follows what that transaction saw. An
 /// answer (`Ok`) is given only after the transaction is durable. `StoreError::Unavailable` means

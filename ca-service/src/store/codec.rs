@@ -26,6 +26,23 @@ pub(super) fn fingerprint(bytes: &[u8]) -> Result<KeyFingerprint, StoreError> {
     KeyFingerprint::from_bytes(bytes).ok_or_else(|| StoreError::Corrupt("key fingerprint is not 32 bytes".to_owned()))
 }
 
+/// The `PinEntry` of a pin's joined columns (entry bytes, leaf index, stored leaf hash); `None`
+/// when the pin references no stored entry.
+pub(super) fn pin_entry(
+    bytes: Option<Vec<u8>>,
+    leaf_index: Option<i64>,
+    leaf_hash: Option<Vec<u8>>,
+) -> Result<Option<crate::issuer::PinEntry>, StoreError> {
+    let Some(bytes) = bytes else {
+        return Ok(None);
+    };
+    Ok(Some(crate::issuer::PinEntry {
+        bytes,
+        leaf_index: leaf_index.map(to_u64).transpose()?,
+        tree_leaf_hash: leaf_hash.as_deref().map(to_hash).transpose()?,
+    }))
+}
+
 /// The rows a checkpoint upsert changed: 1, or 0 when a checkpoint of that size is stored with
 /// another root (a fork, never stored).
 pub(super) fn checkpoint_stored(written: u64, size: u64) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@ use super::*;
 use crate::api::identity::CertificateLookup;
 use crate::health::StoreHealth;
 use crate::identity::KeyFingerprint;
-use crate::issuer::{CommitOutcome, IssuanceStore, PinState};
+use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinState, RateLimit};
 use crate::service::CaRecord;
 use crate::storage::StoreError;
 use crate::transparency::LogReader;
@@ -32,6 +32,7 @@ pub(super) async fn pins_are_unique_both_ways<H: Harness>() {
         bob,
         PinState {
             user_pin: None,
+            pin_entry: None,
             key_pinned_elsewhere: false,
             certificates_since: 0
         },
@@ -40,7 +41,7 @@ pub(super) async fn pins_are_unique_both_ways<H: Harness>() {
     let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
     assert_eq!(certificates_since(&store, &user("alice"), since).await, 1);
     assert_eq!(certificates_since(&store, &user("bob"), since).await, 0);
-    assert_eq!(next_index(&store).await, 1, "refusals appended no entry");
+    assert_eq!(logged_entries(&store).await, 1, "refusals appended no entry");
 }
 
 pub(super) async fn pin_state_reports_both_directions<H: Harness>() {
@@ -54,19 +55,23 @@ pub(super) async fn pin_state_reports_both_directions<H: Harness>() {
         unknown,
         PinState {
             user_pin: None,
+            pin_entry: None,
             key_pinned_elsewhere: false,
             certificates_since: 0
         }
     );
-    committed(&store, certificate("alice", 1, 1)).await;
+    let (_, pinning) = committed(&store, certificate("alice", 1, 1)).await;
     let own = store
         .pin_state(&user("alice"), &key(1), an_hour_ago())
         .await
         .expect("pin state");
+    let pin_entry = own.pin_entry.clone().expect("the pin references its entry");
+    assert_eq!(sha256(&pin_entry.bytes), pinning.entry_hash);
     assert_eq!(
         own,
         PinState {
             user_pin: Some(key(1)),
+            pin_entry: Some(pin_entry),
             key_pinned_elsewhere: false,
             certificates_since: 1
         }
@@ -79,6 +84,7 @@ pub(super) async fn pin_state_reports_both_directions<H: Harness>() {
         other,
         PinState {
             user_pin: None,
+            pin_entry: None,
             key_pinned_elsewhere: true,
             certificates_since: 0
         }
@@ -116,7 +122,7 @@ pub(super) async fn duplicate_serial_is_an_integrity_error_and_writes_nothing<H:
     assert!(matches!(duplicate, Err(StoreError::Integrity(_))), "{duplicate:?}");
     let since = OffsetDateTime::now_utc() - time::Duration::hours(1);
     assert_eq!(certificates_since(&store, &user("alice"), since).await, 1);
-    assert_eq!(next_index(&store).await, 1, "no audit entry for the failed commits");
+    assert_eq!(logged_entries(&store).await, 1, "no audit entry for the failed commits");
     // Bob can still enroll with a fresh serial.
     assert!(!committed(&store, certificate("bob", 2, 8)).await.0);
 }
@@ -346,7 +352,7 @@ pub(super) async fn concurrent_commits_for_one_user_pin_exactly_one_key<H: Harne
         .await
         .expect("pin state");
     assert_eq!(alice.user_pin, Some(winner));
-    assert_eq!(next_index(&store).await, 1, "only the winner appended an entry");
+    assert_eq!(logged_entries(&store).await, 1, "only the winner appended an entry");
 }
 
 pub(super) async fn concurrent_commits_of_one_key_pin_it_to_exactly_one_user<H: Harness>() {
@@ -407,4 +413,96 @@ pub(super) async fn a_ca_certificate_is_recorded_once<H: Harness>() {
         2,
         "nothing else was written"
     );
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// `certificate`, held to at most `max` certificates in the last hour.
+fn limited(mut certificate: NewCertificate, max: u64) -> NewCertificate {
+    certificate.rate_limit = RateLimit {
+        since: an_hour_ago(),
+        max,
+    };
+    certificate
+}
+
+pub(super) async fn pins_and_certificates_reference_their_entries<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    let (_, pinning) = committed(&store, certificate("alice", 1, 1)).await;
+    let (renewal, renewing) = committed(&store, certificate("alice", 1, 2)).await;
+    assert!(renewal);
+    sequence_all(&store, 16).await;
+    let state = store
+        .pin_state(&user("alice"), &key(1), an_hour_ago())
+        .await
+        .expect("pin state");
+    let pin_entry = state.pin_entry.expect("the pin references an entry");
+    assert_eq!(
+        sha256(&pin_entry.bytes),
+        pinning.entry_hash,
+        "a renewal does not move the pin's entry"
+    );
+    let index = pin_entry.leaf_index.expect("sequenced");
+    assert_eq!(pin_entry.tree_leaf_hash, Some(tlog::leaf_hash(&pin_entry.bytes)));
+    let stored = store.entries(index, index + 1).await.expect("entries");
+    assert_eq!(stored, vec![pin_entry.bytes.clone()]);
+
+    let latest = store.latest_certificates(vec![user("alice")]).await.expect("lookup");
+    let entry = latest[0]
+        .entry
+        .as_deref()
+        .expect("the certificate references its entry");
+    assert_eq!(
+        sha256(entry),
+        renewing.entry_hash,
+        "the newest certificate is the renewal's"
+    );
+}
+
+pub(super) async fn a_renewal_over_the_rate_limit_writes_nothing<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    committed(&store, limited(certificate("alice", 1, 1), 2)).await;
+    committed(&store, limited(certificate("alice", 1, 2), 2)).await;
+    let refused = store
+        .commit_issuance(limited(certificate("alice", 1, 3), 2), event("alice"))
+        .await
+        .expect("commit");
+    assert_eq!(refused, CommitOutcome::RateLimited(2));
+    assert_eq!(certificates_since(&store, &user("alice"), an_hour_ago()).await, 2);
+    // A first issuance is not a renewal: the limit does not apply to it.
+    committed(&store, limited(certificate("bob", 2, 4), 0)).await;
+}
+
+pub(super) async fn concurrent_renewals_never_pass_the_rate_limit<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    committed(&store, limited(certificate("alice", 1, 1), 20)).await;
+    let renewals: Vec<_> = (2..=61u8)
+        .map(|serial| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .commit_issuance(limited(certificate("alice", 1, serial), 20), event("alice"))
+                    .await
+            })
+        })
+        .collect();
+    let (mut renewed, mut refused) = (0, 0);
+    for renewal in renewals {
+        match renewal.await.expect("task").expect("no store error") {
+            CommitOutcome::Committed { renewal: true, .. } => renewed += 1,
+            CommitOutcome::RateLimited(count) => {
+                assert_eq!(count, 20, "a refusal counts the full window");
+                refused += 1;
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((renewed, refused), (19, 41), "20 in the window, the rest refused");
+    assert_eq!(certificates_since(&store, &user("alice"), an_hour_ago()).await, 20);
 }

@@ -12,7 +12,7 @@ use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::identities::{insert_certificates, insert_entries, single_id};
+use super::identities::{Recorded, insert_certificates, insert_entries, single_id};
 use super::{PostgresStore, store_error};
 use crate::api::admin::{
     CertificateRecord, IdentityDirectory, IdentityRecord, IdentitySummary, MAX_HISTORY, UserLogEntry,
@@ -205,7 +205,15 @@ impl PostgresStore {
             event.details.extend(serial_details(&revoked));
             let entry = append(&transaction, &event).await?;
             insert_revocations(&transaction, &revoked, request.revocation_reason, now, &entry).await?;
-            insert_certificates(&transaction, &[&certificate]).await?;
+            insert_certificates(
+                &transaction,
+                &[Recorded {
+                    certificate: &certificate,
+                    entry_id: entry.entry_id,
+                    pins: true,
+                }],
+            )
+            .await?;
             transaction.commit().await.map_err(store_error)?;
             Ok(ResetOutcome::Reset { entry, revoked })
         })

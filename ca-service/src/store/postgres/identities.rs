@@ -24,15 +24,16 @@ use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
 use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinState, ResetOutcome};
 use crate::service::CaRecord;
 use crate::storage::StoreError;
-use crate::store::codec::{fingerprint, to_u64};
+use crate::store::codec::{self, fingerprint, to_u64};
 
-/// The pins of users, share-locked until the transaction ends. A lateral subquery with a locking
-/// clause is never flattened into a join: one primary-key probe per user in any plan (see
+/// The pins of users, locked for update until the transaction ends, so that one user's renewals
+/// take turns and the rate limit counts each (see `commit_issuance`). A lateral subquery with a
+/// locking clause is never flattened into a join: one primary-key probe per user in any plan (see
 /// `log::READ_NODES` for what a join's generic plan can become).
-pub(super) const READ_PINS: &str = "SELECT wanted.user_id, pinned.key_sha256
+pub(super) const LOCK_PINS: &str = "SELECT wanted.user_id, pinned.key_sha256
                          FROM unnest($1::text[]) AS wanted (user_id)
                          CROSS JOIN LATERAL (
-                             SELECT key_sha256 FROM identities WHERE identities.user_id = wanted.user_id FOR SHARE
+                             SELECT key_sha256 FROM identities WHERE identities.user_id = wanted.user_id FOR UPDATE
                          ) AS pinned";
 
 /// `IssuanceStore::commit_issuance`, grouped.
@@ -120,12 +121,23 @@ async fn pin_state(
     key: &KeyFingerprint,
     since: OffsetDateTime,
 ) -> Result<PinState, StoreError> {
-    // One round trip: the primary key, the key's UNIQUE index and the (user_id, issued_at) index.
+    // One round trip: the primary key (with the entry the pin references and that entry's leaf in
+    // the tree, two more primary-key probes only when there is a pin), the key's UNIQUE index and
+    // the (user_id, issued_at) index.
     let statement = client
         .prepare_cached(
-            "SELECT (SELECT key_sha256 FROM identities WHERE user_id = $1),
+            "SELECT pin.key_sha256, pin.entry, pin.leaf_index, pin.hash,
                     (SELECT user_id FROM identities WHERE key_sha256 = $2),
-                    (SELECT count(*) FROM certificates WHERE user_id = $1 AND issued_at >= $3)",
+                    (SELECT count(*) FROM certificates WHERE user_id = $1 AND issued_at >= $3)
+             FROM (SELECT 1) AS one
+             LEFT JOIN LATERAL (
+                 SELECT identities.key_sha256, audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
+                 FROM identities
+                 LEFT JOIN audit_entries ON audit_entries.id = identities.pin_entry_id
+                 LEFT JOIN audit_tree_nodes
+                        ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
+                 WHERE identities.user_id = $1
+             ) AS pin ON true",
         )
         .await
         .map_err(store_error)?;
@@ -134,10 +146,15 @@ async fn pin_state(
         .await
         .map_err(store_error)?;
     let user_pin: Option<Vec<u8>> = row.get(0);
-    let owner: Option<String> = row.get(1);
-    let certificates_since: i64 = row.get(2);
+    let pin_entry = match user_pin {
+        Some(_) => codec::pin_entry(row.get(1), row.get(2), row.get(3))?,
+        None => None,
+    };
+    let owner: Option<String> = row.get(4);
+    let certificates_since: i64 = row.get(5);
     Ok(PinState {
         user_pin: user_pin.as_deref().map(fingerprint).transpose()?,
+        pin_entry,
         key_pinned_elsewhere: owner.is_some_and(|owner| owner != user.as_str()),
         certificates_since: certificates_since.unsigned_abs(),
     })
@@ -171,17 +188,29 @@ async fn commit_issuance(
     let renewal = if inserted.is_some() {
         false
     } else {
-        // The conflicting row is committed (READ COMMITTED: this statement sees it). FOR SHARE
-        // keeps it in place until this transaction ends.
+        // The conflicting row is committed (READ COMMITTED: this statement sees it). FOR UPDATE
+        // keeps it in place until this transaction ends, and makes the user's renewals take turns,
+        // so that the rate limit's count below sees every committed one.
         let pinned = transaction
             .query_opt(
-                "SELECT key_sha256 FROM identities WHERE user_id = $1 FOR SHARE",
+                "SELECT key_sha256 FROM identities WHERE user_id = $1 FOR UPDATE",
                 &[&user],
             )
             .await
             .map_err(store_error)?;
         match pinned {
-            Some(row) if row.get::<_, &[u8]>(0) == key => true,
+            Some(row) if row.get::<_, &[u8]>(0) == key => {
+                let counts = renewal_counts(&transaction, &[certificate]).await?;
+                if let Some(count) = counts
+                    .get(user)
+                    .copied()
+                    .filter(|count| *count >= certificate.rate_limit.max)
+                {
+                    transaction.rollback().await.map_err(store_error)?;
+                    return Ok(CommitOutcome::RateLimited(count));
+                }
+                true
+            }
             Some(row) => {
                 let pinned = fingerprint(row.get(0))?;
                 transaction.rollback().await.map_err(store_error)?;
@@ -194,7 +223,6 @@ async fn commit_issuance(
             }
         }
     };
-    insert_certificates(&transaction, &[certificate]).await?;
     // The recorded kind follows what the transaction saw, not the earlier read.
     let event = AuditEvent {
         kind: AuditKind::issuance(renewal),
@@ -202,6 +230,15 @@ async fn commit_issuance(
     };
     let entry = event.encode();
     let entry_id = single_id(insert_entries(&transaction, &[&entry]).await?)?;
+    insert_certificates(
+        &transaction,
+        &[Recorded {
+            certificate,
+            entry_id,
+            pins: !renewal,
+        }],
+    )
+    .await?;
     transaction.commit().await.map_err(store_error)?;
     Ok(CommitOutcome::Committed {
         renewal,
@@ -258,14 +295,33 @@ async fn commit_group(client: &mut Object, members: &[&IssuanceGroup]) -> Result
         .copied()
         .filter(|user| !pinned_now.contains(*user))
         .collect();
+    let mut others = others;
+    others.sort_unstable();
     let mut pinned_before: HashMap<String, Vec<u8>> = HashMap::new();
     if !others.is_empty() {
-        // The conflicting rows are committed (READ COMMITTED).
-        let read_pins = transaction.prepare_cached(READ_PINS).await.map_err(store_error)?;
+        // The conflicting rows are committed (READ COMMITTED), and locked for update in one order
+        // (renewals of a user take turns, as in `commit_issuance`).
+        let read_pins = transaction.prepare_cached(LOCK_PINS).await.map_err(store_error)?;
         for row in transaction.query(&read_pins, &[&others]).await.map_err(store_error)? {
             pinned_before.insert(row.get(0), row.get(1));
         }
     }
+    // The renewals' rate limits, counted after their pins are locked (a statement of its own, so
+    // that it sees what the previous lock holders committed).
+    let renewals: Vec<&NewCertificate> = members
+        .iter()
+        .map(|member| &member.certificate)
+        .filter(|certificate| {
+            pinned_before
+                .get(certificate.user_id.as_str())
+                .is_some_and(|pinned| pinned.as_slice() == certificate.key_fingerprint.as_bytes())
+        })
+        .collect();
+    let counts = if renewals.is_empty() {
+        HashMap::new()
+    } else {
+        renewal_counts(&transaction, &renewals).await?
+    };
     // Per issuance: `Ok(renewal)` if it stands, or the outcome that refuses it.
     let decisions: Vec<Result<bool, CommitOutcome>> = members
         .iter()
@@ -276,7 +332,12 @@ async fn commit_group(client: &mut Object, members: &[&IssuanceGroup]) -> Result
                 return Ok(Ok(false));
             }
             Ok(match pinned_before.get(user) {
-                Some(pinned) if pinned.as_slice() == certificate.key_fingerprint.as_bytes() => Ok(true),
+                Some(pinned) if pinned.as_slice() == certificate.key_fingerprint.as_bytes() => {
+                    match counts.get(user).copied() {
+                        Some(count) if count >= certificate.rate_limit.max => Err(CommitOutcome::RateLimited(count)),
+                        _ => Ok(true),
+                    }
+                }
                 Some(pinned) => Err(CommitOutcome::PinnedToOtherKey(fingerprint(pinned)?)),
                 // The user has no pin, so the conflict was on the key's UNIQUE index.
                 None => Err(CommitOutcome::KeyPinnedElsewhere),
@@ -290,8 +351,6 @@ async fn commit_group(client: &mut Object, members: &[&IssuanceGroup]) -> Result
         .collect();
     let mut committed = Vec::with_capacity(standing.len());
     if !standing.is_empty() {
-        let certificates: Vec<&NewCertificate> = standing.iter().map(|(member, _)| &member.certificate).collect();
-        insert_certificates(&transaction, &certificates).await?;
         // The recorded kind follows what the transaction saw, not the earlier read.
         let entries: Vec<AuditEntry> = standing
             .iter()
@@ -304,6 +363,16 @@ async fn commit_group(client: &mut Object, members: &[&IssuanceGroup]) -> Result
             })
             .collect();
         let ids = insert_entries(&transaction, &entries.iter().collect::<Vec<_>>()).await?;
+        let recorded: Vec<Recorded> = standing
+            .iter()
+            .zip(&ids)
+            .map(|((member, renewal), entry_id)| Recorded {
+                certificate: &member.certificate,
+                entry_id: *entry_id,
+                pins: !renewal,
+            })
+            .collect();
+        insert_certificates(&transaction, &recorded).await?;
         committed.extend(entries.iter().zip(ids).map(|(entry, entry_id)| LogEntryRef {
             entry_id,
             entry_hash: entry.hash,
@@ -325,47 +394,119 @@ async fn commit_group(client: &mut Object, members: &[&IssuanceGroup]) -> Result
         .collect()
 }
 
-/// Inserts `certificates` in one statement. A serial collision is a unique violation (23505):
-/// Integrity, and the transaction rolls back.
+/// A certificate to insert with the entry that records it.
+pub(super) struct Recorded<'a> {
+    /// The certificate.
+    pub(super) certificate: &'a NewCertificate,
+    /// Its entry's id.
+    pub(super) entry_id: i64,
+    /// True when the entry pinned the key (a first issuance or a reset): the user's pin is made to
+    /// reference it.
+    pub(super) pins: bool,
+}
+
+/// Inserts `certificates` in one statement, each referencing its entry, and points the pins they
+/// made at their entries. A serial collision is a unique violation (23505): Integrity, and the
+/// transaction rolls back.
 pub(super) async fn insert_certificates(
     client: &impl GenericClient,
-    certificates: &[&NewCertificate],
+    certificates: &[Recorded<'_>],
 ) -> Result<(), StoreError> {
     let serials: Vec<&[u8]> = certificates
         .iter()
-        .map(|certificate| certificate.serial.as_bytes())
+        .map(|recorded| recorded.certificate.serial.as_bytes())
         .collect();
     let users: Vec<&str> = certificates
         .iter()
-        .map(|certificate| certificate.user_id.as_str())
+        .map(|recorded| recorded.certificate.user_id.as_str())
         .collect();
     let keys: Vec<&[u8]> = certificates
         .iter()
-        .map(|certificate| certificate.key_fingerprint.as_bytes().as_slice())
+        .map(|recorded| recorded.certificate.key_fingerprint.as_bytes().as_slice())
         .collect();
     let ders: Vec<&[u8]> = certificates
         .iter()
-        .map(|certificate| certificate.certificate_der.as_slice())
+        .map(|recorded| recorded.certificate.certificate_der.as_slice())
         .collect();
-    let not_before: Vec<OffsetDateTime> = certificates.iter().map(|certificate| certificate.not_before).collect();
-    let not_after: Vec<OffsetDateTime> = certificates.iter().map(|certificate| certificate.not_after).collect();
-    let issued_at: Vec<OffsetDateTime> = certificates.iter().map(|certificate| certificate.issued_at).collect();
+    let not_before: Vec<OffsetDateTime> = certificates
+        .iter()
+        .map(|recorded| recorded.certificate.not_before)
+        .collect();
+    let not_after: Vec<OffsetDateTime> = certificates
+        .iter()
+        .map(|recorded| recorded.certificate.not_after)
+        .collect();
+    let issued_at: Vec<OffsetDateTime> = certificates
+        .iter()
+        .map(|recorded| recorded.certificate.issued_at)
+        .collect();
+    let entry_ids: Vec<i64> = certificates.iter().map(|recorded| recorded.entry_id).collect();
+    let pins: Vec<bool> = certificates.iter().map(|recorded| recorded.pins).collect();
     let statement = client
         .prepare_cached(
-            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
-             SELECT * FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[],
-                                  $6::timestamptz[], $7::timestamptz[])",
+            "WITH new AS (
+                 SELECT * FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[],
+                                      $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::bool[])
+                          AS new (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at,
+                                  entry_id, pins)
+             ), pinned AS (
+                 UPDATE identities SET pin_entry_id = new.entry_id
+                 FROM new WHERE new.pins AND identities.user_id = new.user_id
+             )
+             INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at,
+                                       entry_id)
+             SELECT serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at, entry_id FROM new",
         )
         .await
         .map_err(store_error)?;
     client
         .execute(
             &statement,
-            &[&serials, &users, &keys, &ders, &not_before, &not_after, &issued_at],
+            &[
+                &serials,
+                &users,
+                &keys,
+                &ders,
+                &not_before,
+                &not_after,
+                &issued_at,
+                &entry_ids,
+                &pins,
+            ],
         )
         .await
         .map_err(store_error)?;
     Ok(())
+}
+
+/// The number of certificates each renewing user received inside its rate limit's window (users
+/// with none are absent). Run after the users' pins are locked.
+async fn renewal_counts(
+    client: &impl GenericClient,
+    certificates: &[&NewCertificate],
+) -> Result<HashMap<String, u64>, StoreError> {
+    let users: Vec<&str> = certificates
+        .iter()
+        .map(|certificate| certificate.user_id.as_str())
+        .collect();
+    let since: Vec<OffsetDateTime> = certificates
+        .iter()
+        .map(|certificate| certificate.rate_limit.since)
+        .collect();
+    let statement = client
+        .prepare_cached(
+            "SELECT wanted.user_id,
+                    (SELECT count(*) FROM certificates
+                     WHERE certificates.user_id = wanted.user_id AND certificates.issued_at >= wanted.since)
+             FROM unnest($1::text[], $2::timestamptz[]) AS wanted (user_id, since)",
+        )
+        .await
+        .map_err(store_error)?;
+    let rows = client.query(&statement, &[&users, &since]).await.map_err(store_error)?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1).unsigned_abs()))
+        .collect())
 }
 
 /// Inserts `entries` in one statement (one transaction); returns their ids in the same order.
@@ -414,10 +555,11 @@ async fn latest_certificates(client: &Object, users: &[UserId]) -> Result<Vec<St
     let statement = client
         .prepare_cached(
             "SELECT wanted.user_id, newest.serial, newest.key_sha256, newest.certificate_der,
-                    EXISTS (SELECT 1 FROM revocations WHERE revocations.serial = newest.serial)
+                    EXISTS (SELECT 1 FROM revocations WHERE revocations.serial = newest.serial),
+                    (SELECT entry FROM audit_entries WHERE audit_entries.id = newest.entry_id)
              FROM unnest($1::text[]) AS wanted (user_id)
              CROSS JOIN LATERAL (
-                 SELECT serial, key_sha256, certificate_der FROM certificates
+                 SELECT serial, key_sha256, certificate_der, entry_id FROM certificates
                  WHERE certificates.user_id = wanted.user_id
                  ORDER BY issued_at DESC, id DESC LIMIT 1
              ) AS newest",
@@ -436,6 +578,7 @@ async fn latest_certificates(client: &Object, users: &[UserId]) -> Result<Vec<St
                 key_fingerprint: fingerprint(row.get(2))?,
                 certificate_der: row.get(3),
                 revoked: row.get(4),
+                entry: row.get(5),
             })
         })
         .collect()

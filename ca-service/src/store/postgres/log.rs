@@ -344,7 +344,7 @@ mod tests {
             "{nodes}"
         );
         assert!(!nodes.contains("Seq Scan on audit_tree_nodes"), "{nodes}");
-        let pins = generic_plan(&harness, identities::READ_PINS, "text[]", "'{alice, bob}'").await;
+        let pins = generic_plan(&harness, identities::LOCK_PINS, "text[]", "'{alice, bob}'").await;
         assert!(
             pins.contains("Index Scan using identities_pkey on identities"),
             "{pins}"

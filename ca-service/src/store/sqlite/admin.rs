@@ -344,7 +344,12 @@ impl GroupWrite for ResetWrite {
         event.details.extend(serial_details(&revoked));
         let entry = append_entry(connection, &event)?;
         insert_revocations(connection, &revoked, request.revocation_reason, now, &entry)?;
-        super::identities::insert_certificate(connection, &certificate)?;
+        super::identities::insert_certificate(connection, &certificate, entry.entry_id)?;
+        // The new pin references the entry that made it.
+        connection
+            .prepare_cached("UPDATE identities SET pin_entry_id = ?2 WHERE user_id = ?1")
+            .and_then(|mut statement| statement.execute(params![user, entry.entry_id]))
+            .map_err(store_error)?;
         Ok(ResetOutcome::Reset { entry, revoked })
     }
 

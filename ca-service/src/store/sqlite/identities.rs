@@ -15,7 +15,7 @@ use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
 use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinState, ResetOutcome};
 use crate::service::CaRecord;
 use crate::storage::StoreError;
-use crate::store::codec::{fingerprint, to_u64};
+use crate::store::codec::{fingerprint, pin_entry, to_u64};
 
 /// Inserts `event`'s entry into the outbox (no log index yet).
 pub(super) fn append_entry(connection: &Connection, event: &AuditEvent) -> Result<LogEntryRef, StoreError> {
@@ -31,12 +31,17 @@ pub(super) fn append_entry(connection: &Connection, event: &AuditEvent) -> Resul
     })
 }
 
-/// Inserts `certificate`; a serial collision is `Integrity`.
-pub(super) fn insert_certificate(connection: &Connection, certificate: &NewCertificate) -> Result<(), StoreError> {
+/// Inserts `certificate`, recorded by entry `entry_id`; a serial collision is `Integrity`.
+pub(super) fn insert_certificate(
+    connection: &Connection,
+    certificate: &NewCertificate,
+    entry_id: i64,
+) -> Result<(), StoreError> {
     connection
         .prepare_cached(
-            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at,
+                                       entry_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .and_then(|mut statement| {
             statement.execute(params![
@@ -47,10 +52,23 @@ pub(super) fn insert_certificate(connection: &Connection, certificate: &NewCerti
                 unix(certificate.not_before),
                 unix(certificate.not_after),
                 unix(certificate.issued_at),
+                entry_id,
             ])
         })
         .map_err(store_error)?;
     Ok(())
+}
+
+/// The user's certificates issued at or after `since`: the rate limit's count.
+fn certificates_since(connection: &Connection, user: &str, since: OffsetDateTime) -> Result<u64, StoreError> {
+    let count: i64 = cached_row(
+        connection,
+        "SELECT count(*) FROM certificates WHERE user_id = ?1 AND issued_at >= ?2",
+        params![user, unix(since)],
+        |row| row.get(0),
+    )
+    .map_err(store_error)?;
+    Ok(count.unsigned_abs())
 }
 
 /// `IssuanceStore::commit_issuance` as a grouped write.
@@ -67,7 +85,9 @@ impl GroupWrite for IssuanceWrite {
     }
 
     /// Pins the key unless the user or the key is pinned already, then inserts the certificate and
-    /// its entry; the schema's unique indexes decide.
+    /// its entry; the schema's unique indexes decide. A renewal counts the user's certificates in
+    /// its window here, in the one writer's transaction, so that concurrent renewals cannot pass
+    /// the limit together.
     fn write(self, connection: &Connection) -> Result<CommitOutcome, StoreError> {
         let IssuanceWrite { certificate, event } = self;
         let user = certificate.user_id.as_str();
@@ -79,31 +99,46 @@ impl GroupWrite for IssuanceWrite {
         let renewal = match pinned {
             Some(pinned) if pinned.as_slice() == key => true,
             Some(pinned) => return Ok(CommitOutcome::PinnedToOtherKey(fingerprint(&pinned)?)),
-            None => {
-                let inserted = connection
-                    .prepare_cached(
-                        "INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at) VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .and_then(|mut statement| {
-                        statement.execute(params![user, key, certificate.spki_der, unix(certificate.issued_at)])
-                    });
-                match inserted {
-                    Ok(_) => false,
-                    // The key's UNIQUE constraint: the key belongs to another user.
-                    Err(error) if error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                        return Ok(CommitOutcome::KeyPinnedElsewhere);
-                    }
-                    Err(error) => return Err(store_error(error)),
-                }
-            }
+            None => false,
         };
-        insert_certificate(connection, &certificate)?;
+        if renewal {
+            let count = certificates_since(connection, user, certificate.rate_limit.since)?;
+            if count >= certificate.rate_limit.max {
+                return Ok(CommitOutcome::RateLimited(count));
+            }
+        }
         // The recorded kind follows what the transaction saw, not the earlier read.
         let event = AuditEvent {
             kind: AuditKind::issuance(renewal),
             ..event
         };
         let entry = append_entry(connection, &event)?;
+        if !renewal {
+            let inserted = connection
+                .prepare_cached(
+                    "INSERT INTO identities (user_id, key_sha256, spki_der, pinned_at, pin_entry_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        user,
+                        key,
+                        certificate.spki_der,
+                        unix(certificate.issued_at),
+                        entry.entry_id
+                    ])
+                });
+            match inserted {
+                Ok(_) => {}
+                // The key's UNIQUE constraint: the key belongs to another user (the savepoint,
+                // entry included, is rolled back).
+                Err(error) if error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    return Ok(CommitOutcome::KeyPinnedElsewhere);
+                }
+                Err(error) => return Err(store_error(error)),
+            }
+        }
+        insert_certificate(connection, &certificate, entry.entry_id)?;
         Ok(CommitOutcome::Committed { renewal, entry })
     }
 
@@ -182,6 +217,9 @@ impl GroupWrite for RecordCaWrite {
     }
 }
 
+/// A pin row joined with its entry: key, entry bytes, leaf index, stored leaf hash.
+type PinRow = (Vec<u8>, Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+
 impl IssuanceStore for SqliteStore {
     async fn pin_state(
         &self,
@@ -192,11 +230,18 @@ impl IssuanceStore for SqliteStore {
         let user = user.clone();
         let key = *key;
         self.with_reader(move |connection| {
-            let user_pin: Option<Vec<u8>> = cached_row(
+            // The pin with the entry it references and that entry's leaf in the tree: one probe of
+            // each primary key, and nothing but the first when the user has no pin.
+            let pin: Option<PinRow> = cached_row(
                 connection,
-                "SELECT key_sha256 FROM identities WHERE user_id = ?1",
+                "SELECT identities.key_sha256, audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
+                 FROM identities
+                 LEFT JOIN audit_entries ON audit_entries.id = identities.pin_entry_id
+                 LEFT JOIN audit_tree_nodes
+                        ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
+                 WHERE identities.user_id = ?1",
                 params![user.as_str()],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
             .optional()
             .map_err(store_error)?;
@@ -208,17 +253,18 @@ impl IssuanceStore for SqliteStore {
             )
             .optional()
             .map_err(store_error)?;
-            let certificates_since: i64 = cached_row(
-                connection,
-                "SELECT count(*) FROM certificates WHERE user_id = ?1 AND issued_at >= ?2",
-                params![user.as_str(), unix(since)],
-                |row| row.get(0),
-            )
-            .map_err(store_error)?;
+            let certificates_since = certificates_since(connection, user.as_str(), since)?;
+            let (user_pin, pin_entry) = match pin {
+                Some((pinned, entry, leaf_index, leaf_hash)) => {
+                    (Some(fingerprint(&pinned)?), pin_entry(entry, leaf_index, leaf_hash)?)
+                }
+                None => (None, None),
+            };
             Ok(PinState {
-                user_pin: user_pin.as_deref().map(fingerprint).transpose()?,
+                user_pin,
+                pin_entry,
                 key_pinned_elsewhere: owner.is_some_and(|owner| owner != user.as_str()),
-                certificates_since: certificates_since.unsigned_abs(),
+                certificates_since,
             })
         })
         .await
@@ -279,7 +325,8 @@ impl CertificateLookup for SqliteStore {
             let mut statement = connection
                 .prepare_cached(
                     "SELECT serial, key_sha256, certificate_der,
-                            EXISTS (SELECT 1 FROM revocations WHERE revocations.serial = certificates.serial)
+                            EXISTS (SELECT 1 FROM revocations WHERE revocations.serial = certificates.serial),
+                            (SELECT entry FROM audit_entries WHERE audit_entries.id = certificates.entry_id)
                      FROM certificates WHERE user_id = ?1 ORDER BY issued_at DESC, rowid DESC LIMIT 1",
                 )
                 .map_err(store_error)?;
@@ -292,17 +339,19 @@ impl CertificateLookup for SqliteStore {
                             row.get::<_, Vec<u8>>(1)?,
                             row.get::<_, Vec<u8>>(2)?,
                             row.get::<_, bool>(3)?,
+                            row.get::<_, Option<Vec<u8>>>(4)?,
                         ))
                     })
                     .optional()
                     .map_err(store_error)?;
-                if let Some((serial, key, certificate_der, revoked)) = row {
+                if let Some((serial, key, certificate_der, revoked, entry)) = row {
                     found.push(StoredCertificate {
                         user_id: user,
                         serial: SerialNumber::from_bytes(serial),
                         key_fingerprint: fingerprint(&key)?,
                         certificate_der,
                         revoked,
+                        entry,
                     });
                 }
             }

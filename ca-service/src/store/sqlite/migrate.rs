@@ -13,6 +13,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_transparency_log.sql")),
     (3, include_str!("migrations/0003_ca_certificates.sql")),
     (4, include_str!("migrations/0004_admin.sql")),
+    (5, include_str!("migrations/0005_log_backed_pins.sql")),
 ];
 
 /// The schema version this binary writes.
