@@ -527,6 +527,15 @@ impl Default for AdminSection {
     }
 }
 
+/// True for a loopback address (`127.0.0.0/8`, `::1`): where plaintext may be served. An
+/// IPv4-mapped form (`::ffff:127.0.0.1`) is refused rather than interpreted: write `127.0.0.1`.
+pub fn is_loopback(address: std::net::IpAddr) -> bool {
+    match address {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => false,
+        other => other.is_loopback(),
+    }
+}
+
 impl ServeConfig {
     /// Reads, resolves and validates a serve config.
     pub fn load(path: &Path) -> anyhow::Result<ServeConfig> {
@@ -587,12 +596,13 @@ impl ServeConfig {
         self.check_listener()
     }
 
-    /// mTLS, or plaintext only when asked for on loopback.
+    /// mTLS, or plaintext only when asked for on loopback (`Service::run` checks the address
+    /// actually bound again).
     fn check_listener(&self) -> anyhow::Result<()> {
         match (&self.tls, self.allow_plaintext) {
             (Some(tls), false) => tls.validate(),
             (Some(_), true) => bail!("allow_plaintext = true contradicts [tls]: remove one of them"),
-            (None, true) if self.listen.ip().is_loopback() => Ok(()),
+            (None, true) if is_loopback(self.listen.ip()) => Ok(()),
             (None, true) => bail!(
                 "allow_plaintext = true is allowed on a loopback address only (listen = {}): configure [tls] \
                  to serve mTLS on this address, or put a TLS-terminating proxy on the same host and listen on \
