@@ -1,6 +1,6 @@
 //! A hostile database and a hostile caller against the real binary: pins, certificates and log rows changed behind the CA's back are caught before anything is signed or served, renewals racing the rate limit stay within it, refusals cannot flood the log, plaintext is never served off loopback, and the service's files are private.
 //!
-//! Each store case runs on the embedded store (`serve --dev`, its SQLite file edited with rusqlite
+//! Each store case runs on the embedded store (`serve --dev` over mTLS, its SQLite file edited with rusqlite
 //! while the service runs) and on PostgreSQL (`serve --config` on a fresh database, edited with
 //! tokio-postgres): the attack first, then the refusal or the detection.
 
@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use common::postgres::{ProvisionedCa, TestDatabase};
 use common::{CA_SERVICE, DevServer, UserKey, UserKeyPair, assert_exits_without_serving, issue};
-use e2ee_ca_proto::v1::GetCertificatesRequest;
+use e2ee_ca_proto::v1::admin_client::AdminClient;
+use e2ee_ca_proto::v1::{GetCertificatesRequest, GetIdentityRequest};
 use tonic::Code;
 
 /// Where a case's store lives, and how an attacker with database access edits it.
@@ -39,7 +40,7 @@ enum Value<'a> {
 impl Store {
     async fn embedded(directory: &Path) -> (Store, DevServer) {
         let data_dir = directory.join("data");
-        let server = DevServer::start_plaintext_in(&data_dir, "ecdsa-p256");
+        let server = DevServer::start_in(&data_dir, "ecdsa-p256");
         (Store::Embedded { data_dir }, server)
     }
 
@@ -61,7 +62,7 @@ impl Store {
     /// Starts the service on this store again.
     fn restart(&self) -> DevServer {
         match self {
-            Store::Embedded { data_dir } => DevServer::start_plaintext_in(data_dir, "ecdsa-p256"),
+            Store::Embedded { data_dir } => DevServer::start_in(data_dir, "ecdsa-p256"),
             Store::Postgres { config, .. } => DevServer::start_with_config(config),
         }
     }
@@ -72,7 +73,7 @@ impl Store {
         match self {
             Store::Embedded { data_dir } => {
                 command
-                    .args(["serve", "--dev", "--plaintext", "--listen", "127.0.0.1:0", "--data-dir"])
+                    .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
                     .arg(data_dir);
             }
             Store::Postgres { config, .. } => {
@@ -421,7 +422,7 @@ async fn repeated_refusals_are_summarized_with_their_count() {
     let summary = String::from_utf8(summary).expect("utf-8");
     assert!(summary.contains("\nsummarized-count 80\n"), "{summary}");
     assert!(summary.contains("\nrefused-csr 80\n"), "{summary}");
-    assert!(summary.contains("\nactor unauthenticated\n"), "{summary}");
+    assert!(summary.contains("\nactor sync-server\n"), "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
