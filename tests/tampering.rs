@@ -277,6 +277,15 @@ async fn a_certificate_changed_in_the_database_is_not_served() {
             .expect_err("a tampered certificate");
         assert_eq!(status.code(), Code::Internal, "{}", status.message());
         assert!(status.message().contains("audit log"), "{}", status.message());
+        // The Admin service does not serve it either.
+        let mut admin = AdminClient::new(server.connect_as("admin-alice").await);
+        let status = admin
+            .get_identity(GetIdentityRequest {
+                user_id: "alice".to_owned(),
+            })
+            .await
+            .expect_err("a tampered certificate");
+        assert_eq!(status.code(), Code::Internal, "{}", status.message());
         drop(server);
     })
     .await;
