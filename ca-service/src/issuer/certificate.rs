@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use x509_parser::oid_registry::{self, Oid};
 
-use super::csr::CheckedCsr;
+use super::csr::{CheckedCsr, UserKeyType};
 use super::store::NewCertificate;
 use super::{IssueError, IssuerSetupError};
 use crate::hsm::{HsmError, KeyAlgorithm, Signed, Signer};
@@ -118,14 +118,20 @@ pub(super) async fn sign(
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, user_id.as_str());
-    params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::DigitalSignature,
-        rcgen::KeyUsagePurpose::KeyEncipherment,
-    ];
+    // `IsCa::NoCa` writes neither basicConstraints nor the SKI: both are written here, because
+    // rcgen's `ExplicitNoCa` encodes `cA FALSE`, a DEFAULT that DER forbids (strict parsers refuse it).
+    params.is_ca = rcgen::IsCa::NoCa;
+    params.custom_extensions = end_entity_extensions(&checked.fingerprint.key_identifier());
+    params.key_usages = match checked.key_type {
+        // Nextcloud wraps metadata keys to the user's RSA key with RSA-OAEP.
+        UserKeyType::Rsa(_) => vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ],
+        // RFC 5480 §3 allows no keyEncipherment for an EC key.
+        UserKeyType::EcP256 | UserKeyType::EcP384 => vec![rcgen::KeyUsagePurpose::DigitalSignature],
+    };
     params.use_authority_key_identifier_extension = true;
-    // rcgen without a software crypto backend cannot hash: give it the subject key identifier.
-    params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(checked.fingerprint.key_identifier());
     let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&checked.spki_der)
         .map_err(|error| IssueError::Build(error.to_string()))?;
     let ca = Arc::clone(ca);
@@ -155,6 +161,24 @@ pub(super) async fn sign(
         not_after,
         issued_at: now,
     })
+}
+
+/// The DER of basicConstraints `CA:FALSE` (critical): an empty SEQUENCE, `cA` being DEFAULT FALSE.
+const BASIC_CONSTRAINTS_NOT_CA: [u8; 2] = [0x30, 0x00];
+
+/// basicConstraints `CA:FALSE` and the subjectKeyIdentifier `key_identifier` (20 bytes), as
+/// rcgen's `ExplicitNoCa` would write them, but in DER.
+fn end_entity_extensions(key_identifier: &[u8]) -> Vec<rcgen::CustomExtension> {
+    let mut basic_constraints =
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], BASIC_CONSTRAINTS_NOT_CA.to_vec());
+    basic_constraints.set_criticality(true);
+    // An OCTET STRING of at most 127 bytes: tag, short-form length, bytes.
+    let mut subject_key_identifier = vec![0x04, key_identifier.len() as u8];
+    subject_key_identifier.extend_from_slice(key_identifier);
+    vec![
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 14], subject_key_identifier),
+        basic_constraints,
+    ]
 }
 
 /// The X.509 signature algorithm of certificates signed by a key of `algorithm`.
