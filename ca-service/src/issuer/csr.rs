@@ -5,7 +5,10 @@
 //! Extensions the CSR requests are ignored: the certificate is built from the CA's profile alone.
 
 use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION};
+use x509_parser::der_parser::asn1_rs::Tag;
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, Oid,
+};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
@@ -14,25 +17,35 @@ use crate::identity::{KeyFingerprint, UserId};
 /// Largest CSR accepted, in bytes of PEM.
 pub const MAX_CSR_BYTES: usize = 64 * 1024;
 
-/// Why a CSR was refused; each message says what was wrong (sent to the caller as is).
+/// Why a CSR was refused; each message says what was wrong (sent to the caller as is, and written
+/// to the audit log as the refusal's reason). Every message is fixed text: a name in it (a PEM label,
+/// a key algorithm, a curve) comes from a table here, never from the request, so that a message
+/// stays short whatever was sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CsrError {
     /// No PEM block could be read.
     #[error("csr_pem is not PEM: expected a -----BEGIN CERTIFICATE REQUEST----- block")]
     NotPem,
-    /// A PEM block of another type was sent.
-    #[error("csr_pem holds a {0:?} PEM block; expected CERTIFICATE REQUEST")]
-    WrongPemLabel(String),
+    /// A PEM block of another type was sent: its label if a known one.
+    #[error("csr_pem holds a {} PEM block; expected CERTIFICATE REQUEST", .0.unwrap_or("non-CSR"))]
+    WrongPemLabel(Option<&'static str>),
     /// The DER inside is not a PKCS#10 request.
     #[error("csr_pem is not a well-formed PKCS#10 certificate request")]
     Malformed,
-    /// The key is of a type the CA does not certify.
-    #[error("unsupported key type {0}; allowed: RSA 2048-4096 bits with e = 65537, EC P-256, EC P-384")]
-    UnsupportedKeyType(String),
-    /// An EC key on a curve the CA does not certify.
-    #[error("unsupported EC curve {0}; allowed: P-256, P-384")]
-    UnsupportedCurve(String),
+    /// The key is of a type the CA does not certify: its name if a known one.
+    #[error(
+        "unsupported key type {}; allowed: RSA 2048-4096 bits with e = 65537, EC P-256, EC P-384",
+        .0.unwrap_or("(unknown algorithm)")
+    )]
+    UnsupportedKeyType(Option<&'static str>),
+    /// An EC key on a curve the CA does not certify: its name if a known named curve (explicit
+    /// parameters, no parameters and unknown curves are `None`).
+    #[error(
+        "unsupported EC curve {}; allowed: the named curves P-256, P-384",
+        .0.unwrap_or("(explicit parameters or an unknown curve)")
+    )]
+    UnsupportedCurve(Option<&'static str>),
     /// The EC point is not an uncompressed point of the curve's size.
     #[error("the EC public key must be an uncompressed point of the curve's size")]
     BadEcPoint,
@@ -89,7 +102,8 @@ pub struct CheckedCsr {
 pub fn check(user_id: &UserId, csr_pem: &str) -> Result<CheckedCsr, CsrError> {
     let block = pem::parse(csr_pem.trim()).map_err(|_| CsrError::NotPem)?;
     if !matches!(block.tag(), "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST") {
-        return Err(CsrError::WrongPemLabel(block.tag().to_owned()));
+        let known = KNOWN_PEM_LABELS.iter().copied().find(|label| *label == block.tag());
+        return Err(CsrError::WrongPemLabel(known));
     }
     let (rest, csr) = X509CertificationRequest::from_der(block.contents()).map_err(|_| CsrError::Malformed)?;
     if !rest.is_empty() {
@@ -132,18 +146,20 @@ fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<UserK
         return Ok(UserKeyType::Rsa(bits));
     }
     if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        // A named curve is an OBJECT IDENTIFIER; `as_oid` alone would read any value's bytes as one.
         let curve = spki
             .algorithm
             .parameters
             .as_ref()
+            .filter(|parameters| parameters.tag() == Tag::Oid)
             .and_then(|parameters| parameters.as_oid().ok())
-            .ok_or_else(|| CsrError::UnsupportedCurve("(no named curve)".to_owned()))?;
+            .ok_or(CsrError::UnsupportedCurve(None))?;
         let (key_type, point_length) = if curve == OID_EC_P256 {
             (UserKeyType::EcP256, 65)
         } else if curve == OID_NIST_EC_P384 {
             (UserKeyType::EcP384, 97)
         } else {
-            return Err(CsrError::UnsupportedCurve(curve.to_id_string()));
+            return Err(CsrError::UnsupportedCurve(known_name(KNOWN_CURVES, &curve)));
         };
         let point = &spki.subject_public_key.data;
         if point.len() != point_length || point.first() != Some(&0x04) {
@@ -151,12 +167,60 @@ fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<UserK
         }
         return Ok(key_type);
     }
-    let name = x509_parser::oid_registry::OidRegistry::default()
-        .with_crypto()
-        .get(algorithm)
-        .map(|entry| entry.sn().to_owned())
-        .unwrap_or_else(|| algorithm.to_id_string());
-    Err(CsrError::UnsupportedKeyType(name))
+    Err(CsrError::UnsupportedKeyType(known_name(
+        KNOWN_KEY_ALGORITHMS,
+        algorithm,
+    )))
+}
+
+/// PEM labels a refusal names (RFC 7468 and OpenSSL's).
+const KNOWN_PEM_LABELS: &[&str] = &[
+    "CERTIFICATE",
+    "TRUSTED CERTIFICATE",
+    "X509 CRL",
+    "PUBLIC KEY",
+    "RSA PUBLIC KEY",
+    "PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "EC PRIVATE KEY",
+    "PKCS7",
+    "CMS",
+];
+
+/// Key algorithms a refusal names, by OID arcs.
+const KNOWN_KEY_ALGORITHMS: &[(&[u64], &str)] = &[
+    (&[1, 3, 101, 110], "X25519"),
+    (&[1, 3, 101, 111], "X448"),
+    (&[1, 3, 101, 112], "Ed25519"),
+    (&[1, 3, 101, 113], "Ed448"),
+    (&[1, 2, 840, 10040, 4, 1], "DSA"),
+    (&[1, 2, 840, 113549, 1, 1, 7], "RSAES-OAEP"),
+    (&[1, 2, 840, 113549, 1, 1, 10], "RSASSA-PSS"),
+    (&[1, 2, 840, 113549, 1, 3, 1], "PKCS #3 DH"),
+    (&[1, 2, 840, 10046, 2, 1], "X9.42 DH"),
+    (&[1, 3, 132, 1, 12], "ECDH-only EC"),
+    (&[1, 3, 132, 1, 13], "ECMQV-only EC"),
+];
+
+/// Named curves a refusal names, by OID arcs.
+const KNOWN_CURVES: &[(&[u64], &str)] = &[
+    (&[1, 2, 840, 10045, 3, 1, 1], "P-192"),
+    (&[1, 3, 132, 0, 33], "P-224"),
+    (&[1, 3, 132, 0, 35], "P-521"),
+    (&[1, 3, 132, 0, 10], "secp256k1"),
+    (&[1, 3, 36, 3, 3, 2, 8, 1, 1, 7], "brainpoolP256r1"),
+    (&[1, 3, 36, 3, 3, 2, 8, 1, 1, 11], "brainpoolP384r1"),
+    (&[1, 3, 36, 3, 3, 2, 8, 1, 1, 13], "brainpoolP512r1"),
+    (&[1, 2, 156, 10197, 1, 301], "SM2"),
+];
+
+/// The name `table` gives `oid`, if any: a refusal names only what it knows.
+fn known_name(table: &[(&[u64], &'static str)], oid: &Oid<'_>) -> Option<&'static str> {
+    table
+        .iter()
+        .find(|(arcs, _)| Oid::from(arcs).is_ok_and(|known| known == *oid))
+        .map(|(_, name)| *name)
 }
 
 /// Bit length of an unsigned big-endian integer.
@@ -200,7 +264,7 @@ mod tests {
         let wrong = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert_eq!(
             check(&user("alice"), wrong).unwrap_err(),
-            CsrError::WrongPemLabel("CERTIFICATE".to_owned())
+            CsrError::WrongPemLabel(Some("CERTIFICATE"))
         );
         let garbage = "-----BEGIN CERTIFICATE REQUEST-----\nAAECAwQF\n-----END CERTIFICATE REQUEST-----\n";
         assert_eq!(check(&user("alice"), garbage).unwrap_err(), CsrError::Malformed);
@@ -213,6 +277,90 @@ mod tests {
             check(&user("alice"), &csr).unwrap_err(),
             CsrError::UnsupportedKeyType(_)
         ));
+    }
+
+    /// DER: `tag`, the definite length of `content` (short or long form), `content`.
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            length @ 0..=127 => out.push(length as u8),
+            length => {
+                let bytes: Vec<u8> = length.to_be_bytes().into_iter().skip_while(|byte| *byte == 0).collect();
+                out.push(0x80 | bytes.len() as u8);
+                out.extend(bytes);
+            }
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// A PEM CSR for CN=alice whose key has the algorithm identifier `algorithm` (the DER inside the
+    /// SEQUENCE) and the key bits `key`; the signature is junk (the key is checked first).
+    fn csr_with_key_algorithm(algorithm: &[u8], key: &[u8]) -> String {
+        let common_name = [der(0x06, &[0x55, 0x04, 0x03]), der(0x0c, b"alice")].concat();
+        let subject = der(0x30, &der(0x31, &der(0x30, &common_name)));
+        let spki = der(
+            0x30,
+            &[der(0x30, algorithm), der(0x03, &[&[0][..], key].concat())].concat(),
+        );
+        let info = der(0x30, &[der(0x02, &[0]), subject, spki, vec![0xa0, 0x00]].concat());
+        let ecdsa_with_sha256 = der(0x30, &der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]));
+        let csr = der(0x30, &[info, ecdsa_with_sha256, der(0x03, &[0, 1, 2, 3])].concat());
+        pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr))
+    }
+
+    /// The DER of an OBJECT IDENTIFIER 1.3.6.1.4.1 followed by `arcs` arcs of 1.
+    fn long_oid(arcs: usize) -> Vec<u8> {
+        der(0x06, &[&[0x2b, 0x06, 0x01, 0x04, 0x01][..], &vec![0x01; arcs]].concat())
+    }
+
+    const ID_EC_PUBLIC_KEY: [u8; 7] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+    /// Asserts that `csr` is refused with `expected` and a message of at most 200 bytes.
+    fn assert_short_refusal(csr: &str, expected: CsrError) {
+        let error = check(&user("alice"), csr).unwrap_err();
+        assert_eq!(error, expected);
+        let message = error.to_string();
+        assert!(message.len() <= 200, "{} bytes: {message:.300}", message.len());
+    }
+
+    #[test]
+    fn refusal_messages_are_short_whatever_the_request_holds() {
+        // OpenSSL's explicit P-256 parameters (tests/testdata): the message used to hex-dump them.
+        let explicit = include_str!("../../../tests/testdata/ec-p256-explicit-params.csr");
+        assert_short_refusal(explicit, CsrError::UnsupportedCurve(None));
+        let point = [&[0x04][..], &[0x11; 64]].concat();
+        // Explicit parameters of 40 KB (a SEQUENCE where the curve's OID belongs).
+        let parameters = der(0x30, &der(0x04, &vec![0xff; 40_000]));
+        let algorithm = [der(0x06, &ID_EC_PUBLIC_KEY), parameters].concat();
+        assert_short_refusal(
+            &csr_with_key_algorithm(&algorithm, &point),
+            CsrError::UnsupportedCurve(None),
+        );
+        // A 40,000-arc curve OID, and a 40,000-arc key algorithm.
+        let algorithm = [der(0x06, &ID_EC_PUBLIC_KEY), long_oid(40_000)].concat();
+        assert_short_refusal(
+            &csr_with_key_algorithm(&algorithm, &point),
+            CsrError::UnsupportedCurve(None),
+        );
+        assert_short_refusal(
+            &csr_with_key_algorithm(&long_oid(40_000), &point),
+            CsrError::UnsupportedKeyType(None),
+        );
+        // Known names are named.
+        let p521 = [der(0x06, &ID_EC_PUBLIC_KEY), der(0x06, &[0x2b, 0x81, 0x04, 0x00, 0x23])].concat();
+        assert_short_refusal(
+            &csr_with_key_algorithm(&p521, &point),
+            CsrError::UnsupportedCurve(Some("P-521")),
+        );
+        assert_short_refusal(
+            &csr_with_key_algorithm(&der(0x06, &[0x2b, 0x65, 0x70]), &[0x11; 32]),
+            CsrError::UnsupportedKeyType(Some("Ed25519")),
+        );
+        // A 40 KB PEM label.
+        let label = "X".repeat(40_000);
+        let wrong = format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+        assert_short_refusal(&wrong, CsrError::WrongPemLabel(None));
     }
 
     #[test]
