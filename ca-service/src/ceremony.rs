@@ -132,7 +132,8 @@ async fn self_signed(signer: &Signer, subject: &SubjectSection, days: u32) -> an
                 .self_signed(signer)
                 .map_err(|error| signing_error(signer, "CA certificate", error))?;
             // The signer verified its signature; the certificate must carry exactly that.
-            crate::issuer::check_certificate(certificate.der(), signer.key().algorithm(), signer.take_signed())
+            let key = signer.key();
+            crate::issuer::check_certificate(certificate.der(), key.spki_der(), key.algorithm(), signer.take_signed())
                 .context("the new CA certificate does not carry the signature the HSM made and the CA key verified")?;
             Ok(certificate.pem())
         })

@@ -135,6 +135,7 @@ pub(super) async fn sign(
     let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&checked.spki_der)
         .map_err(|error| IssueError::Build(error.to_string()))?;
     let ca = Arc::clone(ca);
+    let subject_spki = checked.spki_der.clone();
     let certificate_der = signer
         .with_lease(move |signer| {
             let issuer = rcgen::Issuer::from_ca_cert_der(&ca.certificate_der.as_slice().into(), signer)
@@ -147,7 +148,12 @@ pub(super) async fn sign(
                     None => IssueError::Build(error.to_string()),
                 })?;
             let certificate_der = certificate.der().to_vec();
-            check_certificate(&certificate_der, signer.key().algorithm(), signer.take_signed())?;
+            check_certificate(
+                &certificate_der,
+                &subject_spki,
+                signer.key().algorithm(),
+                signer.take_signed(),
+            )?;
             Ok::<_, IssueError>(certificate_der)
         })
         .await??;
@@ -190,12 +196,14 @@ fn signature_oid(algorithm: KeyAlgorithm) -> Oid<'static> {
     }
 }
 
-/// Step 5 (and the ceremony's check of a new CA certificate): the certificate parses, names the CA key's signature algorithm inside and outside the
-/// signed part, and carries exactly the to-be-signed bytes and the signature that the signer
-/// verified with the CA public key: the same assurance as verifying it again, without a second
-/// public-key operation.
+/// Step 5 (and the ceremony's check of a new CA certificate): the certificate parses, certifies
+/// exactly `subject_spki` (the pinned bytes), names the CA key's signature algorithm inside and
+/// outside the signed part, and carries exactly the to-be-signed bytes and the signature that the
+/// signer verified with the CA public key: the same assurance as verifying it again, without a
+/// second public-key operation.
 pub fn check_certificate(
     certificate_der: &[u8],
+    subject_spki: &[u8],
     algorithm: KeyAlgorithm,
     signed: Option<Signed>,
 ) -> Result<(), IssueError> {
@@ -204,6 +212,7 @@ pub fn check_certificate(
         x509_parser::parse_x509_certificate(certificate_der).map_err(|_| IssueError::SignatureCheck)?;
     let oid = signature_oid(algorithm);
     let carries_what_was_verified = rest.is_empty()
+        && certificate.public_key().raw == subject_spki
         && certificate.signature_algorithm.algorithm == oid
         && certificate.tbs_certificate.signature.algorithm == oid
         && certificate.tbs_certificate.as_ref() == signed.message.as_slice()
@@ -235,8 +244,8 @@ mod tests {
         assert!(!queue.saturated(), "counted out when dropped");
     }
 
-    /// A certificate made with rcgen's software key, and what its signer signed.
-    fn certificate_and_signed() -> (Vec<u8>, Signed) {
+    /// A certificate made with rcgen's software key, the SPKI it certifies, and what its signer signed.
+    fn certificate_and_signed() -> (Vec<u8>, Vec<u8>, Signed) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let certificate = rcgen::CertificateParams::new(vec!["x".to_owned()])
             .expect("params")
@@ -248,23 +257,32 @@ mod tests {
             message: parsed.tbs_certificate.as_ref().to_vec(),
             signature: parsed.signature_value.data.to_vec(),
         };
-        (der, signed)
+        (der, rcgen::PublicKeyData::subject_public_key_info(&key), signed)
     }
 
     #[test]
     fn a_certificate_passes_only_with_exactly_what_was_verified_under_the_ca_keys_algorithm() {
-        let (der, signed) = certificate_and_signed();
-        assert!(check_certificate(&der, KeyAlgorithm::EcdsaP256, Some(signed.clone())).is_ok());
+        let (der, spki, signed) = certificate_and_signed();
+        assert!(check_certificate(&der, &spki, KeyAlgorithm::EcdsaP256, Some(signed.clone())).is_ok());
+        let other_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let other_spki = rcgen::PublicKeyData::subject_public_key_info(&other_key);
         assert!(
             matches!(
-                check_certificate(&der, KeyAlgorithm::Rsa3072, Some(signed.clone())),
+                check_certificate(&der, &other_spki, KeyAlgorithm::EcdsaP256, Some(signed.clone())),
+                Err(IssueError::SignatureCheck)
+            ),
+            "certifies another key than the one pinned"
+        );
+        assert!(
+            matches!(
+                check_certificate(&der, &spki, KeyAlgorithm::Rsa3072, Some(signed.clone())),
                 Err(IssueError::SignatureCheck)
             ),
             "another algorithm than the CA key's"
         );
         assert!(
             matches!(
-                check_certificate(&der, KeyAlgorithm::EcdsaP256, None),
+                check_certificate(&der, &spki, KeyAlgorithm::EcdsaP256, None),
                 Err(IssueError::SignatureCheck)
             ),
             "nothing verified"
@@ -272,19 +290,19 @@ mod tests {
         let mut other_signature = signed.clone();
         other_signature.signature[10] ^= 1;
         assert!(matches!(
-            check_certificate(&der, KeyAlgorithm::EcdsaP256, Some(other_signature)),
+            check_certificate(&der, &spki, KeyAlgorithm::EcdsaP256, Some(other_signature)),
             Err(IssueError::SignatureCheck)
         ));
         let mut other_message = signed.clone();
         other_message.message[20] ^= 1;
         assert!(matches!(
-            check_certificate(&der, KeyAlgorithm::EcdsaP256, Some(other_message)),
+            check_certificate(&der, &spki, KeyAlgorithm::EcdsaP256, Some(other_message)),
             Err(IssueError::SignatureCheck)
         ));
         let mut trailing = der.clone();
         trailing.push(0);
         assert!(matches!(
-            check_certificate(&trailing, KeyAlgorithm::EcdsaP256, Some(signed)),
+            check_certificate(&trailing, &spki, KeyAlgorithm::EcdsaP256, Some(signed)),
             Err(IssueError::SignatureCheck)
         ));
     }

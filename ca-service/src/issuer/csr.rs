@@ -55,6 +55,12 @@ pub enum CsrError {
     /// RSA exponent other than 65537.
     #[error("RSA public exponent must be 65537")]
     RsaExponent,
+    /// The key is not in its one DER encoding (a BER length, a non-minimal INTEGER, other or missing
+    /// algorithm parameters): it would be pinned under another fingerprint than the one certified.
+    #[error(
+        "the CSR's public key is not in canonical DER (RFC 5280, RFC 3279, RFC 5480); encode it as a standard library does"
+    )]
+    NonCanonicalKey,
     /// The self-signature does not verify (or uses an algorithm we cannot check).
     #[error("the CSR's self-signature does not verify with its own public key")]
     BadSignature,
@@ -110,7 +116,13 @@ pub fn check(user_id: &UserId, csr_pem: &str) -> Result<CheckedCsr, CsrError> {
         return Err(CsrError::Malformed);
     }
     let info = &csr.certification_request_info;
-    let key_type = check_key(&info.subject_pki)?;
+    let (key_type, spki_der) = check_key(&info.subject_pki)?;
+    // One key, one encoding: the pin is the SHA-256 of these bytes, and the certificate carries
+    // them (rcgen re-encodes the key; a BER or re-parameterised SPKI would be pinned under another
+    // fingerprint than the one certified, and a key could be pinned to two users).
+    if spki_der != info.subject_pki.raw {
+        return Err(CsrError::NonCanonicalKey);
+    }
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
     let mut common_names = info.subject.iter_common_name();
     let common_name = common_names.next().ok_or(CsrError::MissingCommonName)?;
@@ -121,7 +133,6 @@ pub fn check(user_id: &UserId, csr_pem: &str) -> Result<CheckedCsr, CsrError> {
     if common_name != user_id.as_str() {
         return Err(CsrError::CommonNameMismatch);
     }
-    let spki_der = info.subject_pki.raw.to_vec();
     Ok(CheckedCsr {
         fingerprint: KeyFingerprint::of_spki(&spki_der),
         spki_der,
@@ -129,7 +140,9 @@ pub fn check(user_id: &UserId, csr_pem: &str) -> Result<CheckedCsr, CsrError> {
     })
 }
 
-fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<UserKeyType, CsrError> {
+/// Checks the key against the policy; returns its type and its SubjectPublicKeyInfo in the one DER
+/// encoding RFC 5280 and RFC 3279 / RFC 5480 give it, rebuilt from its parts.
+fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(UserKeyType, Vec<u8>), CsrError> {
     let algorithm = &spki.algorithm.algorithm;
     if *algorithm == OID_PKCS1_RSAENCRYPTION {
         let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
@@ -143,7 +156,12 @@ fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<UserK
         if exponent != [0x01, 0x00, 0x01] {
             return Err(CsrError::RsaExponent);
         }
-        return Ok(UserKeyType::Rsa(bits));
+        let public_key = der(
+            SEQUENCE,
+            &[der(INTEGER, &unsigned_integer(rsa.modulus)), der(INTEGER, &exponent)].concat(),
+        );
+        let canonical = der(SEQUENCE, &[&RSA_ENCRYPTION[..], &bit_string(&public_key)].concat());
+        return Ok((UserKeyType::Rsa(bits), canonical));
     }
     if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
         // A named curve is an OBJECT IDENTIFIER; `as_oid` alone would read any value's bytes as one.
@@ -165,7 +183,15 @@ fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<UserK
         if point.len() != point_length || point.first() != Some(&0x04) {
             return Err(CsrError::BadEcPoint);
         }
-        return Ok(key_type);
+        let algorithm = der(
+            SEQUENCE,
+            &[
+                der(OBJECT_IDENTIFIER, &ID_EC_PUBLIC_KEY),
+                der(OBJECT_IDENTIFIER, curve.as_bytes()),
+            ]
+            .concat(),
+        );
+        return Ok((key_type, der(SEQUENCE, &[algorithm, bit_string(point)].concat())));
     }
     Err(CsrError::UnsupportedKeyType(known_name(
         KNOWN_KEY_ALGORITHMS,
@@ -221,6 +247,50 @@ fn known_name(table: &[(&[u64], &'static str)], oid: &Oid<'_>) -> Option<&'stati
         .iter()
         .find(|(arcs, _)| Oid::from(arcs).is_ok_and(|known| known == *oid))
         .map(|(_, name)| *name)
+}
+
+const SEQUENCE: u8 = 0x30;
+const INTEGER: u8 = 0x02;
+const BIT_STRING: u8 = 0x03;
+const OBJECT_IDENTIFIER: u8 = 0x06;
+/// The DER AlgorithmIdentifier of rsaEncryption, with the NULL parameters RFC 3279 requires.
+const RSA_ENCRYPTION: [u8; 15] = [
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+/// The content of the OBJECT IDENTIFIER id-ecPublicKey (1.2.840.10045.2.1).
+const ID_EC_PUBLIC_KEY: [u8; 7] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// DER: `tag`, the length of `content` in the shortest form, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let length = content.len().to_be_bytes();
+    let significant = &length[length.iter().take_while(|byte| **byte == 0).count()..];
+    let mut out = Vec::with_capacity(content.len() + 2 + significant.len());
+    out.push(tag);
+    match significant {
+        [short] if *short < 0x80 => out.push(*short),
+        [] => out.push(0),
+        // At most 8 bytes of length: the count fits the low 7 bits.
+        long => {
+            out.push(0x80 | long.len() as u8);
+            out.extend_from_slice(long);
+        }
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A BIT STRING with no unused bits holding `bytes`.
+fn bit_string(bytes: &[u8]) -> Vec<u8> {
+    der(BIT_STRING, &[&[0][..], bytes].concat())
+}
+
+/// The content of the minimal DER INTEGER of the unsigned big-endian `magnitude`.
+fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
+    let trimmed = &magnitude[magnitude.iter().take_while(|byte| **byte == 0).count()..];
+    match trimmed.first() {
+        Some(first) if *first < 0x80 => trimmed.to_vec(),
+        _ => [&[0][..], trimmed].concat(),
+    }
 }
 
 /// Bit length of an unsigned big-endian integer.
@@ -279,21 +349,6 @@ mod tests {
         ));
     }
 
-    /// DER: `tag`, the definite length of `content` (short or long form), `content`.
-    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        match content.len() {
-            length @ 0..=127 => out.push(length as u8),
-            length => {
-                let bytes: Vec<u8> = length.to_be_bytes().into_iter().skip_while(|byte| *byte == 0).collect();
-                out.push(0x80 | bytes.len() as u8);
-                out.extend(bytes);
-            }
-        }
-        out.extend_from_slice(content);
-        out
-    }
-
     /// A PEM CSR for CN=alice whose key has the algorithm identifier `algorithm` (the DER inside the
     /// SEQUENCE) and the key bits `key`; the signature is junk (the key is checked first).
     fn csr_with_key_algorithm(algorithm: &[u8], key: &[u8]) -> String {
@@ -313,8 +368,6 @@ mod tests {
     fn long_oid(arcs: usize) -> Vec<u8> {
         der(0x06, &[&[0x2b, 0x06, 0x01, 0x04, 0x01][..], &vec![0x01; arcs]].concat())
     }
-
-    const ID_EC_PUBLIC_KEY: [u8; 7] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 
     /// Asserts that `csr` is refused with `expected` and a message of at most 200 bytes.
     fn assert_short_refusal(csr: &str, expected: CsrError) {
@@ -361,6 +414,37 @@ mod tests {
         let label = "X".repeat(40_000);
         let wrong = format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
         assert_short_refusal(&wrong, CsrError::WrongPemLabel(None));
+    }
+
+    #[test]
+    fn refuses_keys_in_a_non_canonical_encoding() {
+        let point = [&[0x04][..], &[0x11; 64]].concat();
+        let p256 = der(OBJECT_IDENTIFIER, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]);
+        let ec = [der(OBJECT_IDENTIFIER, &ID_EC_PUBLIC_KEY), p256].concat();
+        let rsa_public_key = der(
+            SEQUENCE,
+            &[
+                der(INTEGER, &[&[0][..], &[0xc3; 256]].concat()),
+                der(INTEGER, &[1, 0, 1]),
+            ]
+            .concat(),
+        );
+        // The AlgorithmIdentifier's content: the rsaEncryption OID and NULL.
+        let rsa = &RSA_ENCRYPTION[2..];
+        // In canonical DER, the keys pass every key check and fail only at the junk self-signature.
+        assert_short_refusal(&csr_with_key_algorithm(&ec, &point), CsrError::BadSignature);
+        assert_short_refusal(&csr_with_key_algorithm(rsa, &rsa_public_key), CsrError::BadSignature);
+        // A NULL after the named curve; rsaEncryption without its NULL.
+        let ec_with_null = [&ec[..], &[0x05, 0x00]].concat();
+        assert_short_refusal(
+            &csr_with_key_algorithm(&ec_with_null, &point),
+            CsrError::NonCanonicalKey,
+        );
+        let rsa_without_null = &rsa[..rsa.len() - 2];
+        assert_short_refusal(
+            &csr_with_key_algorithm(rsa_without_null, &rsa_public_key),
+            CsrError::NonCanonicalKey,
+        );
     }
 
     #[test]
