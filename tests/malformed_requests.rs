@@ -179,3 +179,45 @@ async fn a_key_in_a_non_canonical_encoding_is_refused_and_audited() {
             .expect("a canonical key is certified");
     }
 }
+
+#[tokio::test]
+async fn pem_with_text_around_it_or_a_second_block_is_refused_and_audited() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let data = directory.path().join("data");
+    let server = DevServer::start_plaintext_in(&data, "ecdsa-p256");
+    let mut client = server.client().await;
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    let csr = key.csr("carol");
+    let cases = [
+        (
+            "text before",
+            format!("Certificate Request:\n    Data: ...\n{csr}"),
+            "no text before or after",
+        ),
+        (
+            "text after",
+            format!("{csr}-- sent from my phone\n"),
+            "no text before or after",
+        ),
+        (
+            "two blocks",
+            format!("{csr}{}", UserKeyPair::generate(UserKey::EcP256).csr("carol")),
+            "more than one PEM block",
+        ),
+    ];
+    for (number, (what, text, fragment)) in cases.iter().enumerate() {
+        match issue(&mut client, "carol", text).await {
+            Err(status) if status.code() == Code::InvalidArgument && status.message().contains(fragment) => {}
+            other => panic!("{what}: expected INVALID_ARGUMENT mentioning {fragment:?}, got {other:?}"),
+        }
+        let entries = audit_entries(&data);
+        let refusals = entries
+            .iter()
+            .filter(|entry| entry.contains("\nkind issuance-refused\n") && entry.contains("\nsubject carol\n"))
+            .count();
+        assert_eq!(refusals, number + 1, "{what}: audited");
+    }
+    issue(&mut client, "carol", &csr)
+        .await
+        .expect("the CSR alone is certified");
+}

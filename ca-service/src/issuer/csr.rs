@@ -27,6 +27,12 @@ pub enum CsrError {
     /// No PEM block could be read.
     #[error("csr_pem is not PEM: expected a -----BEGIN CERTIFICATE REQUEST----- block")]
     NotPem,
+    /// Text other than whitespace before or after the PEM block, or PEM headers inside it.
+    #[error("csr_pem must hold the PEM block alone: no text before or after it, no headers in it")]
+    TextAroundPem,
+    /// More than one PEM block.
+    #[error("csr_pem holds more than one PEM block; send the CERTIFICATE REQUEST alone")]
+    SeveralPemBlocks,
     /// A PEM block of another type was sent: its label if a known one.
     #[error("csr_pem holds a {} PEM block; expected CERTIFICATE REQUEST", .0.unwrap_or("non-CSR"))]
     WrongPemLabel(Option<&'static str>),
@@ -106,7 +112,7 @@ pub struct CheckedCsr {
 
 /// Parses and checks `csr_pem` for `user_id` (the size limit is checked by the caller).
 pub fn check(user_id: &UserId, csr_pem: &str) -> Result<CheckedCsr, CsrError> {
-    let block = pem::parse(csr_pem.trim()).map_err(|_| CsrError::NotPem)?;
+    let block = pem_block(csr_pem)?;
     if !matches!(block.tag(), "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST") {
         let known = KNOWN_PEM_LABELS.iter().copied().find(|label| *label == block.tag());
         return Err(CsrError::WrongPemLabel(known));
@@ -138,6 +144,34 @@ pub fn check(user_id: &UserId, csr_pem: &str) -> Result<CheckedCsr, CsrError> {
         spki_der,
         key_type,
     })
+}
+
+/// The one PEM block `csr_pem` holds, with nothing around it but whitespace (RFC 7468's strict
+/// form, without explanatory text): anything else could carry what a reader of the request sees
+/// and the CA does not check.
+fn pem_block(csr_pem: &str) -> Result<pem::Pem, CsrError> {
+    let text = csr_pem.trim_matches(|character: char| character.is_ascii_whitespace());
+    let mut blocks = pem::parse_many(text).map_err(|_| CsrError::NotPem)?;
+    if blocks.len() > 1 {
+        return Err(CsrError::SeveralPemBlocks);
+    }
+    let block = blocks.pop().ok_or(CsrError::NotPem)?;
+    // The text is the block's BEGIN line, base64 and whitespace, and its END line: nothing before,
+    // after or between (a header, a second END line) that the lax parser skipped.
+    let body = text
+        .strip_prefix("-----BEGIN ")
+        .and_then(|rest| rest.strip_prefix(block.tag()))
+        .and_then(|rest| rest.strip_prefix("-----"))
+        .and_then(|rest| rest.strip_suffix("-----"))
+        .and_then(|rest| rest.strip_suffix(block.tag()))
+        .and_then(|rest| rest.strip_suffix("-----END "))
+        .ok_or(CsrError::TextAroundPem)?;
+    let base64_or_whitespace =
+        |byte: &u8| byte.is_ascii_alphanumeric() || b"+/=".contains(byte) || byte.is_ascii_whitespace();
+    if !body.as_bytes().iter().all(base64_or_whitespace) {
+        return Err(CsrError::TextAroundPem);
+    }
+    Ok(block)
 }
 
 /// Checks the key against the policy; returns its type and its SubjectPublicKeyInfo in the one DER
@@ -338,6 +372,31 @@ mod tests {
         );
         let garbage = "-----BEGIN CERTIFICATE REQUEST-----\nAAECAwQF\n-----END CERTIFICATE REQUEST-----\n";
         assert_eq!(check(&user("alice"), garbage).unwrap_err(), CsrError::Malformed);
+    }
+
+    #[test]
+    fn refuses_text_around_the_pem_block_and_a_second_block() {
+        let csr = csr_for("alice", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let alice = user("alice");
+        // Whitespace and CRLF around it are fine.
+        check(&alice, &format!("\r\n  {}\r\n\n", csr.replace('\n', "\r\n"))).expect("whitespace around");
+        let refused =
+            |text: String, expected: CsrError| assert_eq!(check(&alice, &text).unwrap_err(), expected, "{text}");
+        refused(format!("Certificate Request:\n{csr}"), CsrError::TextAroundPem);
+        refused(format!("{csr}trailing text\n"), CsrError::TextAroundPem);
+        refused(format!("{csr}x"), CsrError::TextAroundPem);
+        let headers = csr.replacen("-----\n", "-----\nProc-Type: 4,ENCRYPTED\n\n", 1);
+        refused(headers, CsrError::TextAroundPem);
+        // A stray END line after the block, which a lax parser skips.
+        refused(
+            format!("{csr}junk-----END CERTIFICATE REQUEST-----\n"),
+            CsrError::TextAroundPem,
+        );
+        refused(format!("{csr}{csr}"), CsrError::SeveralPemBlocks);
+        let other = csr_for("alice", &rcgen::PKCS_ECDSA_P384_SHA384);
+        refused(format!("{csr}\n{other}"), CsrError::SeveralPemBlocks);
+        let certificate = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        refused(format!("{csr}{certificate}"), CsrError::SeveralPemBlocks);
     }
 
     #[test]
