@@ -5,7 +5,10 @@
 mod common;
 
 use common::{DevServer, UserKey, UserKeyPair, issue};
+use e2ee_ca_proto::codec::ProtoCodec;
+use e2ee_ca_proto::v1::{GetCaInfoResponse, GetCrlResponse, GetInclusionProofRequest};
 use tonic::Code;
+use tonic::transport::Channel;
 
 /// DER: `tag`, the definite length of `content` in the shortest form, `content`.
 fn der(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -220,4 +223,70 @@ async fn pem_with_text_around_it_or_a_second_block_is_refused_and_audited() {
     issue(&mut client, "carol", &csr)
         .await
         .expect("the CSR alone is certified");
+}
+
+/// Sends `message` to `path` over `channel` as a unary call: a message of another type than the
+/// method's, so that the server cannot decode it.
+async fn send<M>(channel: &Channel, path: &'static str, message: M) -> Result<(), tonic::Status>
+where
+    M: Send + Sync + 'static,
+    ProtoCodec<M, GetCaInfoResponse>: tonic::codec::Codec<Encode = M, Decode = GetCaInfoResponse>,
+{
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(message), path, ProtoCodec::default())
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_decode_is_invalid_argument_on_every_service() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let server = DevServer::start(directory.path(), "ecdsa-p256");
+    // Field 1 as a varint where the method's field 1 is a string (or the reverse), and field 1 a
+    // string that is not UTF-8.
+    let varint_field = GetInclusionProofRequest {
+        leaf_index: 5,
+        tree_size: 0,
+    };
+    let bytes_field = GetCrlResponse {
+        crl_der: vec![0xff, 0xfe, 0xfd],
+        ..Default::default()
+    };
+    let identity = server.connect_as("sync-server").await;
+    let admin = server.connect_as("admin-alice").await;
+    let transparency = server.connect_as("auditor").await;
+    let calls = [
+        (
+            "IssueCertificate, wrong wire type",
+            send(&identity, "/e2ee.ca.v1.Identity/IssueCertificate", varint_field.clone()).await,
+        ),
+        (
+            "IssueCertificate, user_id not UTF-8",
+            send(&identity, "/e2ee.ca.v1.Identity/IssueCertificate", bytes_field.clone()).await,
+        ),
+        (
+            "GetIdentity, wrong wire type",
+            send(&admin, "/e2ee.ca.v1.Admin/GetIdentity", varint_field.clone()).await,
+        ),
+        (
+            "GetInclusionProof, wrong wire type",
+            send(&transparency, "/e2ee.ca.v1.Transparency/GetInclusionProof", bytes_field).await,
+        ),
+    ];
+    for (what, result) in calls {
+        match result {
+            Err(status) if status.code() == Code::InvalidArgument => {
+                assert_eq!(status.message(), e2ee_ca_proto::codec::UNDECODABLE, "{what}");
+            }
+            other => panic!("{what}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    // A well-formed request on the same channel is served.
+    let mut client = e2ee_ca_proto::v1::identity_client::IdentityClient::new(identity);
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    issue(&mut client, "dave", &key.csr("dave")).await.expect("issued");
 }
