@@ -262,7 +262,7 @@ async fn a_message_that_does_not_decode_is_invalid_argument_on_every_service() {
     let calls = [
         (
             "IssueCertificate, wrong wire type",
-            send(&identity, "/e2ee.ca.v1.Identity/IssueCertificate", varint_field.clone()).await,
+            send(&identity, "/e2ee.ca.v1.Identity/IssueCertificate", varint_field).await,
         ),
         (
             "IssueCertificate, user_id not UTF-8",
@@ -270,7 +270,7 @@ async fn a_message_that_does_not_decode_is_invalid_argument_on_every_service() {
         ),
         (
             "GetIdentity, wrong wire type",
-            send(&admin, "/e2ee.ca.v1.Admin/GetIdentity", varint_field.clone()).await,
+            send(&admin, "/e2ee.ca.v1.Admin/GetIdentity", varint_field).await,
         ),
         (
             "GetInclusionProof, wrong wire type",
