@@ -94,7 +94,10 @@ fn check_certificate(
             }
             ParsedExtension::KeyUsage(usage) => {
                 assert!(extension.critical);
-                assert!(usage.digital_signature() && usage.key_encipherment());
+                let rsa =
+                    certificate.public_key().algorithm.algorithm == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
+                assert!(usage.digital_signature());
+                assert_eq!(usage.key_encipherment(), rsa, "keyEncipherment for RSA keys only");
                 assert!(!usage.key_cert_sign() && !usage.crl_sign());
                 saw.3 = true;
             }
