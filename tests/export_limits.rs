@@ -25,11 +25,12 @@ const STALLED: usize = 200;
 const ENTRIES: u64 = 3000;
 /// The idle timeout the test's server runs with.
 const IDLE_SECONDS: u64 = 8;
-/// The growth the 200 stalled readers may cause, connections included. Before the byte-bounded,
-/// pulled export, each stalled stream pinned six 256-entry chunks (about 0.5 MiB here, about
-/// 100 MiB in all; 32 MiB per chunk with entries of 128 KiB); now each pins at most the two
-/// messages hyper and h2 hold (2 × 64 KiB) and its connection's TLS and HTTP/2 state.
-const GROWTH_BOUND_KIB: u64 = 64 * 1024;
+/// The growth 200 stalled exports may cause beyond their connections' cost: 224 KiB each. Before the
+/// byte-bounded, pulled export, each stalled stream pinned a producer's chunk, four queued ones and
+/// what hyper and h2 held, chunks of 256 entries (measured: 686 KiB per stream here, 134 MiB in
+/// all); now each pins the two messages hyper and h2 hold (2 × 32 KiB, in buffers of up to twice
+/// that) and the write buffers its connection grew to send them (measured: 142 KiB per stream).
+const EXPORTS_BOUND_KIB: u64 = 200 * 224;
 
 /// `VmHWM` and `VmRSS` of `pid`, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
@@ -44,8 +45,23 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-/// An auditor's connection that advertises the smallest HTTP/2 windows (64 KiB per stream and per
-/// connection), as an attacker who wants the server to buffer would.
+/// `VmRSS` of `pid` once it has changed by less than 256 KiB over a quarter of a second (at most 5 s).
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = memory_kib(pid).1;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = memory_kib(pid).1;
+        if now.abs_diff(last) < 256 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// An auditor's connection that advertises HTTP/2's default windows (64 KiB per stream and per
+/// connection) instead of hyper's 2 and 5 MiB, so that what is not yet sent waits on the server, as
+/// an attacker who wants the server to buffer would arrange.
 async fn stalling_channel(server: &DevServer) -> Channel {
     let (ca, certificate, key) = server.tls_files("auditor").expect("the dev server serves mTLS");
     let read = |path: std::path::PathBuf| std::fs::read(&path).unwrap_or_else(|error| panic!("{path:?}: {error}"));
@@ -149,10 +165,21 @@ async fn stalled_export_readers_are_bounded_capped_and_timed_out() {
     let pid = server.pid();
     let (_, rss_before) = memory_kib(pid);
 
-    // 1. 200 auditors, each on its own connection, open an export of the whole log and never read.
-    let mut opening = JoinSet::new();
+    // 1. 200 auditors connect, each on its own connection, and read a checkpoint: what their
+    //    connections cost the server.
+    let mut channels = Vec::with_capacity(STALLED);
     for _ in 0..STALLED {
         let channel = stalling_channel(&server).await;
+        TransparencyClient::new(channel.clone())
+            .get_checkpoint(GetCheckpointRequest {})
+            .await
+            .expect("checkpoint");
+        channels.push(channel);
+    }
+    let rss_connected = settled_rss(pid).await;
+    // 2. Each opens an export of the whole log and never reads.
+    let mut opening = JoinSet::new();
+    for channel in channels {
         opening.spawn(async move {
             let stream = open_export(channel.clone(), size)
                 .await
@@ -165,29 +192,22 @@ async fn stalled_export_readers_are_bounded_capped_and_timed_out() {
         stalled.push(opened.expect("open task"));
     }
     let opened_at = Instant::now();
-    // Let the server fill whatever it buffers, until its resident size settles.
-    let mut last = memory_kib(pid).1;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = memory_kib(pid).1;
-        if now.abs_diff(last) < 256 {
-            break;
-        }
-        last = now;
-    }
-    let (peak, rss_stalled) = memory_kib(pid);
-    let growth = peak.saturating_sub(rss_before);
+    let rss_stalled = settled_rss(pid).await;
+    let (peak, _) = memory_kib(pid);
+    let exports = peak.saturating_sub(rss_connected);
     println!(
-        "{STALLED} stalled readers of {size} entries: VmRSS {rss_before} KiB before, {rss_stalled} KiB while \
-         stalled, VmHWM {peak} KiB (growth {growth} KiB, {} KiB per reader)",
-        growth / STALLED as u64
+        "{STALLED} stalled readers of {size} entries: VmRSS {rss_before} KiB before, {rss_connected} KiB once \
+         connected, {rss_stalled} KiB while stalled; VmHWM {peak} KiB: the exports grew it by {exports} KiB \
+         ({} KiB per reader), {} KiB with the connections",
+        exports / STALLED as u64,
+        peak.saturating_sub(rss_before),
     );
     assert!(
-        growth < GROWTH_BOUND_KIB,
-        "{STALLED} stalled readers grew the server by {growth} KiB (bound {GROWTH_BOUND_KIB} KiB)"
+        exports < EXPORTS_BOUND_KIB,
+        "{STALLED} stalled exports grew the server by {exports} KiB (bound {EXPORTS_BOUND_KIB} KiB)"
     );
 
-    // 2. The next one is over the cap.
+    // 3. The next one is over the cap.
     let extra = stalling_channel(&server).await;
     let refused = open_export(extra.clone(), size).await.expect_err("over the cap");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{}", refused.message());
@@ -197,7 +217,7 @@ async fn stalled_export_readers_are_bounded_capped_and_timed_out() {
         refused.message()
     );
 
-    // 3. A reader that goes away frees its place: the next export is admitted and completes.
+    // 4. A reader that goes away frees its place: the next export is admitted and completes.
     drop(stalled.pop());
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut admitted = loop {
@@ -212,11 +232,11 @@ async fn stalled_export_readers_are_bounded_capped_and_timed_out() {
     let (received, ended) = drain(&mut admitted).await;
     assert_eq!((received, ended.map_err(|status| status.code())), (size, Ok(())));
 
-    // 4. The stalled streams are ended once idle for the timeout: their places are free again,
+    // 5. The stalled streams are ended once idle for the timeout: their places are free again,
     //    and a stalled reader that reads now gets what was in flight, then DEADLINE_EXCEEDED.
     assert!(
         opened_at.elapsed() < Duration::from_secs(IDLE_SECONDS),
-        "steps 2 and 3 outlasted the idle timeout: the place reused in step 3 may have been freed by it"
+        "steps 3 and 4 outlasted the idle timeout: the place reused in step 4 may have been freed by it"
     );
     tokio::time::sleep(Duration::from_secs(IDLE_SECONDS + 2)).await;
     let fresh: Vec<Streaming<ExportEntriesResponse>> = {

@@ -531,8 +531,9 @@ impl Default for AdminSection {
 }
 
 /// `[transparency]`: how many `ExportEntries` streams one replica serves at once, and how long
-/// one may stall. Each open stream holds at most about two 64 KiB messages of the server's memory
-/// (`api::transparency`), so the cap bounds what stalled readers can pin.
+/// one may stall. A stalled stream holds about two 32 KiB messages of the server's memory
+/// (`api::transparency`; 142 KiB a stream measured, with the buffers its connection grew), so the
+/// cap bounds what stalled readers can pin.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransparencySection {
