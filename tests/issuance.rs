@@ -270,7 +270,7 @@ async fn bad_input_is_refused_with_a_reason() {
     assert_refused(
         issue(&mut client, &long, &key.csr(&long)).await,
         Code::InvalidArgument,
-        "limit is 255",
+        "the limit is 64",
     );
     assert_refused(
         issue(&mut client, "al\u{7}ice", &key.csr("alice")).await,

@@ -219,7 +219,7 @@ impl StoreTask for Build<'_> {
         let services = Services {
             identity: IdentityService::new(issuer, Arc::clone(&store), ca_info),
             admin: AdminService::new(Arc::clone(&store), crls, log_wait, config.admin.request_lifetime()),
-            transparency: TransparencyService::new(store),
+            transparency: TransparencyService::new(store, config.transparency.export_limits()),
         };
         let (tls, authenticator) = match &config.tls {
             Some(tls) => (
