@@ -110,6 +110,9 @@ pub struct IssuanceSection {
     pub backdate_seconds: Option<u32>,
     /// Certificates one user may receive in 24 hours, renewals included (default 20).
     pub max_certificates_per_user_per_day: Option<u32>,
+    /// Refusals one caller gets an audit entry each for per minute (default 20, at least 1); the
+    /// rest of its minute is counted into one `refusals-summarized` entry.
+    pub refusal_entries_per_minute: Option<u32>,
 }
 
 /// Where state lives.
@@ -738,6 +741,19 @@ impl ServeConfig {
             validity: Duration::from_secs(u64::from(self.issuance.validity_days) * 86_400),
             backdate: Duration::from_secs(u64::from(self.issuance.backdate_seconds.unwrap_or(300))),
             max_certificates_per_day: u64::from(self.issuance.max_certificates_per_user_per_day.unwrap_or(20)),
+        }
+    }
+
+    /// How refusals are summarized per caller.
+    pub fn refusal_limits(&self) -> crate::issuer::refusals::RefusalLimits {
+        let defaults = crate::issuer::refusals::RefusalLimits::default();
+        crate::issuer::refusals::RefusalLimits {
+            entries_per_window: self
+                .issuance
+                .refusal_entries_per_minute
+                .unwrap_or(defaults.entries_per_window)
+                .max(1),
+            ..defaults
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::ceremony::read_pem_certificates;
 use crate::clock::SystemClock;
 use crate::config::ServeConfig;
 use crate::hsm::{Hsm, KeyAlgorithm, Signer};
-use crate::issuer::refusals::{self, RefusalLimits, RefusalSummaries};
+use crate::issuer::refusals::{self, RefusalSummaries};
 use crate::issuer::{CaCertificate, Issuer, IssuerParts, LogWait, SigningQueue};
 use crate::revocation::CrlPublisher;
 use crate::storage::StoreError;
@@ -198,7 +198,7 @@ impl StoreTask for Build<'_> {
             sequencer: sequencer_handle,
             bound: audit.sequence_wait(),
         };
-        let refusals = Arc::new(RefusalSummaries::new(RefusalLimits::default()));
+        let refusals = Arc::new(RefusalSummaries::new(config.refusal_limits()));
         {
             let (refusals, store) = (Arc::clone(&refusals), Arc::clone(&store));
             tasks.spawn("refusal summaries", |stop| refusals::run_flusher(refusals, store, stop));

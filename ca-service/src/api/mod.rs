@@ -85,9 +85,18 @@ pub fn tls_config(tls: &TlsSection) -> anyhow::Result<ServerTlsConfig> {
         .timeout(HANDSHAKE_TIMEOUT))
 }
 
+/// How long requests in flight may take to finish once shutdown begins; then the server is dropped
+/// with them (a stalled stream, such as an export whose reader never reads, never finishes).
+const REQUEST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP/2 keepalive: a ping every 30 s on an idle connection, and a connection whose peer does not
+/// answer within 20 s is closed (with what it had buffered).
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Serves `services`, `grpc.health.v1` (fed by `health`: `None` until the first probe, then
 /// whether the service is healthy) and reflection on `listener` until `shutdown` completes; then
-/// waits for the requests in flight.
+/// waits for the requests in flight, at most `REQUEST_DRAIN`.
 pub async fn serve<S>(
     listener: TcpListener,
     services: Services<S>,
@@ -109,7 +118,10 @@ where
     let transparency = TransparencyServer::new(services.transparency);
     // Without TCP_NODELAY, small responses wait for the peer's delayed ACK (about 40 ms per call).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
+    let stopping = tokio::sync::Notify::new();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = options.tls {
         anyhow::ensure!(
             options.authenticator.is_mutual_tls(),
@@ -124,10 +136,20 @@ where
         .add_service(identity)
         .add_service(admin)
         .add_service(transparency)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+        .serve_with_incoming_shutdown(incoming, async {
+            shutdown.await;
+            stopping.notify_one();
+        });
     tokio::select! {
         result = server => result.context("gRPC server failed"),
         never = report_health(health, reporter) => match never {},
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(REQUEST_DRAIN).await;
+        } => {
+            tracing::warn!(bound = ?REQUEST_DRAIN, "requests still open after the shutdown drain: dropped");
+            Ok(())
+        }
     }
 }
 

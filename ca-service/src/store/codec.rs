@@ -75,7 +75,7 @@ pub(super) fn request_id(id: &str) -> Result<crate::approvals::RequestId, StoreE
 
 /// A stored user id.
 pub(super) fn user_id(user: &str) -> Result<crate::identity::UserId, StoreError> {
-    crate::identity::UserId::parse(user).map_err(|_| StoreError::Corrupt("stored user id is invalid".to_owned()))
+    crate::identity::UserId::from_stored(user).map_err(|_| StoreError::Corrupt("stored user id is invalid".to_owned()))
 }
 
 /// A stored approval kind.

@@ -570,7 +570,7 @@ async fn latest_certificates(client: &Object, users: &[UserId]) -> Result<Vec<St
     let rows = client.query(&statement, &[&names]).await.map_err(store_error)?;
     rows.iter()
         .map(|row| {
-            let user_id = UserId::parse(row.get::<_, &str>(0))
+            let user_id = UserId::from_stored(row.get::<_, &str>(0))
                 .map_err(|error| StoreError::Corrupt(format!("stored user id: {error}")))?;
             Ok(StoredCertificate {
                 user_id,
