@@ -28,7 +28,9 @@
 //! Results go to stdout; with `BENCH_MARKDOWN=FILE` a Markdown table is also written to FILE. With
 //! `BENCH_SERVICE_BINARY=PATH` the scenarios serve with that `ca-service` build instead (to compare
 //! a change against a copy of the binary before it); `BENCH_CA_KEYS=rsa-3072` (or `ecdsa-p256`)
-//! runs one CA key's scenarios only.
+//! runs one CA key's scenarios only; `BENCH_SCENARIOS=empty` runs only step 2 (the empty-store
+//! scenario between its raw rates), which an older binary can serve too (no prefilled store of
+//! this version's schema), for A/B runs of the issuance and renewal path.
 
 #![allow(
     clippy::expect_used,
@@ -110,9 +112,12 @@ fn main() -> anyhow::Result<()> {
             settings.seconds, settings.clients, settings.users
         ));
         let duration = Duration::from_secs(settings.seconds);
+        let only_empty = std::env::var("BENCH_SCENARIOS").is_ok_and(|scenarios| scenarios == "empty");
         // Filled first, so that the comparison below runs back to back.
         let prefilled_store = workspace.path().join("store-prefilled.sqlite3");
-        prefill(workspace.path(), &tokens, &prefilled_store, settings.prefilled)?;
+        if !only_empty {
+            prefill(workspace.path(), &tokens, &prefilled_store, settings.prefilled)?;
+        }
         for &algorithm in &algorithms {
             let store = workspace.path().join(format!("store-{algorithm}.sqlite3"));
             let scenario = async |store: &Path, paced: Option<f64>| {
@@ -135,6 +140,9 @@ fn main() -> anyhow::Result<()> {
             let full = scenario(&store, None).await?;
             let raw = raw_before.bracket(raw_signing_rate(&hsm, algorithm, duration).await?);
             report.row(algorithm, "embedded store, empty", raw, &full);
+            if only_empty {
+                continue;
+            }
             let mut maximum = full.rate;
             if algorithm == KeyAlgorithm::EcdsaP256 {
                 // Empty, prefilled, empty again, back to back: the prefilled run is compared with

@@ -4,10 +4,11 @@
 
 -- The entry that pinned the user's current key: its `issuance`, or the `identity-reset` that
 -- replaced the previous key. NULL only where the backfill below found no such entry, which the
--- issuer refuses to renew (fail closed).
-ALTER TABLE identities ADD COLUMN pin_entry_id INTEGER REFERENCES audit_entries (id);
+-- issuer refuses to renew (fail closed). Neither column is a foreign key: the check against the log
+-- guards them (a reference pointed elsewhere or at nothing is refused there), not the schema.
+ALTER TABLE identities ADD COLUMN pin_entry_id INTEGER;
 -- The entry that records the certificate (issuance, renewal or identity-reset).
-ALTER TABLE certificates ADD COLUMN entry_id INTEGER REFERENCES audit_entries (id);
+ALTER TABLE certificates ADD COLUMN entry_id INTEGER;
 
 -- Backfill from the entries' text (lines are `name value`, each after a newline). Entries written
 -- before version 4 have no subject column, so the text is searched: a scan per row, run once.
