@@ -229,15 +229,18 @@ impl<S: IssuanceStore> Issuer<S> {
         //    pinned one passes only under an approved identity reset for that pin.
         let since = self.clock.now() - time::Duration::days(1);
         let pin_state = self.store.pin_state(&user_id, &checked.fingerprint, since).await?;
+        // A pin that contradicts the log stops everything for the user. One whose entry is merely
+        // not sequenced yet (another replica just pinned it) stops only what would sign on it.
+        let mut pin_unsequenced = None;
         if let Some(pinned) = &pin_state.user_pin
             && let Err(mismatch) = pins::check_pin(&user_id, pinned, pin_state.pin_entry.as_ref())
         {
             if mismatch.is_transient() {
-                tracing::warn!(user = %user_id, %mismatch, "pin not yet backed by a sequenced entry");
+                pin_unsequenced = Some(mismatch);
             } else {
                 tracing::error!(user = %user_id, %mismatch, "the stored pin does not match the audit log: refusing to sign");
+                return Err(IssueError::PinMismatch(mismatch));
             }
-            return Err(IssueError::PinMismatch(mismatch));
         }
         let mut reset = None;
         if let Some(pinned) = pin_state.user_pin.filter(|pinned| *pinned != checked.fingerprint) {
@@ -270,6 +273,11 @@ impl<S: IssuanceStore> Issuer<S> {
         {
             let error = IssueError::RateLimited(pin_state.certificates_since);
             return Err(self.refuse(actor, &user_id, key_detail(), error).await);
+        }
+        if let Some(mismatch) = pin_unsequenced {
+            // A renewal or a reset would sign on this pin: not before its entry is in the log.
+            tracing::warn!(user = %user_id, %mismatch, "pin not yet backed by a sequenced entry");
+            return Err(IssueError::PinMismatch(mismatch));
         }
         // 4. Refuse while the log cannot record it; build and sign; 5. check.
         if !self.log_wait.sequencer.log_healthy() {
