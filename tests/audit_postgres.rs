@@ -179,6 +179,10 @@ async fn signed_log() -> Fixture {
     }
 }
 
+/// What a database superuser runs first to delete rows other rows reference (pins and certificates
+/// reference their entries): the session's foreign-key triggers are off.
+const FOREIGN_KEYS_OFF: &str = "SET session_replication_role = replica;";
+
 /// SQL that flips one byte inside the `subject` line of the entry at `index` (same length, still UTF-8).
 fn flip_subject_byte(index: u64) -> String {
     format!(
@@ -207,11 +211,17 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         );
     }
 
-    // One byte of a stored entry after the early checkpoint: the root differs, and the pinned
-    // checkpoint narrows the change down to the entries it does not cover.
+    // One byte of a stored entry after it was checkpointed: the root differs, and the stored
+    // leaf hashes, which lead to the signed root, name the entry.
     let case = fixture.case("flipped-late").await;
     case.tamper(&flip_subject_byte(size - 1)).await;
     case.assert_exported();
+    let altered = format!("entry {} was altered after it was logged", size - 1);
+    fixture.assert_verify_fails(&case.out, None, &[], &altered);
+    fixture.assert_verify_fails(&case.out, Some(&fixture.early), &[], &altered);
+    // Without the stored leaves (an older export) the root only says that something changed, and
+    // the pinned checkpoint narrows the change down to the entries it does not cover.
+    std::fs::remove_file(case.out.join("leaves.bin")).expect("remove leaves.bin");
     fixture.assert_verify_fails(
         &case.out,
         None,
@@ -233,12 +243,13 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         &case.out,
         Some(&fixture.early),
         &[],
-        &format!("the change is in entries 0..{early_size}"),
+        "entry 0 was altered after it was logged",
     );
 
-    // Two entries' bytes swapped (indices kept): only the recomputed root can tell. The time
-    // check would name the later entry if the two were written more than its tolerance apart (a
-    // slow machine); a wide tolerance keeps this case about the root.
+    // Two entries' bytes swapped (indices kept): only the recomputed root can tell, and the stored
+    // leaves name the first of them. The time check would name the later entry if the two were
+    // written more than its tolerance apart (a slow machine); a wide tolerance keeps this case
+    // about the root.
     let case = fixture.case("swapped").await;
     let wide_tolerance = ["--time-tolerance-ms", "3600000"];
     case.tamper(
@@ -252,18 +263,31 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         &case.out,
         None,
         &wide_tolerance,
-        &format!("exported checkpoint (size {size}) does not match the entries"),
-    );
-    fixture.assert_verify_fails(
-        &case.out,
-        Some(&fixture.early),
-        &wide_tolerance,
-        &format!("the change is in entries 0..{early_size}"),
+        "entry 1 was altered after it was logged",
     );
 
-    // An entry deleted from the middle: the export refuses, naming the short range.
+    // The tree's stored leaf changed too, to the altered entry's hash: the stored leaves no
+    // longer lead to the signed root, so they cannot name the entry.
+    let case = fixture.case("flipped-and-leaf").await;
+    case.tamper(&flip_subject_byte(size - 1)).await;
+    case.tamper(&format!(
+        "UPDATE audit_tree_nodes SET hash = sha256('\\x00'::bytea || (SELECT entry FROM audit_entries WHERE leaf_index = {}))
+         WHERE level = 0 AND node_index = {}",
+        size - 1,
+        size - 1
+    ))
+    .await;
+    case.assert_exported();
+    fixture.assert_verify_fails(&case.out, None, &[], "do not lead to the checkpoint's root either");
+
+    // An entry deleted from the middle: the export refuses, naming the short range. Pins and
+    // certificates reference their entries, so the attacker (a superuser) switches off the foreign
+    // keys first, here and below.
     let case = fixture.case("deleted").await;
-    case.tamper("DELETE FROM audit_entries WHERE leaf_index = 1").await;
+    case.tamper(&format!(
+        "{FOREIGN_KEYS_OFF} DELETE FROM audit_entries WHERE leaf_index = 1"
+    ))
+    .await;
     let (ok, text) = case.export();
     assert!(!ok, "export of a store missing an entry must fail: {text}");
     assert!(
@@ -276,8 +300,10 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
 
     // The tail deleted, head and checkpoints left: the export refuses the same way.
     let case = fixture.case("truncated").await;
-    case.tamper(&format!("DELETE FROM audit_entries WHERE leaf_index >= {early_size}"))
-        .await;
+    case.tamper(&format!(
+        "{FOREIGN_KEYS_OFF} DELETE FROM audit_entries WHERE leaf_index >= {early_size}"
+    ))
+    .await;
     let (ok, text) = case.export();
     assert!(!ok, "export of a truncated store must fail: {text}");
     assert!(
@@ -287,13 +313,17 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         "{text}"
     );
 
-    // The tail deleted and everything rolled back to the early checkpoint: entries, the subtrees
-    // over them, the head and the later checkpoints. The store is a consistent log of the early
-    // size, so its export verifies on its own; the auditor's later pinned checkpoint catches it.
+    // The tail deleted and everything rolled back to the early checkpoint: entries, the pins and
+    // certificates they recorded, the subtrees over them, the head and the later checkpoints. The
+    // store is a consistent log of the early size, so its export verifies on its own; the
+    // auditor's later pinned checkpoint catches it.
     let case = fixture.case("rolled-back").await;
     case.tamper(&format!(
         "BEGIN;
+         {FOREIGN_KEYS_OFF}
          DELETE FROM audit_entries WHERE leaf_index >= {early_size};
+         DELETE FROM certificates WHERE entry_id NOT IN (SELECT id FROM audit_entries);
+         DELETE FROM identities WHERE pin_entry_id NOT IN (SELECT id FROM audit_entries);
          DELETE FROM audit_tree_nodes WHERE (node_index + 1) << level > {early_size};
          UPDATE audit_log_head SET size = checkpoint.size, root = checkpoint.root
            FROM audit_checkpoints AS checkpoint WHERE checkpoint.size = {early_size};

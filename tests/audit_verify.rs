@@ -1,4 +1,4 @@
-//! Offline audit end to end: `ca-service audit export` from a dev server's store, `audit verify` with no database or HSM, and tampered exports, forks, rollbacks and a tampered store detected.
+//! Offline audit end to end: `ca-service audit export` from a dev server's store, `audit verify` with no database or HSM, and tampered exports, forks, rollbacks, a tampered store, and a tampered store detected; an entry altered after it was logged is named.
 
 #![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
 
@@ -128,6 +128,12 @@ async fn exports_verify_offline_and_tampering_is_named() {
     assert!(text.contains("is consistent with the exported checkpoint"), "{text}");
     let (ok, text) = verify(&early, &vkey_text, Some(&pinned));
     assert!(ok, "{text}");
+    // An export from before leaves.bin verifies, and says what it could not check.
+    let old = tampered(&export_dir, "old-format");
+    std::fs::remove_file(old.join("leaves.bin")).expect("remove");
+    let (ok, text) = verify(&old, &vkey_text, Some(&pinned));
+    assert!(ok, "{text}");
+    assert!(text.contains("PASS leaves.bin not exported"), "{text}");
 
     let all = records(&export_dir);
     let size = all.len() as u64;
@@ -144,11 +150,18 @@ async fn exports_verify_offline_and_tampering_is_named() {
     let other = VerifierKey::ed25519(vkey.name().clone(), [7; 32]).to_string();
     assert_fails(verify(&export_dir, &other, None), "exported checkpoint (");
 
-    // One byte of an entry changed: the checkpoint does not match; the pinned one narrows it down.
+    // One byte of an entry changed: the checkpoint does not match, and the stored leaf hashes,
+    // which do, name the entry.
     let dir = tampered(&export_dir, "flipped");
     let mut changed = all.clone();
     flip_subject_byte(&mut changed[victim].1);
     write_records(&dir, &changed);
+    let altered = format!("entry {victim} was altered after it was logged");
+    assert_fails(verify(&dir, &vkey_text, None), &altered);
+    assert_fails(verify(&dir, &vkey_text, Some(&pinned)), &altered);
+    // An export without leaves.bin (an older one) can only say that the root differs; the pinned
+    // checkpoint narrows it down.
+    std::fs::remove_file(dir.join("leaves.bin")).expect("remove leaves.bin");
     assert_fails(
         verify(&dir, &vkey_text, None),
         &format!("exported checkpoint (size {size}) does not match the entries"),
@@ -156,6 +169,24 @@ async fn exports_verify_offline_and_tampering_is_named() {
     assert_fails(
         verify(&dir, &vkey_text, Some(&pinned)),
         &format!("the change is in entries {pinned_size}..{size}"),
+    );
+    // Stored leaves that do not lead to the signed root authenticate nothing.
+    let dir = tampered(&export_dir, "flipped-with-leaves");
+    write_records(&dir, &changed);
+    let mut leaves = std::fs::read(dir.join("leaves.bin")).expect("leaves.bin");
+    let last = leaves.len() - 1;
+    leaves[last] ^= 1;
+    std::fs::write(dir.join("leaves.bin"), &leaves).expect("write leaves.bin");
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        "do not lead to the checkpoint's root either",
+    );
+    // A stored leaf changed while the entries are intact: the store's tree was changed.
+    let dir = tampered(&export_dir, "leaf-changed");
+    std::fs::write(dir.join("leaves.bin"), &leaves).expect("write leaves.bin");
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        &format!("the stored tree's leaf {victim} (leaves.bin) differs from entry {victim}'s leaf hash"),
     );
 
     // An entry deleted from the middle.
@@ -178,7 +209,8 @@ async fn exports_verify_offline_and_tampering_is_named() {
         "entry index 2 at position 1, expected index 1",
     );
 
-    // Swapped with their indices rewritten to look contiguous: only the root can tell.
+    // Swapped with their indices rewritten to look contiguous: only the root can tell, and the
+    // stored leaves name the first of the two.
     let dir = tampered(&export_dir, "swapped-renumbered");
     let mut renumbered = swapped.clone();
     renumbered[1].0 = 1;
@@ -186,7 +218,7 @@ async fn exports_verify_offline_and_tampering_is_named() {
     write_records(&dir, &renumbered);
     assert_fails(
         verify(&dir, &vkey_text, None),
-        &format!("exported checkpoint (size {size}) does not match the entries"),
+        "entry 1 was altered after it was logged",
     );
 
     // An entry dated a year back (same length): named by the time check.
@@ -267,6 +299,6 @@ async fn exports_verify_offline_and_tampering_is_named() {
     export(&data_dir, &from_store, &vkey_text);
     assert_fails(
         verify(&from_store, &vkey_text, Some(&pinned)),
-        &format!("the change is in entries {pinned_size}..{size}"),
+        &format!("entry {victim} was altered after it was logged"),
     );
 }

@@ -72,12 +72,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Write the latest signed checkpoint and the entries it covers from the store (no HSM needed).
+    /// Write the latest signed checkpoint, the entries it covers and their stored leaf hashes from
+    /// the store (no HSM needed).
     Export {
         /// The serve config whose [store] holds the log.
         #[arg(long)]
         config: PathBuf,
-        /// The output directory (entries.bin, checkpoint.txt, vkey.txt).
+        /// The output directory (entries.bin, leaves.bin, checkpoint.txt, vkey.txt).
         #[arg(long)]
         out: PathBuf,
         /// The log's verifier key (text or a file holding it), copied to vkey.txt for the auditor.
@@ -246,6 +247,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.entries,
                 out.display()
             );
+            match summary.missing_leaf {
+                None => println!("  {}: the store's {} leaf hashes", export::LEAVES_FILE, summary.entries),
+                Some(index) => println!(
+                    "  {} not written: the store holds no leaf hash for entry {index} (verify cannot name a changed entry)",
+                    export::LEAVES_FILE
+                ),
+            }
             if !summary.vkey_written {
                 println!("  no --vkey given: vkey.txt not written");
             }
@@ -274,7 +282,7 @@ impl StoreTask for Migrated {
     }
 }
 
-/// `audit export`: the latest checkpoint and its entries, read from the store alone.
+/// `audit export`: the latest checkpoint, its entries and their leaf hashes, read from the store alone.
 struct Export<'a> {
     out: &'a Path,
     vkey: Option<&'a VerifierKey>,
@@ -283,7 +291,7 @@ struct Export<'a> {
 impl StoreTask for Export<'_> {
     type Output = export::ExportSummary;
 
-    async fn run<S: Store>(self, store: S) -> anyhow::Result<export::ExportSummary> {
+    async fn run<S: Store>(self, store: S) -> anyhow::Result<Self::Output> {
         Ok(export::export(&store, self.out, self.vkey).await?)
     }
 }
