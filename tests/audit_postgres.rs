@@ -1,4 +1,4 @@
-//! Offline audit of a PostgreSQL store: a replica's log exported with `audit export`, checked with `audit verify`, and rows changed, deleted, swapped or rolled back in the database detected.
+//! Offline audit of a PostgreSQL store: a replica's log exported with `audit export`, checked with `audit verify`, and rows changed, deleted, swapped, forged or rolled back in the database detected.
 //!
 //! One replica (`serve --config`) runs on a fresh database (`common::postgres`), issues
 //! certificates and refusals until a checkpoint covers them, and is stopped; that database is the
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::postgres::{ProvisionedCa, TestDatabase};
 use common::{DevServer, UserKey, UserKeyPair, audit_export, audit_verify, ca_info, issue};
+use sha2::{Digest, Sha256};
 use tonic::Code;
 
 /// The signed log every case starts from.
@@ -183,6 +184,33 @@ async fn signed_log() -> Fixture {
 /// reference their entries): the session's foreign-key triggers are off.
 const FOREIGN_KEYS_OFF: &str = "SET session_replication_role = replica;";
 
+/// SQL that forges, as someone with the database and not the CA would, a well-formed `kind` entry
+/// for `user` naming `key_sha256` into the outbox (no log index: the sequencer logs it), with a
+/// certificate row that matches it.
+fn forge(kind: &str, user: &str, key_sha256: &str) -> String {
+    let time = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    let serial = hex::encode(rand::random::<[u8; 16]>());
+    let certificate_der = b"not a certificate the CA signed";
+    let entry = format!(
+        "e2ee-ca audit entry v1\nkind {kind}\ntime {time}\nactor sync-server\nsubject {user}\nkey-sha256 {key_sha256}\n\
+         key-type ecdsa-p256\nserial {serial}\ncertificate-sha256 {}\nnonce {}\n",
+        hex::encode(Sha256::digest(certificate_der)),
+        hex::encode(rand::random::<[u8; 16]>()),
+    );
+    let entry = hex::encode(entry.as_bytes());
+    format!(
+        "WITH forged AS (
+             INSERT INTO audit_entries (entry, entry_hash, subject)
+             VALUES (decode('{entry}', 'hex'), sha256(decode('{entry}', 'hex')), '{user}') RETURNING id)
+         INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at, entry_id)
+         SELECT decode('{serial}', 'hex'), '{user}', decode('{key_sha256}', 'hex'), decode('{}', 'hex'), now(), now(), now(), id
+         FROM forged",
+        hex::encode(certificate_der)
+    )
+}
+
 /// SQL that flips one byte inside the `subject` line of the entry at `index` (same length, still UTF-8).
 fn flip_subject_byte(index: u64) -> String {
     format!(
@@ -199,16 +227,19 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
     let (early_size, size) = (fixture.early_size, fixture.size);
     assert_eq!((early_size, size), (4, 7));
 
-    // The untouched store exports a log that verifies, alone and against both pinned checkpoints.
+    // The untouched store exports a log that verifies, alone and against both pinned checkpoints:
+    // its key history replays.
     let case = fixture.case("clean").await;
     case.assert_exported();
     for pinned in [None, Some(fixture.early.as_path()), Some(fixture.latest.as_path())] {
         let (ok, text) = fixture.verify(&case.out, pinned, &[]);
         assert!(ok, "pinned {pinned:?}: {text}");
-        assert!(
-            text.contains(&format!("OK: the export of {size} entries verifies")),
-            "{text}"
-        );
+        for line in [
+            format!("OK: the export of {size} entries verifies"),
+            "users 3, pins 3, renewals 1, identity resets 0".to_owned(),
+        ] {
+            assert!(text.contains(&line), "{line:?} in {text}");
+        }
     }
 
     // One byte of a stored entry after it was checkpointed: the root differs, and the stored
@@ -279,6 +310,32 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
     .await;
     case.assert_exported();
     fixture.assert_verify_fails(&case.out, None, &[], "do not lead to the checkpoint's root either");
+
+    // Entries forged into the outbox behind the CA's back, with certificate rows that match them,
+    // and logged and signed by a running replica's sequencer: the replayed key history names them.
+    let attacker = UserKeyPair::generate(UserKey::EcP256).fingerprint();
+    for (name, kind, user, fragment) in [
+        (
+            "forged-issuance",
+            "issuance",
+            "alice",
+            format!("FAIL entry {size}: issuance pins key {attacker} for alice, who is already pinned to key"),
+        ),
+        (
+            "forged-renewal",
+            "renewal",
+            "bob",
+            format!("FAIL entry {size}: renewal for bob names key {attacker}, but bob's pinned key is"),
+        ),
+    ] {
+        let case = fixture.case(name).await;
+        let replica = DevServer::start_with_config(&case.config);
+        case.tamper(&forge(kind, user, &attacker)).await;
+        checkpoint_covering(&case.database, size + 1).await;
+        replica.stop();
+        case.assert_exported();
+        fixture.assert_verify_fails(&case.out, None, &[], &fragment);
+    }
 
     // An entry deleted from the middle: the export refuses, naming the short range. Pins and
     // certificates reference their entries, so the attacker (a superuser) switches off the foreign

@@ -323,6 +323,11 @@ fn verify(
                 println!("PASS {line}");
             }
             println!("OK: the export of {} entries verifies", report.size);
+            let history = report.history;
+            println!(
+                "  users {}, pins {}, renewals {}, identity resets {}, requests {} (approved {})",
+                history.users, history.pins, history.renewals, history.resets, history.requests, history.approvals
+            );
             Ok(())
         }
         Err(failure) => {

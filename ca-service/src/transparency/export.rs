@@ -16,6 +16,7 @@
 //! `leaves.bin` is newer than the other files, and the admin CLI's export (over the `Transparency`
 //! API) does not write it: the verifier checks what it finds and says what it could not check. What it checks is listed in `verify`'s docs; it needs no database and no HSM.
 
+mod replay;
 mod verify;
 
 use std::fs;
@@ -26,6 +27,7 @@ use tlog::key::VerifierKey;
 
 // The verifier's files are this module's children; what callers name is here, as
 // `export::verify` (main.rs, benches/audit_log.rs).
+pub use self::replay::{HistoryCounts, ReplayFailure};
 pub use self::verify::{ExportedEntry, StoredTree, VerifyFailure, VerifyOptions, VerifyReport, parse_entries, verify};
 use super::LogReader;
 use crate::storage::StoreError;
