@@ -228,7 +228,7 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
     assert_eq!((early_size, size), (4, 7));
 
     // The untouched store exports a log that verifies, alone and against both pinned checkpoints:
-    // its key history replays.
+    // its key history replays and its certificates match their entries.
     let case = fixture.case("clean").await;
     case.assert_exported();
     for pinned in [None, Some(fixture.early.as_path()), Some(fixture.latest.as_path())] {
@@ -237,6 +237,7 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         for line in [
             format!("OK: the export of {size} entries verifies"),
             "users 3, pins 3, renewals 1, identity resets 0".to_owned(),
+            "PASS certificates.bin: 4 stored certificates match the entries that record them".to_owned(),
         ] {
             assert!(text.contains(&line), "{line:?} in {text}");
         }
@@ -311,6 +312,33 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
     case.assert_exported();
     fixture.assert_verify_fails(&case.out, None, &[], "do not lead to the checkpoint's root either");
 
+    // One byte of a stored certificate: named by its serial and the entry that records it (bob's
+    // issuance, entry 2).
+    let case = fixture.case("certificate-changed").await;
+    let bob_serial: String = case
+        .database
+        .client()
+        .await
+        .query_one(
+            "SELECT encode(serial, 'hex') FROM certificates WHERE user_id = 'bob'",
+            &[],
+        )
+        .await
+        .expect("bob's certificate")
+        .get(0);
+    case.tamper(
+        "UPDATE certificates SET certificate_der = set_byte(certificate_der, 100, get_byte(certificate_der, 100) # 1)
+         WHERE user_id = 'bob'",
+    )
+    .await;
+    case.assert_exported();
+    fixture.assert_verify_fails(
+        &case.out,
+        None,
+        &[],
+        &format!("stored certificate {bob_serial} does not match entry 2, which records it: the SHA-256 of its DER"),
+    );
+
     // Entries forged into the outbox behind the CA's back, with certificate rows that match them,
     // and logged and signed by a running replica's sequencer: the replayed key history names them.
     let attacker = UserKeyPair::generate(UserKey::EcP256).fingerprint();
@@ -370,17 +398,14 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         "{text}"
     );
 
-    // The tail deleted and everything rolled back to the early checkpoint: entries, the pins and
-    // certificates they recorded, the subtrees over them, the head and the later checkpoints. The
-    // store is a consistent log of the early size, so its export verifies on its own; the
-    // auditor's later pinned checkpoint catches it.
+    // The log rolled back to the early checkpoint (entries, the subtrees over them, the head and
+    // the later checkpoints), the pins and certificates those entries recorded left in place: they
+    // are recorded by no entry of the exported log.
     let case = fixture.case("rolled-back").await;
     case.tamper(&format!(
         "BEGIN;
          {FOREIGN_KEYS_OFF}
          DELETE FROM audit_entries WHERE leaf_index >= {early_size};
-         DELETE FROM certificates WHERE entry_id NOT IN (SELECT id FROM audit_entries);
-         DELETE FROM identities WHERE pin_entry_id NOT IN (SELECT id FROM audit_entries);
          DELETE FROM audit_tree_nodes WHERE (node_index + 1) << level > {early_size};
          UPDATE audit_log_head SET size = checkpoint.size, root = checkpoint.root
            FROM audit_checkpoints AS checkpoint WHERE checkpoint.size = {early_size};
@@ -401,6 +426,23 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         i64::try_from(early_size).expect("small"),
         "the head was rolled back"
     );
+    case.assert_exported();
+    fixture.assert_verify_fails(
+        &case.out,
+        Some(&fixture.early),
+        &[],
+        "is recorded by no entry of the exported log (the store links it to no stored entry)",
+    );
+    // With them rolled back too, the store is a consistent log of the early size, so its export
+    // verifies on its own; the auditor's later pinned checkpoint catches it.
+    case.tamper(&format!(
+        "BEGIN;
+         {FOREIGN_KEYS_OFF}
+         DELETE FROM certificates WHERE entry_id NOT IN (SELECT id FROM audit_entries);
+         DELETE FROM identities WHERE pin_entry_id NOT IN (SELECT id FROM audit_entries);
+         COMMIT;"
+    ))
+    .await;
     case.assert_exported();
     let (ok, text) = fixture.verify(&case.out, Some(&fixture.early), &[]);
     assert!(ok, "a rollback to a signed size is consistent on its own: {text}");

@@ -1,4 +1,4 @@
-//! Offline audit end to end: `ca-service audit export` from a dev server's store, `audit verify` with no database or HSM, and tampered exports, forks, rollbacks, a tampered store, and forged entries detected; an entry altered after it was logged is named.
+//! Offline audit end to end: `ca-service audit export` from a dev server's store, `audit verify` with no database or HSM, and tampered exports, forks, rollbacks, a tampered store, forged entries and changed certificates detected.
 
 #![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
 
@@ -136,12 +136,15 @@ async fn exports_verify_offline_and_tampering_is_named() {
     assert!(text.contains("is consistent with the exported checkpoint"), "{text}");
     let (ok, text) = verify(&early, &vkey_text, Some(&pinned));
     assert!(ok, "{text}");
-    // An export from before leaves.bin verifies, and says what it could not check.
+    // An export from before leaves.bin and certificates.bin verifies, and says what it could not check.
     let old = tampered(&export_dir, "old-format");
-    std::fs::remove_file(old.join("leaves.bin")).expect("remove");
+    for file in ["leaves.bin", "certificates.bin"] {
+        std::fs::remove_file(old.join(file)).expect("remove");
+    }
     let (ok, text) = verify(&old, &vkey_text, Some(&pinned));
     assert!(ok, "{text}");
     assert!(text.contains("PASS leaves.bin not exported"), "{text}");
+    assert!(text.contains("certificates not exported"), "{text}");
 
     let all = records(&export_dir);
     let size = all.len() as u64;
@@ -329,7 +332,7 @@ fn forged_entry(kind: &str, user: &str, key_sha256: &str, serial: &[u8], certifi
 
 /// Forges, behind the running CA's back, a `kind` entry for `user` naming `key_sha256` into the
 /// outbox of the store in `data_dir` (no log index: the CA's sequencer logs and signs it), and a
-/// certificate row matching it, as a thorough forger would; returns the entry's row id.
+/// certificate row matching it; returns the entry's row id.
 fn forge(data_dir: &Path, kind: &str, user: &str, key_sha256: &str) -> i64 {
     let serial: [u8; 16] = rand::random();
     let certificate_der = b"not a certificate the CA signed".to_vec();
@@ -374,8 +377,15 @@ fn log_index(data_dir: &Path, entry_id: i64) -> u64 {
     u64::try_from(index).expect("an index")
 }
 
+/// Runs `sql` on the stopped store in `data_dir`, as an attacker with the database file would.
+fn tamper(data_dir: &Path, sql: &str, params: impl rusqlite::Params) {
+    let database = rusqlite::Connection::open(data_dir.join("ca.sqlite3")).expect("open store");
+    let changed = database.execute(sql, params).expect("tamper");
+    assert_eq!(changed, 1, "{sql}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_key_history_is_replayed_and_forged_entries_are_named() {
+async fn the_key_history_and_the_stored_certificates_are_checked_against_the_log() {
     let directory = tempfile::tempdir().expect("tempdir");
     let server = DevServer::start(directory.path(), "ecdsa-p256");
     let mut identity = server.client().await;
@@ -436,11 +446,62 @@ async fn the_key_history_is_replayed_and_forged_entries_are_named() {
     for line in [
         "PASS leaves.bin: the store's",
         "PASS key history replayed: 4 users pinned (4 issuances, 1 renewals, 1 identity resets",
+        "PASS certificates.bin: 6 stored certificates match the entries that record them",
         "users 4, pins 4, renewals 1, identity resets 1, requests 1 (approved 1)",
+        "certificates checked 6, beyond the checkpoint 0",
     ] {
         assert!(text.contains(line), "{line:?} in {text}");
     }
     let index = |issued: &e2ee_ca_proto::v1::IssueCertificateResponse| issued.log_entry.as_ref().expect("entry").index;
+
+    // One byte of a stored certificate changed: named by its serial and the entry recording it.
+    let case = directory.path().join("certificate-changed");
+    copy_dir(&data_dir, &case);
+    let serial = hex::decode(&carol.serial_hex).expect("hex");
+    let mut der: Vec<u8> = rusqlite::Connection::open(case.join("ca.sqlite3"))
+        .expect("open store")
+        .query_row(
+            "SELECT certificate_der FROM certificates WHERE serial = ?1",
+            [&serial],
+            |row| row.get(0),
+        )
+        .expect("carol's certificate");
+    der[100] ^= 1;
+    tamper(
+        &case,
+        "UPDATE certificates SET certificate_der = ?1 WHERE serial = ?2",
+        rusqlite::params![der, serial],
+    );
+    let out = directory.path().join("certificate-changed-export");
+    export(&case, &out, &vkey);
+    assert_fails(
+        verify(&out, &vkey, None),
+        &format!(
+            "stored certificate {} does not match entry {}, which records it: the SHA-256 of its DER",
+            carol.serial_hex,
+            index(&carol)
+        ),
+    );
+
+    // A stored certificate deleted (the reset's; the ones it revoked are held by their
+    // revocations): the entry recording it names it missing.
+    let case = directory.path().join("certificate-deleted");
+    copy_dir(&data_dir, &case);
+    tamper(
+        &case,
+        "DELETE FROM certificates WHERE serial = ?1",
+        [hex::decode(&reset.serial_hex).expect("hex")],
+    );
+    let out = directory.path().join("certificate-deleted-export");
+    export(&case, &out, &vkey);
+    assert_fails(
+        verify(&out, &vkey, None),
+        &format!(
+            "entry {} records certificate {} of alice, which the store does not hold: missing certificate",
+            index(&reset),
+            reset.serial_hex
+        ),
+    );
 
     // A forged issuance for alice with an attacker's key, logged and signed by the running CA:
     // a key change without an approved reset, though its certificate row matches it.

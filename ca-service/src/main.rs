@@ -72,13 +72,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Write the latest signed checkpoint, the entries it covers and their stored leaf hashes from
-    /// the store (no HSM needed).
+    /// Write the latest signed checkpoint, the entries it covers, their stored leaf hashes and the
+    /// stored certificates from the store (no HSM needed).
     Export {
         /// The serve config whose [store] holds the log.
         #[arg(long)]
         config: PathBuf,
-        /// The output directory (entries.bin, leaves.bin, checkpoint.txt, vkey.txt).
+        /// The output directory (entries.bin, leaves.bin, certificates.bin, checkpoint.txt, vkey.txt).
         #[arg(long)]
         out: PathBuf,
         /// The log's verifier key (text or a file holding it), copied to vkey.txt for the auditor.
@@ -240,7 +240,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out: &out,
                 vkey: vkey.as_ref(),
             };
-            let summary = runtime()?.block_on(store::with_store(&config.store_location()?, None, export))?;
+            let (summary, certificates) =
+                runtime()?.block_on(store::with_store(&config.store_location()?, None, export))?;
             println!(
                 "exported {} entries and the checkpoint of size {} to {}",
                 summary.entries,
@@ -254,6 +255,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     export::LEAVES_FILE
                 ),
             }
+            println!(
+                "  {}: {} stored certificates ({} recorded by entries beyond the checkpoint)",
+                export::CERTIFICATES_FILE,
+                certificates.certificates,
+                certificates.beyond_checkpoint
+            );
             if !summary.vkey_written {
                 println!("  no --vkey given: vkey.txt not written");
             }
@@ -282,17 +289,20 @@ impl StoreTask for Migrated {
     }
 }
 
-/// `audit export`: the latest checkpoint, its entries and their leaf hashes, read from the store alone.
+/// `audit export`: the latest checkpoint, its entries and leaf hashes, then the stored
+/// certificates, read from the store alone.
 struct Export<'a> {
     out: &'a Path,
     vkey: Option<&'a VerifierKey>,
 }
 
 impl StoreTask for Export<'_> {
-    type Output = export::ExportSummary;
+    type Output = (export::ExportSummary, export::CertificatesSummary);
 
     async fn run<S: Store>(self, store: S) -> anyhow::Result<Self::Output> {
-        Ok(export::export(&store, self.out, self.vkey).await?)
+        let summary = export::export(&store, self.out, self.vkey).await?;
+        let certificates = export::export_certificates(&store, self.out, summary.entries).await?;
+        Ok((summary, certificates))
     }
 }
 
@@ -328,6 +338,13 @@ fn verify(
                 "  users {}, pins {}, renewals {}, identity resets {}, requests {} (approved {})",
                 history.users, history.pins, history.renewals, history.resets, history.requests, history.approvals
             );
+            match report.certificates {
+                Some(counts) => println!(
+                    "  certificates checked {}, beyond the checkpoint {}",
+                    counts.checked, counts.beyond_checkpoint
+                ),
+                None => println!("  certificates not exported"),
+            }
             Ok(())
         }
         Err(failure) => {

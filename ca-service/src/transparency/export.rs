@@ -9,17 +9,27 @@
 //!   same indices: the line `e2ee-ca log leaves v1\n`, then 32 bytes per index, in index order.
 //!   Not written when the store lacks one (the export says which). It lets the verifier name the
 //!   entry whose bytes changed after they were logged (see `verify`).
+//! - `certificates.bin`: every certificate the store holds, in serial order: the line
+//!   `e2ee-ca certificates v1\n`, then per certificate the state of the entry the store says records
+//!   it (1 byte: 0 no stored entry, 1 not sequenced yet, 2 sequenced) and that entry's log index
+//!   (8 bytes, big-endian; 0 unless sequenced), the serial (2-byte big-endian length, then the
+//!   bytes), the user id (2-byte length, UTF-8), the certified key's SHA-256 (32 bytes) and the
+//!   certificate (4-byte length, DER). Written by `export_certificates`, after the entries, so every
+//!   certificate an exported entry records is in it (certificates are never deleted).
 //! - `checkpoint.txt`: the latest signed checkpoint, verbatim (a C2SP signed note).
 //! - `vkey.txt`: the log's verifier key, when the exporter was given it. Informational only: the
 //!   verifier trusts the key the auditor passes (`--trusted-key`), never this file.
 //!
-//! `leaves.bin` is newer than the other files, and the admin CLI's export (over the `Transparency`
-//! API) does not write it: the verifier checks what it finds and says what it could not check. What it checks is listed in `verify`'s docs; it needs no database and no HSM.
+//! `leaves.bin` and `certificates.bin` are newer than the other files, and the admin CLI's export
+//! (over the `Transparency` API) writes neither: the verifier checks what it finds and says what it
+//! could not check. What it checks is listed in `verify`'s docs; it needs no database and no HSM.
 
+mod certificates;
 mod replay;
 mod verify;
 
 use std::fs;
+use std::future::Future;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -27,15 +37,19 @@ use tlog::key::VerifierKey;
 
 // The verifier's files are this module's children; what callers name is here, as
 // `export::verify` (main.rs, benches/audit_log.rs).
+pub use self::certificates::{CertificateCounts, CertificateFailure};
 pub use self::replay::{HistoryCounts, ReplayFailure};
 pub use self::verify::{ExportedEntry, StoredTree, VerifyFailure, VerifyOptions, VerifyReport, parse_entries, verify};
 use super::LogReader;
+use crate::identity::{KeyFingerprint, SerialNumber, UserId};
 use crate::storage::StoreError;
 
 /// The entries file of an export.
 pub const ENTRIES_FILE: &str = "entries.bin";
 /// The stored leaf hashes of an export.
 pub const LEAVES_FILE: &str = "leaves.bin";
+/// The stored certificates of an export.
+pub const CERTIFICATES_FILE: &str = "certificates.bin";
 /// The checkpoint file of an export.
 pub const CHECKPOINT_FILE: &str = "checkpoint.txt";
 /// The (informational) verifier key file of an export.
@@ -44,9 +58,112 @@ pub const VKEY_FILE: &str = "vkey.txt";
 pub const ENTRIES_MAGIC: &[u8] = b"e2ee-ca log entries v1\n";
 /// The first line of `leaves.bin`.
 pub const LEAVES_MAGIC: &[u8] = b"e2ee-ca log leaves v1\n";
+/// The first line of `certificates.bin`.
+pub const CERTIFICATES_MAGIC: &[u8] = b"e2ee-ca certificates v1\n";
 
 /// Entries (and leaf hashes) read from the store per query.
 const EXPORT_CHUNK: u64 = 1024;
+/// Certificates read from the store per query.
+const CERTIFICATE_PAGE: usize = 512;
+
+/// What `audit export` reads of the stored certificates, besides the log. Implementations:
+/// `store::sqlite::export` and `store::postgres::export`.
+///
+/// Contract: `certificates_after(after, limit)` returns at most `limit` stored certificates whose
+/// serial sorts bytewise after `after` (every one when `None`), in ascending serial order, each as
+/// committed, with the log position of the entry its row references. Certificates are never
+/// deleted, so the pages together hold every certificate committed before the first page was read.
+/// A row no correct write could store (a key fingerprint that is not 32 bytes, an invalid user id)
+/// is `StoreError::Corrupt` naming its serial.
+pub trait CertificateExport: Send + Sync + 'static {
+    /// One page of certificates in serial order (see the contract).
+    fn certificates_after(
+        &self,
+        after: Option<SerialNumber>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ExportedCertificate>, StoreError>> + Send;
+}
+
+/// A stored certificate as exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedCertificate {
+    /// Its serial (the table's key).
+    pub serial: SerialNumber,
+    /// Whose it is, as stored.
+    pub user_id: UserId,
+    /// The certified key's fingerprint, as stored.
+    pub key_fingerprint: KeyFingerprint,
+    /// The certificate, DER, as stored.
+    pub certificate_der: Vec<u8>,
+    /// The entry the row references.
+    pub entry: EntryLink,
+}
+
+impl ExportedCertificate {
+    /// Builds one from a store's columns: serial, user id, key fingerprint, DER, and the entry the
+    /// row references (`None`: no stored entry; `Some(None)`: not sequenced yet; `Some(Some(i))`:
+    /// log index `i`). A value no correct write could store is `StoreError::Corrupt` naming the
+    /// serial (a row codec both stores share, beside the type it builds).
+    pub fn from_columns(
+        serial: Vec<u8>,
+        user_id: &str,
+        key_fingerprint: &[u8],
+        certificate_der: Vec<u8>,
+        entry: Option<Option<i64>>,
+    ) -> Result<ExportedCertificate, StoreError> {
+        let serial = SerialNumber::from_bytes(serial);
+        let corrupt = |what: &str| StoreError::Corrupt(format!("stored certificate {}: {what}", serial.to_hex()));
+        let user_id = UserId::parse(user_id).map_err(|_| corrupt("the user id is invalid"))?;
+        let key_fingerprint = KeyFingerprint::from_bytes(key_fingerprint)
+            .ok_or_else(|| corrupt("the key fingerprint is not 32 bytes"))?;
+        let entry = match entry {
+            None => EntryLink::Missing,
+            Some(None) => EntryLink::Pending,
+            Some(Some(index)) => {
+                EntryLink::Logged(u64::try_from(index).map_err(|_| corrupt("its entry's log index is negative"))?)
+            }
+        };
+        Ok(ExportedCertificate {
+            serial,
+            user_id,
+            key_fingerprint,
+            certificate_der,
+            entry,
+        })
+    }
+}
+
+/// Where the entry a stored certificate references stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryLink {
+    /// The row references no stored entry.
+    Missing,
+    /// The entry is in the outbox, without a log index yet.
+    Pending,
+    /// The entry's log index.
+    Logged(u64),
+}
+
+impl EntryLink {
+    /// Whether the entry lies outside a log of `size` entries (not sequenced, or sequenced later).
+    pub fn beyond(self, size: u64) -> bool {
+        match self {
+            EntryLink::Missing => false,
+            EntryLink::Pending => true,
+            EntryLink::Logged(index) => index >= size,
+        }
+    }
+}
+
+impl std::fmt::Display for EntryLink {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntryLink::Missing => formatter.write_str("no stored entry"),
+            EntryLink::Pending => formatter.write_str("an entry not sequenced yet"),
+            EntryLink::Logged(index) => write!(formatter, "entry {index}"),
+        }
+    }
+}
 
 /// Why an export could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +188,12 @@ pub enum ExportError {
     /// An entry does not fit the 4-byte length prefix.
     #[error("entry {0} is longer than 4 GiB")]
     EntryTooLong(u64),
+    /// A certificate's serial or DER does not fit its length prefix.
+    #[error("stored certificate {0}: its serial or DER is too long for {CERTIFICATES_FILE}")]
+    CertificateTooLong(String),
+    /// The store returned certificates out of serial order (its pages would skip or repeat rows).
+    #[error("the store returned certificate {0} out of serial order")]
+    CertificatesUnordered(String),
     /// The output directory could not be written.
     #[error("cannot write {path}")]
     Io {
@@ -91,6 +214,16 @@ pub struct ExportSummary {
     pub missing_leaf: Option<u64>,
     /// Whether `vkey.txt` was written.
     pub vkey_written: bool,
+}
+
+/// What `export_certificates` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificatesSummary {
+    /// Certificates written.
+    pub certificates: u64,
+    /// Of those, the ones whose entry lies beyond the exported checkpoint (or has no index yet):
+    /// the verifier cannot check them against this export.
+    pub beyond_checkpoint: u64,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
@@ -146,7 +279,8 @@ fn remove_stale(path: &Path) -> Result<(), ExportError> {
 }
 
 /// Writes the latest signed checkpoint, the entries it covers, their stored leaf hashes and (if
-/// given) the vkey into `dir` (created if missing; existing export files are replaced).
+/// given) the vkey into `dir` (created if missing; existing export files are replaced, and a
+/// `certificates.bin` of an earlier export is removed: `export_certificates` writes this one's).
 pub async fn export<L: LogReader>(
     store: &L,
     dir: &Path,
@@ -154,6 +288,7 @@ pub async fn export<L: LogReader>(
 ) -> Result<ExportSummary, ExportError> {
     let checkpoint = store.latest_checkpoint().await?.ok_or(ExportError::NoCheckpoint)?;
     fs::create_dir_all(dir).map_err(io_error(dir))?;
+    remove_stale(&dir.join(CERTIFICATES_FILE))?;
     let mut entries = ExportFile::create(dir, ENTRIES_FILE, ENTRIES_MAGIC)?;
     let mut start = 0u64;
     while start < checkpoint.size {
@@ -213,4 +348,67 @@ async fn export_leaves<L: LogReader>(store: &L, dir: &Path, size: u64) -> Result
     }
     leaves.finish()?;
     Ok(None)
+}
+
+/// Writes `certificates.bin` into `dir`: every stored certificate, paged by serial (bounded memory),
+/// counting those whose entry lies beyond a checkpoint of `checkpoint_size` entries. Run after
+/// `export`, so that every certificate an exported entry records is included.
+pub async fn export_certificates<C: CertificateExport>(
+    store: &C,
+    dir: &Path,
+    checkpoint_size: u64,
+) -> Result<CertificatesSummary, ExportError> {
+    let mut file = ExportFile::create(dir, CERTIFICATES_FILE, CERTIFICATES_MAGIC)?;
+    let mut summary = CertificatesSummary {
+        certificates: 0,
+        beyond_checkpoint: 0,
+    };
+    let mut after: Option<SerialNumber> = None;
+    loop {
+        let page = store.certificates_after(after.clone(), CERTIFICATE_PAGE).await?;
+        let full = page.len() == CERTIFICATE_PAGE;
+        for certificate in page {
+            if after
+                .as_ref()
+                .is_some_and(|previous| previous.as_bytes() >= certificate.serial.as_bytes())
+            {
+                return Err(ExportError::CertificatesUnordered(certificate.serial.to_hex()));
+            }
+            file.write(&encode_certificate(&certificate)?)?;
+            summary.certificates += 1;
+            if certificate.entry.beyond(checkpoint_size) {
+                summary.beyond_checkpoint += 1;
+            }
+            after = Some(certificate.serial);
+        }
+        if !full {
+            break;
+        }
+    }
+    file.finish()?;
+    Ok(summary)
+}
+
+/// One record of `certificates.bin` (see the module docs).
+fn encode_certificate(certificate: &ExportedCertificate) -> Result<Vec<u8>, ExportError> {
+    let too_long = || ExportError::CertificateTooLong(certificate.serial.to_hex());
+    let serial = certificate.serial.as_bytes();
+    let user = certificate.user_id.as_str().as_bytes();
+    let der = &certificate.certificate_der;
+    let (state, index) = match certificate.entry {
+        EntryLink::Missing => (0u8, 0u64),
+        EntryLink::Pending => (1, 0),
+        EntryLink::Logged(index) => (2, index),
+    };
+    let mut record = Vec::with_capacity(9 + 2 + serial.len() + 2 + user.len() + 32 + 4 + der.len());
+    record.push(state);
+    record.extend_from_slice(&index.to_be_bytes());
+    record.extend_from_slice(&u16::try_from(serial.len()).map_err(|_| too_long())?.to_be_bytes());
+    record.extend_from_slice(serial);
+    record.extend_from_slice(&u16::try_from(user.len()).map_err(|_| too_long())?.to_be_bytes());
+    record.extend_from_slice(user);
+    record.extend_from_slice(certificate.key_fingerprint.as_bytes());
+    record.extend_from_slice(&u32::try_from(der.len()).map_err(|_| too_long())?.to_be_bytes());
+    record.extend_from_slice(der);
+    Ok(record)
 }

@@ -3,22 +3,24 @@
 //! The checks, in the order their failures are reported:
 //! 1. the exported checkpoint verifies under the trusted key (its origin is the key's name); a
 //!    pinned earlier checkpoint verifies too and is not larger (a rollback);
-//! 2. per record of `entries.bin`: the indices are 0, 1, 2, … without a gap, and the entry's `time`
+//! 2. `certificates.bin`, if present, is well formed (read first, into a table by serial);
+//! 3. per record of `entries.bin`: the indices are 0, 1, 2, … without a gap, and the entry's `time`
 //!    does not go back by more than the tolerance;
-//! 3. the checkpoint's size is the number of entries, and the RFC 6962 root recomputed from them
+//! 4. the checkpoint's size is the number of entries, and the RFC 6962 root recomputed from them
 //!    (`tlog::merkle::Frontier`) is the checkpoint's root. If it is not and `leaves.bin` is
 //!    present, the stored leaf hashes tell which entry changed: when their root is the signed one,
 //!    they are authenticated, and the first index where an entry's leaf hash differs from the
 //!    stored one is the entry altered after it was logged. When the roots match, the stored leaves
 //!    must equal the entries' (else the store's tree was changed);
-//! 4. a pinned checkpoint is a prefix of the recomputed tree (the root over its first `size`
+//! 5. a pinned checkpoint is a prefix of the recomputed tree (the root over its first `size`
 //!    entries is its root: the consistency proof computed from the leaves would show no more);
-//! 5. every entry parses, and the key history replays (`replay`).
+//! 6. every entry parses, and the key history replays (`replay`);
+//! 7. every stored certificate matches the entry that records it (`certificates`).
 //!
-//! The failures of 5 are found during the same pass but reported after 3 and 4, so that an entry
-//! changed in the export is named as changed, not as whatever its new bytes claim.
+//! The failures of 6 and 7 are found during the same pass but reported after 4 and 5, so that an
+//! entry changed in the export is named as changed, not as whatever its new bytes claim.
 //!
-//! Memory: the replay's per-user state; one entry at a time.
+//! Memory: the replay's per-user state and the certificate table; one entry at a time.
 
 use std::fs;
 use std::io::{BufReader, Read};
@@ -32,8 +34,9 @@ use tlog::key::VerifierKey;
 use tlog::merkle::{Frontier, Hash, leaf_hash};
 use tlog::note::{NoteError, SignedNote};
 
+use super::certificates::{CertificateCounts, CertificateFailure, CertificateTable};
 use super::replay::{HistoryCounts, Replay, ReplayFailure};
-use super::{CHECKPOINT_FILE, ENTRIES_FILE, ENTRIES_MAGIC, LEAVES_FILE, LEAVES_MAGIC};
+use super::{CERTIFICATES_FILE, CHECKPOINT_FILE, ENTRIES_FILE, ENTRIES_MAGIC, LEAVES_FILE, LEAVES_MAGIC};
 use crate::audit::{EntryParseError, ParsedEntry};
 
 /// One exported entry as read back.
@@ -226,6 +229,23 @@ pub enum VerifyFailure {
     /// The key history does not replay (boxed: the largest failure, and the rarest).
     #[error(transparent)]
     History(#[from] Box<ReplayFailure>),
+    /// `certificates.bin` does not start with its format line.
+    #[error(
+        "{CERTIFICATES_FILE} does not start with the format line {:?}",
+        String::from_utf8_lossy(super::CERTIFICATES_MAGIC)
+    )]
+    CertificatesBadMagic,
+    /// A record of `certificates.bin` is malformed.
+    #[error("{CERTIFICATES_FILE}: the record at position {position} is malformed: {what}")]
+    CertificatesMalformed {
+        /// 0-based position of the record in the file.
+        position: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// The stored certificates do not match the log.
+    #[error(transparent)]
+    Certificate(#[from] CertificateFailure),
 }
 
 /// What the auditor supplies.
@@ -250,6 +270,8 @@ pub struct VerifyReport {
     pub passed: Vec<String>,
     /// What the key-history replay saw.
     pub history: HistoryCounts,
+    /// The certificate check's counts; `None` when the export has no `certificates.bin`.
+    pub certificates: Option<CertificateCounts>,
     /// Whether the export had `leaves.bin` (and its leaves equal the entries').
     pub leaves_checked: bool,
 }
@@ -262,7 +284,7 @@ fn io_failure(path: &Path) -> impl FnOnce(std::io::Error) -> VerifyFailure + '_ 
 }
 
 /// Reads from `reader` until `buffer` is full or the file ends; returns how many bytes it read.
-fn fill(reader: &mut impl Read, buffer: &mut [u8], path: &Path) -> Result<usize, VerifyFailure> {
+pub(super) fn fill(reader: &mut impl Read, buffer: &mut [u8], path: &Path) -> Result<usize, VerifyFailure> {
     let mut filled = 0;
     while filled < buffer.len() {
         match reader.read(&mut buffer[filled..]) {
@@ -511,11 +533,13 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, Verif
         None => None,
     };
 
+    let mut certificates = CertificateTable::read(dir)?;
     let mut leaves = StoredLeaves::open(dir)?;
     let mut records = EntryRecords::open(&dir.join(ENTRIES_FILE))?;
     let mut replay = Replay::new(options.time_tolerance);
-    // The first failure of the replay: reported after the root.
+    // The first failure of the replay and of the certificate check: reported after the root.
     let mut history_failure: Option<VerifyFailure> = None;
+    let mut certificate_failure: Option<CertificateFailure> = None;
     let mut frontier = Frontier::new();
     let mut root_at_pinned = None;
     let mut latest: Option<(u64, OffsetDateTime)> = None;
@@ -550,7 +574,8 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, Verif
             leaves.compare(index, &leaf)?;
         }
 
-        if history_failure.is_some() {
+        let certificates_pending = certificates.is_some() && certificate_failure.is_none();
+        if history_failure.is_some() && !certificates_pending {
             continue;
         }
         let parsed = match ParsedEntry::parse(&entry.bytes) {
@@ -560,8 +585,15 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, Verif
                 continue;
             }
         };
-        if let Err(failure) = replay.apply(index, &parsed) {
+        if history_failure.is_none()
+            && let Err(failure) = replay.apply(index, &parsed)
+        {
             history_failure = Some(Box::new(failure).into());
+        }
+        if let Some(table) = certificates.as_mut().filter(|_| certificate_failure.is_none())
+            && let Err(failure) = table.check_entry(index, &parsed)
+        {
+            certificate_failure = Some(failure);
         }
     }
     let entries = records.position;
@@ -655,10 +687,30 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> Result<VerifyReport, Verif
         history.users, history.pins, history.renewals, history.resets
     ));
 
+    let certificates = match certificates {
+        Some(table) => {
+            if let Some(failure) = certificate_failure {
+                return Err(failure.into());
+            }
+            let counts = table.finish(size)?;
+            passed.push(format!(
+                "{CERTIFICATES_FILE}: {} stored certificates match the entries that record them (user, serial, key, SHA-256 of the DER); {} recorded beyond the exported checkpoint, not checked yet",
+                counts.checked, counts.beyond_checkpoint
+            ));
+            Some(counts)
+        }
+        None => {
+            passed.push(format!(
+                "certificates not exported (no {CERTIFICATES_FILE}): the stored certificates were not checked"
+            ));
+            None
+        }
+    };
     Ok(VerifyReport {
         size,
         passed,
         history,
+        certificates,
         leaves_checked,
     })
 }
