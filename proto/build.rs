@@ -1,4 +1,4 @@
-//! Compiles proto/e2ee/ca/v1 with protox (pure Rust, no system protoc) and generates tonic code.
+//! Compiles proto/e2ee/ca/v1 with protox (pure Rust, no system protoc) and generates tonic code with our codec.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -17,6 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("e2ee_ca_v1_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptor_set),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptor_set)?;
+    // Every service and client decodes with `codec::ProtoCodec`: bytes that are not the expected
+    // message are INVALID_ARGUMENT (tonic's prost codec answers INTERNAL).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ProtoCodec")
+        .compile_fds(descriptor_set)?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use ca_service::clock::Clock;
 use ca_service::config::CeremonyConfig;
 use ca_service::hsm::{Hsm, KeyAlgorithm, Signer};
+use ca_service::issuer::refusals::{RefusalLimits, RefusalSummaries};
 use ca_service::issuer::{
     CaCertificate, IssueError, IssueRequest, Issued, Issuer, IssuerParts, LogWait, Profile, SigningQueue,
 };
@@ -155,6 +156,7 @@ fn the_rate_limit_window_and_the_validity_follow_the_clock_passed_in(hsm: &Hsm, 
                 clock: Arc::clone(&clock) as Arc<dyn Clock>,
                 signing: Arc::new(SigningQueue::new(hsm.pool_size())),
                 crl_refresh: None,
+                refusals: Arc::new(RefusalSummaries::new(RefusalLimits::default())),
             },
             Arc::clone(&store),
         )

@@ -625,7 +625,7 @@ async fn migrate_applies_once_and_an_unreachable_database_stops_startup_fast() {
             .expect("run migrate");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        assert!(stdout.contains("schema version 4"), "{stdout}");
+        assert!(stdout.contains("schema version 5"), "{stdout}");
     }
     let versions: Vec<i64> = database
         .client()

@@ -45,6 +45,9 @@ pub enum AuditKind {
     IdentityReset,
     /// Certificates revoked by an admin (`serials` or their digest, `revocation-reason`).
     Revocation,
+    /// One caller's refusals past the per-window bound, counted rather than logged one by one
+    /// (`issuer::refusals`): the window, the count by reason class, the distinct subjects.
+    RefusalsSummarized,
 }
 
 impl AuditKind {
@@ -68,6 +71,7 @@ impl AuditKind {
             AuditKind::RequestApproved => "request-approved",
             AuditKind::IdentityReset => "identity-reset",
             AuditKind::Revocation => "revocation",
+            AuditKind::RefusalsSummarized => "refusals-summarized",
         }
     }
 }

@@ -119,6 +119,9 @@ fn signing_error(signer: &LeaseSigner<'_>, what: &str, error: rcgen::Error) -> a
 
 async fn self_signed(signer: &Signer, subject: &SubjectSection, days: u32) -> anyhow::Result<String> {
     let mut params = ca_params(subject, signer.key());
+    // RFC 5280 lets a self-signed certificate omit the AKI; path builders and linters (pkilint's
+    // issuer/subject check) expect it, equal to the SKI.
+    params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + time::Duration::days(i64::from(days));
@@ -129,7 +132,8 @@ async fn self_signed(signer: &Signer, subject: &SubjectSection, days: u32) -> an
                 .self_signed(signer)
                 .map_err(|error| signing_error(signer, "CA certificate", error))?;
             // The signer verified its signature; the certificate must carry exactly that.
-            crate::issuer::check_certificate(certificate.der(), signer.key().algorithm(), signer.take_signed())
+            let key = signer.key();
+            crate::issuer::check_certificate(certificate.der(), key.spki_der(), key.algorithm(), signer.take_signed())
                 .context("the new CA certificate does not carry the signature the HSM made and the CA key verified")?;
             Ok(certificate.pem())
         })

@@ -438,6 +438,9 @@ pub struct ServeConfig {
     /// The Admin service's dual-control requests (defaults apply when absent).
     #[serde(default)]
     pub admin: AdminSection,
+    /// The Transparency service's export limits (defaults apply when absent).
+    #[serde(default)]
+    pub transparency: TransparencySection,
 }
 
 /// `[crl]`: how often the CA signs a CRL, and for how long each is valid.
@@ -527,6 +530,71 @@ impl Default for AdminSection {
     }
 }
 
+/// True for a loopback address (`127.0.0.0/8`, `::1`): where plaintext may be served. An
+/// IPv4-mapped form (`::ffff:127.0.0.1`) is refused rather than interpreted: write `127.0.0.1`.
+pub fn is_loopback(address: std::net::IpAddr) -> bool {
+    match address {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => false,
+        other => other.is_loopback(),
+    }
+}
+
+/// `[transparency]`: how many `ExportEntries` streams one replica serves at once, and how long
+/// one may stall. A stalled stream holds about two 32 KiB messages of the server's memory
+/// (`api::transparency`; 142 KiB a stream measured, with the buffers its connection grew), so the
+/// cap bounds what stalled readers can pin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransparencySection {
+    /// `ExportEntries` streams served at once (default 32); one more is answered
+    /// RESOURCE_EXHAUSTED. A place is freed when a stream ends, its reader goes away, or it idles
+    /// for `export_idle_seconds`.
+    #[serde(default = "TransparencySection::default_max_streams")]
+    pub max_export_streams: usize,
+    /// A stream whose reader takes no message for this long, in seconds, is ended with
+    /// DEADLINE_EXCEEDED and its place freed (default 30); the reader exports again from the first
+    /// index it lacks.
+    #[serde(default = "TransparencySection::default_idle")]
+    pub export_idle_seconds: u64,
+}
+
+impl TransparencySection {
+    fn default_max_streams() -> usize {
+        32
+    }
+
+    fn default_idle() -> u64 {
+        30
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=4096).contains(&self.max_export_streams) {
+            bail!("transparency.max_export_streams must be between 1 and 4096");
+        }
+        if !(1..=3600).contains(&self.export_idle_seconds) {
+            bail!("transparency.export_idle_seconds must be between 1 and 3600");
+        }
+        Ok(())
+    }
+
+    /// The export limits the Transparency service enforces.
+    pub fn export_limits(&self) -> crate::api::transparency::ExportLimits {
+        crate::api::transparency::ExportLimits {
+            max_streams: self.max_export_streams,
+            idle: Duration::from_secs(self.export_idle_seconds),
+        }
+    }
+}
+
+impl Default for TransparencySection {
+    fn default() -> TransparencySection {
+        TransparencySection {
+            max_export_streams: TransparencySection::default_max_streams(),
+            export_idle_seconds: TransparencySection::default_idle(),
+        }
+    }
+}
+
 impl ServeConfig {
     /// Reads, resolves and validates a serve config.
     pub fn load(path: &Path) -> anyhow::Result<ServeConfig> {
@@ -557,6 +625,7 @@ impl ServeConfig {
         self.hsm.validate()?;
         self.crl.validate()?;
         self.admin.validate()?;
+        self.transparency.validate()?;
         self.check_listener()?;
         self.validate_principals()?;
         if self.ca.key_label.is_empty() {
@@ -587,12 +656,13 @@ impl ServeConfig {
         self.check_listener()
     }
 
-    /// mTLS, or plaintext only when asked for on loopback.
+    /// mTLS, or plaintext only when asked for on loopback (`Service::run` checks the address
+    /// actually bound again).
     fn check_listener(&self) -> anyhow::Result<()> {
         match (&self.tls, self.allow_plaintext) {
             (Some(tls), false) => tls.validate(),
             (Some(_), true) => bail!("allow_plaintext = true contradicts [tls]: remove one of them"),
-            (None, true) if self.listen.ip().is_loopback() => Ok(()),
+            (None, true) if is_loopback(self.listen.ip()) => Ok(()),
             (None, true) => bail!(
                 "allow_plaintext = true is allowed on a loopback address only (listen = {}): configure [tls] \
                  to serve mTLS on this address, or put a TLS-terminating proxy on the same host and listen on \
@@ -1091,6 +1161,32 @@ fingerprint_sha256 = "AB:cd:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:0
         ];
         for (text, expected) in cases {
             let error = format!("{:#}", load(&text).expect_err("must be refused"));
+            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+        }
+    }
+
+    #[test]
+    fn transparency_sections_are_validated() {
+        let config = load(VALID).expect("valid");
+        let limits = config.transparency.export_limits();
+        assert_eq!((limits.max_streams, limits.idle), (32, Duration::from_secs(30)));
+        let set = load(&format!(
+            "{VALID}[transparency]\nmax_export_streams = 200\nexport_idle_seconds = 5\n"
+        ))
+        .expect("valid");
+        assert_eq!(set.transparency.export_limits().max_streams, 200);
+        assert_eq!(set.transparency.export_limits().idle, Duration::from_secs(5));
+        for (section, expected) in [
+            ("max_export_streams = 0", "transparency.max_export_streams"),
+            ("max_export_streams = 5000", "transparency.max_export_streams"),
+            ("export_idle_seconds = 0", "transparency.export_idle_seconds"),
+            ("export_idle_seconds = 86400", "transparency.export_idle_seconds"),
+            ("export_buffer = 1", "unknown field"),
+        ] {
+            let error = format!(
+                "{:#}",
+                load(&format!("{VALID}[transparency]\n{section}\n")).expect_err("must be refused")
+            );
             assert!(error.contains(expected), "{error:?} should mention {expected:?}");
         }
     }

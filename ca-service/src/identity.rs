@@ -2,40 +2,200 @@
 
 use std::fmt;
 
+use precis_core::profile::Profile;
+use precis_profiles::UsernameCasePreserved;
 use sha2::{Digest, Sha256};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
 
-/// Longest accepted user id, in bytes.
+/// Longest accepted user id, in characters: X.520's ub-common-name, since the id is the subject CN
+/// of the user's certificate (RFC 5280, appendix A.1).
+pub const MAX_USER_ID_CHARS: usize = 64;
+
+/// Longest user id the earlier rule accepted, in bytes: what `UserId::from_stored` still takes.
 pub const MAX_USER_ID_BYTES: usize = 255;
 
-/// A user id: 1 to 255 bytes of UTF-8 with no control characters.
+/// A user id: the Nextcloud user id, and the subject CN of the user's certificates.
+///
+/// The syntax, checked by `parse` in this order, each refusal naming the rule and a code point,
+/// never echoing the input:
+/// 1. 1 to 64 characters (X.520's ub-common-name).
+/// 2. No control (Cc) or format (Cf) character: no bidirectional control (U+202E and the other
+///    embeddings, overrides, isolates and marks), no zero-width space, joiner or non-joiner, no BOM,
+///    no soft hyphen, no tag character.
+/// 3. No line or paragraph separator (U+2028, U+2029), and no space but U+0020, which may only
+///    separate two non-empty parts: no leading, trailing or doubled space, no id of spaces only.
+/// 4. In Unicode Normalization Form C: a decomposed `ë` is refused, not silently composed, so that
+///    two byte strings never name one user.
+/// 5. Each space-separated part satisfies PRECIS UsernameCasePreserved (RFC 8265 section 3.4, whose
+///    section 3.1 allows such parts) unchanged by its enforcement: IdentifierClass characters only
+///    (letters and digits, ASCII punctuation; no symbols, emoji, non-ASCII punctuation or
+///    compatibility characters such as fullwidth letters, which width mapping would rewrite), the
+///    context rules, and the bidi rule of RFC 5893.
+/// 6. Each label (a run between spaces and ASCII punctuation, as in `first.last@example.com`) holds
+///    characters of UTS #39's General Security Profile only, in one script or a CJK combination
+///    (the "highly restrictive" level): a Cyrillic `а` among Latin letters is refused.
+///
+/// Case is preserved and significant (`Alice` and `alice` are two ids), as in Nextcloud, whose user
+/// ids keep the case they were created with; whole-script look-alikes (an id entirely in Cyrillic
+/// that reads as a Latin one) and ASCII look-alikes (`l` and `1`) are not detected: that would need
+/// a skeleton index in the stores.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(String);
 
-/// Why a user id was refused.
+/// A character as refusals name it: `U+202E`, never the character itself (which may reorder or
+/// hide the rest of the message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodePoint(pub char);
+
+impl fmt::Display for CodePoint {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "U+{:04X}", u32::from(self.0))
+    }
+}
+
+/// Why a user id was refused. Positions count characters from 1.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UserIdError {
     /// The id is empty.
     #[error("user_id is empty")]
     Empty,
-    /// The id is longer than 255 bytes.
-    #[error("user_id is {0} bytes long; the limit is 255")]
+    /// The id is longer than 64 characters.
+    #[error(
+        "user_id is {0} characters long; the limit is {MAX_USER_ID_CHARS} (X.520's bound on a certificate's common name)"
+    )]
     TooLong(usize),
-    /// The id contains a control character.
-    #[error("user_id contains a control character at byte {0}")]
-    ControlCharacter(usize),
+    /// The id contains a control character (Cc).
+    #[error("user_id contains the control character {1} at character {0}")]
+    ControlCharacter(usize, CodePoint),
+    /// The id contains a bidirectional control, which changes how the id is displayed.
+    #[error("user_id contains the bidirectional control {1} at character {0}")]
+    BidiControl(usize, CodePoint),
+    /// The id contains another format character (Cf): zero-width, BOM, soft hyphen, tag.
+    #[error("user_id contains the invisible format character {1} at character {0}")]
+    FormatCharacter(usize, CodePoint),
+    /// The id contains a line or paragraph separator.
+    #[error("user_id contains the line or paragraph separator {1} at character {0}")]
+    LineSeparator(usize, CodePoint),
+    /// The id contains a space other than U+0020.
+    #[error("user_id contains the space {1} at character {0}; only U+0020 may separate words")]
+    OtherSpace(usize, CodePoint),
+    /// The id starts or ends with a space, or has two in a row.
+    #[error("user_id has a space at its start or end, or two in a row")]
+    SpacePlacement,
+    /// The id is not in Unicode Normalization Form C.
+    #[error("user_id is not in Unicode Normalization Form C; send its NFC form")]
+    NotNfc,
+    /// PRECIS's IdentifierClass disallows a character (a symbol, an emoji, non-ASCII punctuation, a
+    /// compatibility character, a character unassigned in Unicode 6.3, a failed context rule).
+    #[error("user_id contains {1} at character {0}, which RFC 8265 usernames do not allow")]
+    Disallowed(usize, CodePoint),
+    /// PRECIS enforcement would change the id (a fullwidth or halfwidth form).
+    #[error("user_id holds a fullwidth or halfwidth form that RFC 8265 maps to another character; send that one")]
+    WidthForm,
+    /// The id mixes right-to-left and other text in a way RFC 5893's bidi rule refuses.
+    #[error("user_id mixes right-to-left and left-to-right text against RFC 5893's bidi rule")]
+    BidiRule,
+    /// A character outside UTS #39's General Security Profile (obsolete, limited-use, technical).
+    #[error("user_id contains {1} at character {0}, which Unicode's security profile does not allow in identifiers")]
+    Restricted(usize, CodePoint),
+    /// A label mixes scripts.
+    #[error(
+        "user_id mixes scripts in its label {0} (such as a Cyrillic letter among Latin ones); labels are the runs \
+         between spaces and ASCII punctuation"
+    )]
+    MixedScript(usize),
+}
+
+/// The bidirectional controls: ALM, LRM, RLM, the embeddings and overrides, and the isolates.
+fn is_bidi_control(character: char) -> bool {
+    matches!(character, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 impl UserId {
-    /// Validates `raw` as a user id.
+    /// Validates `raw` as a user id (the syntax in the type's docs).
     pub fn parse(raw: &str) -> Result<UserId, UserIdError> {
         if raw.is_empty() {
             return Err(UserIdError::Empty);
         }
-        if raw.len() > MAX_USER_ID_BYTES {
-            return Err(UserIdError::TooLong(raw.len()));
+        let length = raw.chars().count();
+        if length > MAX_USER_ID_CHARS {
+            return Err(UserIdError::TooLong(length));
         }
-        if let Some((offset, _)) = raw.char_indices().find(|(_, character)| character.is_control()) {
-            return Err(UserIdError::ControlCharacter(offset));
+        for (index, character) in raw.chars().enumerate() {
+            let (position, code_point) = (index + 1, CodePoint(character));
+            match character.general_category() {
+                GeneralCategory::Control => return Err(UserIdError::ControlCharacter(position, code_point)),
+                GeneralCategory::Format if is_bidi_control(character) => {
+                    return Err(UserIdError::BidiControl(position, code_point));
+                }
+                GeneralCategory::Format => return Err(UserIdError::FormatCharacter(position, code_point)),
+                GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {
+                    return Err(UserIdError::LineSeparator(position, code_point));
+                }
+                GeneralCategory::SpaceSeparator if character != ' ' => {
+                    return Err(UserIdError::OtherSpace(position, code_point));
+                }
+                _ => {}
+            }
+        }
+        if raw.starts_with(' ') || raw.ends_with(' ') || raw.contains("  ") {
+            return Err(UserIdError::SpacePlacement);
+        }
+        if !unicode_normalization::is_nfc(raw) {
+            return Err(UserIdError::NotNfc);
+        }
+        let profile = UsernameCasePreserved::new();
+        let mut offset = 0;
+        for part in raw.split(' ') {
+            match profile.enforce(part) {
+                Ok(enforced) if enforced == part => {}
+                Ok(_) => return Err(UserIdError::WidthForm),
+                Err(precis_core::Error::BadCodepoint(info)) => return Err(disallowed(offset, info.position, info.cp)),
+                Err(precis_core::Error::Unexpected(
+                    precis_core::UnexpectedError::ContextRuleNotApplicable(info)
+                    | precis_core::UnexpectedError::MissingContextRule(info),
+                )) => return Err(disallowed(offset, info.position, info.cp)),
+                Err(precis_core::Error::Invalid | precis_core::Error::Unexpected(_)) => {
+                    return Err(UserIdError::BidiRule);
+                }
+            }
+            offset += part.chars().count() + 1;
+        }
+        let mut position = 0;
+        for (index, label) in raw
+            .split(|character: char| character == ' ' || character.is_ascii_punctuation())
+            .enumerate()
+        {
+            for character in label.chars() {
+                position += 1;
+                if !GeneralSecurityProfile::identifier_allowed(character) {
+                    return Err(UserIdError::Restricted(position, CodePoint(character)));
+                }
+            }
+            // The separator after the label.
+            position += 1;
+            if label.detect_restriction_level() > RestrictionLevel::HighlyRestrictive {
+                return Err(UserIdError::MixedScript(index + 1));
+            }
+        }
+        Ok(UserId(raw.to_owned()))
+    }
+
+    /// Rebuilds a user id that a store read back, for the stores' codecs. Ids stored under the
+    /// earlier rule (1 to 255 bytes of UTF-8 without control characters) are accepted here, so that
+    /// a look-alike enrolled before the current rule keeps its certificates revocable by serial and
+    /// its requests listable; new ids enter only through `parse`, so such an id can no longer be
+    /// issued to, looked up, revoked or reset by id.
+    pub fn from_stored(raw: &str) -> Result<UserId, UserIdError> {
+        if raw.is_empty() {
+            return Err(UserIdError::Empty);
+        }
+        if raw.len() > MAX_USER_ID_BYTES {
+            return Err(UserIdError::TooLong(raw.chars().count()));
+        }
+        if let Some((index, character)) = raw.chars().enumerate().find(|(_, character)| character.is_control()) {
+            return Err(UserIdError::ControlCharacter(index + 1, CodePoint(character)));
         }
         Ok(UserId(raw.to_owned()))
     }
@@ -44,6 +204,13 @@ impl UserId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The refusal of `code_point` at `position` (from 0) of the part that starts at character `offset`
+/// (from 0) of the id; PRECIS reports no code point it does not hold.
+fn disallowed(offset: usize, position: usize, code_point: u32) -> UserIdError {
+    let character = char::from_u32(code_point).unwrap_or(char::REPLACEMENT_CHARACTER);
+    UserIdError::Disallowed(offset + position + 1, CodePoint(character))
 }
 
 impl fmt::Display for UserId {
@@ -166,16 +333,159 @@ pub struct StoredCertificate {
 mod tests {
     use super::*;
 
-    #[test]
-    fn user_ids_are_validated() {
-        assert_eq!(UserId::parse(""), Err(UserIdError::Empty));
-        assert_eq!(UserId::parse(&"a".repeat(256)), Err(UserIdError::TooLong(256)));
-        assert!(UserId::parse(&"a".repeat(255)).is_ok());
-        assert_eq!(UserId::parse("al\nice"), Err(UserIdError::ControlCharacter(2)));
-        assert_eq!(UserId::parse("bob\u{7f}"), Err(UserIdError::ControlCharacter(3)));
+    /// Parses `raw` and compares the outcome with `expected` (`Ok` for an accepted id).
+    fn check(raw: &str, expected: Result<(), UserIdError>) {
+        let parsed = UserId::parse(raw).map(|user| assert_eq!(user.as_str(), raw, "accepted ids are kept as sent"));
         assert_eq!(
-            UserId::parse("zoë@example.com").map(|user| user.to_string()),
-            Ok("zoë@example.com".to_owned())
+            parsed,
+            expected,
+            "{raw:?} (code points {:?})",
+            raw.chars()
+                .map(CodePoint)
+                .map(|code| code.to_string())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn user_ids_of_nextcloud_email_and_other_scripts_are_accepted() {
+        for raw in [
+            "alice",
+            "bob",
+            "carol-1712345678",
+            "Alice",
+            "zoë@example.com",
+            "first.last@example.com",
+            "O'Brien",
+            "Jean Dupont",
+            "user_name+tag@example.com",
+            "s:AbCdEf0123456789",
+            "иван@example.com",
+            "Ελένη",
+            "山田太郎",
+            "やまだ たろう",
+            "José María",
+            "straße",
+            &"a".repeat(MAX_USER_ID_CHARS),
+        ] {
+            check(raw, Ok(()));
+        }
+    }
+
+    #[test]
+    fn user_ids_too_short_or_too_long_are_refused() {
+        check("", Err(UserIdError::Empty));
+        check(&"a".repeat(65), Err(UserIdError::TooLong(65)));
+        // 64 characters are the bound, whatever their UTF-8 length.
+        check(&"é".repeat(64), Ok(()));
+        check(&"é".repeat(65), Err(UserIdError::TooLong(65)));
+        check(&"x".repeat(1 << 20), Err(UserIdError::TooLong(1 << 20)));
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_refused_by_code_point() {
+        type Refusal = fn(usize, CodePoint) -> UserIdError;
+        let cases: [(&str, Refusal, usize, char); 19] = [
+            ("al\nice", UserIdError::ControlCharacter, 3, '\n'),
+            ("bob\u{7f}", UserIdError::ControlCharacter, 4, '\u{7f}'),
+            ("\u{0}alice", UserIdError::ControlCharacter, 1, '\u{0}'),
+            ("ali\u{202E}ecl", UserIdError::BidiControl, 4, '\u{202E}'),
+            ("alice\u{200E}", UserIdError::BidiControl, 6, '\u{200E}'),
+            ("\u{2066}alice\u{2069}", UserIdError::BidiControl, 1, '\u{2066}'),
+            ("alice\u{061C}", UserIdError::BidiControl, 6, '\u{061C}'),
+            ("ali\u{200B}ce", UserIdError::FormatCharacter, 4, '\u{200B}'),
+            ("ali\u{200D}ce", UserIdError::FormatCharacter, 4, '\u{200D}'),
+            ("ali\u{200C}ce", UserIdError::FormatCharacter, 4, '\u{200C}'),
+            ("\u{FEFF}alice", UserIdError::FormatCharacter, 1, '\u{FEFF}'),
+            ("ali\u{2060}ce", UserIdError::FormatCharacter, 4, '\u{2060}'),
+            ("ali\u{AD}ce", UserIdError::FormatCharacter, 4, '\u{AD}'),
+            ("alice\u{E0041}", UserIdError::FormatCharacter, 6, '\u{E0041}'),
+            ("alice\u{2028}", UserIdError::LineSeparator, 6, '\u{2028}'),
+            ("alice\u{2029}bob", UserIdError::LineSeparator, 6, '\u{2029}'),
+            ("alice\u{A0}smith", UserIdError::OtherSpace, 6, '\u{A0}'),
+            ("alice\u{3000}", UserIdError::OtherSpace, 6, '\u{3000}'),
+            ("\u{2003}", UserIdError::OtherSpace, 1, '\u{2003}'),
+        ];
+        for (raw, error, position, character) in cases {
+            check(raw, Err(error(position, CodePoint(character))));
+        }
+    }
+
+    #[test]
+    fn spaces_only_separate_words() {
+        for raw in [" ", "   ", " alice", "alice ", "alice  smith", "\u{20}"] {
+            check(raw, Err(UserIdError::SpacePlacement));
+        }
+        check("alice smith", Ok(()));
+    }
+
+    #[test]
+    fn non_nfc_and_width_forms_are_refused_not_rewritten() {
+        // A decomposed ë (e + U+0308), and Hangul in conjoining jamo.
+        check("zoe\u{308}@example.com", Err(UserIdError::NotNfc));
+        check("\u{1100}\u{1161}", Err(UserIdError::NotNfc));
+        // Fullwidth ａlice (U+FF41), which width mapping turns into alice.
+        check("\u{FF41}lice", Err(UserIdError::WidthForm));
+    }
+
+    #[test]
+    fn symbols_compatibility_characters_and_bidi_mixes_are_refused() {
+        check("alice\u{2603}", Err(UserIdError::Disallowed(6, CodePoint('\u{2603}'))));
+        check(
+            "alice\u{1F600}",
+            Err(UserIdError::Disallowed(6, CodePoint('\u{1F600}'))),
+        );
+        check("al\u{2026}ce", Err(UserIdError::Disallowed(3, CodePoint('\u{2026}'))));
+        // The ﬁ ligature and a Roman numeral: compatibility characters. In the second word, the
+        // position counts from the start of the id.
+        check("\u{FB01}le", Err(UserIdError::Disallowed(1, CodePoint('\u{FB01}'))));
+        check("Louis \u{2168}", Err(UserIdError::Disallowed(7, CodePoint('\u{2168}'))));
+        // Hebrew after Latin letters in one part breaks RFC 5893's rule.
+        check("alice\u{5D0}", Err(UserIdError::BidiRule));
+        check("\u{5D0}\u{5D1}", Ok(()));
+    }
+
+    #[test]
+    fn mixed_script_look_alikes_are_refused_per_label() {
+        // Cyrillic а (U+0430) in alice, Cyrillic е (U+0435) in the domain, Greek ο (U+03BF).
+        check("\u{430}lice", Err(UserIdError::MixedScript(1)));
+        check("alice@\u{435}xample.com", Err(UserIdError::MixedScript(2)));
+        check("b\u{3BF}b", Err(UserIdError::MixedScript(1)));
+        check("p\u{430}yp\u{430}l.support", Err(UserIdError::MixedScript(1)));
+        // Coptic is outside the General Security Profile.
+        check(
+            "\u{2C81}\u{2C83}",
+            Err(UserIdError::Restricted(1, CodePoint('\u{2C81}'))),
+        );
+        check("ab.\u{2C81}", Err(UserIdError::Restricted(4, CodePoint('\u{2C81}'))));
+        // Han with Hiragana is one Japanese label.
+        check("山田たろう", Ok(()));
+    }
+
+    #[test]
+    fn refusals_never_echo_the_input() {
+        for raw in ["\u{430}lice", "ali\u{202E}ecl", &"y".repeat(100_000), "alice\u{2603}"] {
+            let message = UserId::parse(raw).expect_err("refused").to_string();
+            assert!(!message.contains(raw), "{message:?}");
+            assert!(message.len() < 200, "{message:?}");
+            assert!(message.is_ascii(), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn stored_ids_of_the_earlier_rule_are_still_read_back() {
+        for raw in ["\u{430}lice", " alice", "ali\u{200B}ce", &"a".repeat(255)] {
+            assert!(UserId::parse(raw).is_err());
+            assert_eq!(
+                UserId::from_stored(raw).map(|user| user.to_string()),
+                Ok(raw.to_owned())
+            );
+        }
+        assert_eq!(UserId::from_stored(""), Err(UserIdError::Empty));
+        assert_eq!(UserId::from_stored(&"a".repeat(256)), Err(UserIdError::TooLong(256)));
+        assert_eq!(
+            UserId::from_stored("al\nice"),
+            Err(UserIdError::ControlCharacter(3, CodePoint('\n')))
         );
     }
 

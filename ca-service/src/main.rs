@@ -110,6 +110,9 @@ fn parse_algorithm(name: &str) -> Result<KeyAlgorithm, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Everything the service creates (store, WAL, guard, config, tokens, exports) is private to its
+    // user: files 0600, directories 0700, whatever umask it was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -158,7 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => {
             if let Some(listen) = listen
-                && !listen.ip().is_loopback()
+                && !ca_service::config::is_loopback(listen.ip())
             {
                 anyhow::bail!("dev mode listens on loopback only (got {listen}); use serve --config for anything else");
             }

@@ -8,8 +8,9 @@
 //!    key, from the HSM;
 //! 3. check the database's log against the signer guard and its own latest checkpoint;
 //! 4. record the CA certificate in the log, once per certificate (the ceremony's outcome);
-//! 5. start the sequencer (it signs the stored head before sequencing on it), the health probe and
-//!    the CRL publisher (a CRL at once unless a fresh one is stored, then every `crl.refresh_seconds`);
+//! 5. start the sequencer (it signs the stored head before sequencing on it), the health probe,
+//!    the CRL publisher (a CRL at once unless a fresh one is stored, then every `crl.refresh_seconds`)
+//!    and the refusal summaries' flusher;
 //! 6. build the issuer and the gRPC services, each with only the store traits it needs.
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use crate::ceremony::read_pem_certificates;
 use crate::clock::SystemClock;
 use crate::config::ServeConfig;
 use crate::hsm::{Hsm, KeyAlgorithm, Signer};
+use crate::issuer::refusals::{self, RefusalLimits, RefusalSummaries};
 use crate::issuer::{CaCertificate, Issuer, IssuerParts, LogWait, SigningQueue};
 use crate::revocation::CrlPublisher;
 use crate::storage::StoreError;
@@ -196,6 +198,11 @@ impl StoreTask for Build<'_> {
             sequencer: sequencer_handle,
             bound: audit.sequence_wait(),
         };
+        let refusals = Arc::new(RefusalSummaries::new(RefusalLimits::default()));
+        {
+            let (refusals, store) = (Arc::clone(&refusals), Arc::clone(&store));
+            tasks.spawn("refusal summaries", |stop| refusals::run_flusher(refusals, store, stop));
+        }
         let issuer = Issuer::new(
             IssuerParts {
                 signer: ca_signer,
@@ -205,13 +212,14 @@ impl StoreTask for Build<'_> {
                 clock: Arc::new(SystemClock),
                 signing,
                 crl_refresh: Some(crls.refresh_handle()),
+                refusals: Arc::clone(&refusals),
             },
             Arc::clone(&store),
         )?;
         let services = Services {
             identity: IdentityService::new(issuer, Arc::clone(&store), ca_info),
             admin: AdminService::new(Arc::clone(&store), crls, log_wait, config.admin.request_lifetime()),
-            transparency: TransparencyService::new(store),
+            transparency: TransparencyService::new(store, config.transparency.export_limits()),
         };
         let (tls, authenticator) = match &config.tls {
             Some(tls) => (
@@ -226,7 +234,18 @@ impl StoreTask for Build<'_> {
             authenticator,
         };
         let serve: Serve = Box::new(move |listener, shutdown| {
-            Box::pin(async move { api::serve(listener, services, options, health, shutdown).await })
+            Box::pin(async move {
+                // Whatever chose the address (file, flag, a caller's listener), plaintext is served
+                // on loopback only.
+                let address = listener.local_addr().context("cannot read the listening address")?;
+                if options.tls.is_none() && !crate::config::is_loopback(address.ip()) {
+                    anyhow::bail!(
+                        "refusing to serve plaintext gRPC on {address}: plaintext is allowed on a loopback \
+                         address only; configure [tls]"
+                    );
+                }
+                api::serve(listener, services, options, health, shutdown).await
+            })
         });
         Ok(Service { info, tasks, serve })
     }

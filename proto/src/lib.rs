@@ -1,4 +1,6 @@
-//! The generated e2ee.ca.v1 messages, clients and servers, and the descriptor set for reflection.
+//! The generated e2ee.ca.v1 messages, clients and servers, their codec, and the descriptor set for reflection.
+
+pub mod codec;
 
 /// Package `e2ee.ca.v1`.
 pub mod v1 {

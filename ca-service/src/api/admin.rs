@@ -195,6 +195,45 @@ impl<S: IssuanceStore> AdminService<S> {
     }
 }
 
+/// Checks each certificate of `record` against the entry among `record.entries` that records it
+/// (`audit::check_certificate_entry`); a certificate whose entry lies beyond the history served is
+/// not checked here (`GetCertificates` checks the newest one through its own reference). A
+/// mismatch is INTERNAL, with an ERROR naming it: a row changed in the database alone is not served.
+fn check_certificates(record: &IdentityRecord) -> Result<(), Status> {
+    let entries: Vec<(&[u8], crate::audit::ParsedEntry)> = record
+        .entries
+        .iter()
+        .filter_map(|entry| {
+            Some((
+                entry.bytes.as_slice(),
+                crate::audit::ParsedEntry::parse(&entry.bytes).ok()?,
+            ))
+        })
+        .collect();
+    for certificate in &record.certificates {
+        let serial_hex = certificate.serial.to_hex();
+        let Some((bytes, _)) = entries.iter().find(|(_, entry)| {
+            entry.detail("serial") == Some(serial_hex.as_str()) && entry.detail("certificate-sha256").is_some()
+        }) else {
+            continue;
+        };
+        let key_hex = certificate.key_fingerprint.to_hex();
+        let row = crate::audit::CertificateRow {
+            user: record.user.as_str(),
+            serial_hex: &serial_hex,
+            key_hex: &key_hex,
+            certificate_der: &certificate.certificate_der,
+        };
+        if let Err(mismatch) = crate::audit::check_certificate_entry(row, Some(bytes)) {
+            tracing::error!(user = %record.user, serial = %serial_hex, %mismatch, "stored certificate does not match the audit log: not served");
+            return Err(Status::internal(
+                "a stored certificate failed its check against the audit log and is not served",
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl<S> Admin for AdminService<S>
 where
@@ -209,6 +248,7 @@ where
         let Some(record) = self.store.identity(&user).await.map_err(store_status)? else {
             return Err(Status::not_found(format!("no identity is pinned for user {user}")));
         };
+        check_certificates(&record)?;
         Ok(Response::new(pb::GetIdentityResponse {
             user_id: record.user.to_string(),
             key_fingerprint: record.key_fingerprint.to_hex(),

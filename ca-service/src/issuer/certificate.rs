@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use x509_parser::oid_registry::{self, Oid};
 
-use super::csr::CheckedCsr;
+use super::csr::{CheckedCsr, UserKeyType};
 use super::store::NewCertificate;
 use super::{IssueError, IssuerSetupError};
 use crate::hsm::{HsmError, KeyAlgorithm, Signed, Signer};
@@ -118,17 +118,24 @@ pub(super) async fn sign(
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, user_id.as_str());
-    params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::DigitalSignature,
-        rcgen::KeyUsagePurpose::KeyEncipherment,
-    ];
+    // `IsCa::NoCa` writes neither basicConstraints nor the SKI: both are written here, because
+    // rcgen's `ExplicitNoCa` encodes `cA FALSE`, a DEFAULT that DER forbids (strict parsers refuse it).
+    params.is_ca = rcgen::IsCa::NoCa;
+    params.custom_extensions = end_entity_extensions(&checked.fingerprint.key_identifier());
+    params.key_usages = match checked.key_type {
+        // Nextcloud wraps metadata keys to the user's RSA key with RSA-OAEP.
+        UserKeyType::Rsa(_) => vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ],
+        // RFC 5480 §3 allows no keyEncipherment for an EC key.
+        UserKeyType::EcP256 | UserKeyType::EcP384 => vec![rcgen::KeyUsagePurpose::DigitalSignature],
+    };
     params.use_authority_key_identifier_extension = true;
-    // rcgen without a software crypto backend cannot hash: give it the subject key identifier.
-    params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(checked.fingerprint.key_identifier());
     let subject_key = rcgen::SubjectPublicKeyInfo::from_der(&checked.spki_der)
         .map_err(|error| IssueError::Build(error.to_string()))?;
     let ca = Arc::clone(ca);
+    let subject_spki = checked.spki_der.clone();
     let certificate_der = signer
         .with_lease(move |signer| {
             let issuer = rcgen::Issuer::from_ca_cert_der(&ca.certificate_der.as_slice().into(), signer)
@@ -141,7 +148,12 @@ pub(super) async fn sign(
                     None => IssueError::Build(error.to_string()),
                 })?;
             let certificate_der = certificate.der().to_vec();
-            check_certificate(&certificate_der, signer.key().algorithm(), signer.take_signed())?;
+            check_certificate(
+                &certificate_der,
+                &subject_spki,
+                signer.key().algorithm(),
+                signer.take_signed(),
+            )?;
             Ok::<_, IssueError>(certificate_der)
         })
         .await??;
@@ -161,6 +173,24 @@ pub(super) async fn sign(
     })
 }
 
+/// The DER of basicConstraints `CA:FALSE` (critical): an empty SEQUENCE, `cA` being DEFAULT FALSE.
+const BASIC_CONSTRAINTS_NOT_CA: [u8; 2] = [0x30, 0x00];
+
+/// basicConstraints `CA:FALSE` and the subjectKeyIdentifier `key_identifier` (20 bytes), as
+/// rcgen's `ExplicitNoCa` would write them, but in DER.
+fn end_entity_extensions(key_identifier: &[u8]) -> Vec<rcgen::CustomExtension> {
+    let mut basic_constraints =
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], BASIC_CONSTRAINTS_NOT_CA.to_vec());
+    basic_constraints.set_criticality(true);
+    // An OCTET STRING of at most 127 bytes: tag, short-form length, bytes.
+    let mut subject_key_identifier = vec![0x04, key_identifier.len() as u8];
+    subject_key_identifier.extend_from_slice(key_identifier);
+    vec![
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 14], subject_key_identifier),
+        basic_constraints,
+    ]
+}
+
 /// The X.509 signature algorithm of certificates signed by a key of `algorithm`.
 fn signature_oid(algorithm: KeyAlgorithm) -> Oid<'static> {
     match algorithm {
@@ -170,12 +200,14 @@ fn signature_oid(algorithm: KeyAlgorithm) -> Oid<'static> {
     }
 }
 
-/// Step 5 (and the ceremony's check of a new CA certificate): the certificate parses, names the CA key's signature algorithm inside and outside the
-/// signed part, and carries exactly the to-be-signed bytes and the signature that the signer
-/// verified with the CA public key: the same assurance as verifying it again, without a second
-/// public-key operation.
+/// Step 5 (and the ceremony's check of a new CA certificate): the certificate parses, certifies
+/// exactly `subject_spki` (the pinned bytes), names the CA key's signature algorithm inside and
+/// outside the signed part, and carries exactly the to-be-signed bytes and the signature that the
+/// signer verified with the CA public key: the same assurance as verifying it again, without a
+/// second public-key operation.
 pub fn check_certificate(
     certificate_der: &[u8],
+    subject_spki: &[u8],
     algorithm: KeyAlgorithm,
     signed: Option<Signed>,
 ) -> Result<(), IssueError> {
@@ -184,6 +216,7 @@ pub fn check_certificate(
         x509_parser::parse_x509_certificate(certificate_der).map_err(|_| IssueError::SignatureCheck)?;
     let oid = signature_oid(algorithm);
     let carries_what_was_verified = rest.is_empty()
+        && certificate.public_key().raw == subject_spki
         && certificate.signature_algorithm.algorithm == oid
         && certificate.tbs_certificate.signature.algorithm == oid
         && certificate.tbs_certificate.as_ref() == signed.message.as_slice()
@@ -215,8 +248,8 @@ mod tests {
         assert!(!queue.saturated(), "counted out when dropped");
     }
 
-    /// A certificate made with rcgen's software key, and what its signer signed.
-    fn certificate_and_signed() -> (Vec<u8>, Signed) {
+    /// A certificate made with rcgen's software key, the SPKI it certifies, and what its signer signed.
+    fn certificate_and_signed() -> (Vec<u8>, Vec<u8>, Signed) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let certificate = rcgen::CertificateParams::new(vec!["x".to_owned()])
             .expect("params")
@@ -228,23 +261,32 @@ mod tests {
             message: parsed.tbs_certificate.as_ref().to_vec(),
             signature: parsed.signature_value.data.to_vec(),
         };
-        (der, signed)
+        (der, rcgen::PublicKeyData::subject_public_key_info(&key), signed)
     }
 
     #[test]
     fn a_certificate_passes_only_with_exactly_what_was_verified_under_the_ca_keys_algorithm() {
-        let (der, signed) = certificate_and_signed();
-        assert!(check_certificate(&der, KeyAlgorithm::EcdsaP256, Some(signed.clone())).is_ok());
+        let (der, spki, signed) = certificate_and_signed();
+        assert!(check_certificate(&der, &spki, KeyAlgorithm::EcdsaP256, Some(signed.clone())).is_ok());
+        let other_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let other_spki = rcgen::PublicKeyData::subject_public_key_info(&other_key);
         assert!(
             matches!(
-                check_certificate(&der, KeyAlgorithm::Rsa3072, Some(signed.clone())),
+                check_certificate(&der, &other_spki, KeyAlgorithm::EcdsaP256, Some(signed.clone())),
+                Err(IssueError::SignatureCheck)
+            ),
+            "certifies another key than the one pinned"
+        );
+        assert!(
+            matches!(
+                check_certificate(&der, &spki, KeyAlgorithm::Rsa3072, Some(signed.clone())),
                 Err(IssueError::SignatureCheck)
             ),
             "another algorithm than the CA key's"
         );
         assert!(
             matches!(
-                check_certificate(&der, KeyAlgorithm::EcdsaP256, None),
+                check_certificate(&der, &spki, KeyAlgorithm::EcdsaP256, None),
                 Err(IssueError::SignatureCheck)
             ),
             "nothing verified"
@@ -252,19 +294,19 @@ mod tests {
         let mut other_signature = signed.clone();
         other_signature.signature[10] ^= 1;
         assert!(matches!(
-            check_certificate(&der, KeyAlgorithm::EcdsaP256, Some(other_signature)),
+            check_certificate(&der, &spki, KeyAlgorithm::EcdsaP256, Some(other_signature)),
             Err(IssueError::SignatureCheck)
         ));
         let mut other_message = signed.clone();
         other_message.message[20] ^= 1;
         assert!(matches!(
-            check_certificate(&der, KeyAlgorithm::EcdsaP256, Some(other_message)),
+            check_certificate(&der, &spki, KeyAlgorithm::EcdsaP256, Some(other_message)),
             Err(IssueError::SignatureCheck)
         ));
         let mut trailing = der.clone();
         trailing.push(0);
         assert!(matches!(
-            check_certificate(&trailing, KeyAlgorithm::EcdsaP256, Some(signed)),
+            check_certificate(&trailing, &spki, KeyAlgorithm::EcdsaP256, Some(signed)),
             Err(IssueError::SignatureCheck)
         ));
     }

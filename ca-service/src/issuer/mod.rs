@@ -25,6 +25,7 @@
 mod certificate;
 pub mod csr;
 pub mod pins;
+pub mod refusals;
 mod store;
 
 use std::sync::Arc;
@@ -164,6 +165,8 @@ pub struct IssuerParts {
     pub signing: Arc<SigningQueue>,
     /// Woken after an identity reset revoked certificates (the CRL publisher), if any.
     pub crl_refresh: Option<Arc<tokio::sync::Notify>>,
+    /// The callers' refusal windows (written by `refusals::run_flusher`).
+    pub refusals: Arc<refusals::RefusalSummaries>,
 }
 
 /// The issuer: policy, profile, CA signer and store.
@@ -176,6 +179,7 @@ pub struct Issuer<S> {
     clock: Arc<dyn Clock>,
     signing: Arc<SigningQueue>,
     crl_refresh: Option<Arc<tokio::sync::Notify>>,
+    refusals: Arc<refusals::RefusalSummaries>,
 }
 
 impl<S: IssuanceStore> Issuer<S> {
@@ -189,6 +193,7 @@ impl<S: IssuanceStore> Issuer<S> {
             clock,
             signing,
             crl_refresh,
+            refusals,
         } = parts;
         ca.check_key(&signer)?;
         Ok(Issuer {
@@ -200,6 +205,7 @@ impl<S: IssuanceStore> Issuer<S> {
             clock,
             signing,
             crl_refresh,
+            refusals,
         })
     }
 
@@ -344,7 +350,8 @@ impl<S: IssuanceStore> Issuer<S> {
 
     /// Logs a policy refusal and returns the error to answer with. If the refusal cannot be logged,
     /// the caller gets the store error instead (fail closed: no answer without its audit entry).
-    /// `detail` names what was refused (the key's or the CSR's SHA-256).
+    /// `detail` names what was refused (the key's or the CSR's SHA-256). Past the caller's bound
+    /// for the window, the refusal is counted for its summary instead (`refusals`).
     async fn refuse(
         &self,
         actor: &str,
@@ -352,6 +359,18 @@ impl<S: IssuanceStore> Issuer<S> {
         detail: (&'static str, String),
         error: IssueError,
     ) -> IssueError {
+        let class = match &error {
+            IssueError::CsrTooLarge(_) => "refused-csr-size",
+            IssueError::Csr(_) => "refused-csr",
+            IssueError::PinnedToOtherKey(_) => "refused-pinned-to-other-key",
+            IssueError::KeyPinnedElsewhere => "refused-key-pinned-elsewhere",
+            IssueError::RateLimited(_) => "refused-rate-limited",
+            _ => "refused-other",
+        };
+        if self.refusals.admit(actor, user_id.as_str(), class) == refusals::Admission::Counted {
+            tracing::debug!(user = %user_id, refused = %detail.1, %error, "issuance refused (summarized)");
+            return error;
+        }
         let reason = match &error {
             IssueError::PinnedToOtherKey(pinned) => format!("user has another pinned key {pinned}"),
             IssueError::KeyPinnedElsewhere => "key pinned to another user".to_owned(),

@@ -293,7 +293,12 @@ pub enum StartupCheck {
     },
 }
 
-/// Refuses to serve a database that is behind or inconsistent with what was signed: its head
+/// How many of the newest sequenced entries startup checks against the tree's leaves.
+pub const TAIL_CHECKED: u64 = 4096;
+
+/// Refuses to serve a database that is behind or inconsistent with what was signed: the newest
+/// `TAIL_CHECKED` entries must each be stored and hash to the tree's leaf at their index (a
+/// deleted or altered row would otherwise leave a permanent hole under the next index); the head
 /// must not be behind its own latest checkpoint, and must extend the guarded tree (verified with a
 /// consistency proof from the stored nodes). A guard without a file adopts the latest checkpoint,
 /// after verifying its signature with `verifier` and that the head extends it.
@@ -303,6 +308,7 @@ pub async fn check_at_startup<L: LogReader>(
     verifier: &VerifierKey,
 ) -> Result<StartupCheck, StartupError> {
     let head = store.log_head().await?;
+    check_tail(store, head.size).await?;
     let latest = store.latest_checkpoint().await?;
     if let Some(latest) = &latest {
         if latest.size > head.size {
@@ -381,6 +387,12 @@ pub enum StartupError {
     /// The latest checkpoint does not verify with the audit key or does not match its row.
     #[error("the database's latest checkpoint (size {0}) does not verify with the audit key")]
     BadCheckpoint(u64),
+    /// A sequenced entry below the head is not stored.
+    #[error("the audit entry at log index {0} is missing from the database (deleted or lost)")]
+    MissingEntry(u64),
+    /// A sequenced entry does not hash to the tree's leaf at its index (or the leaf is missing).
+    #[error("the audit entry at log index {0} does not match the log's tree: it was altered, or its leaf removed")]
+    AlteredEntry(u64),
     /// A consistency proof could not be built from the stored nodes (nodes missing: damaged store).
     #[error("cannot build a consistency proof from the stored tree: {0}")]
     Proof(String),
@@ -390,6 +402,34 @@ pub enum StartupError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Checks the entries `[size - TAIL_CHECKED, size)` against the stored leaves, naming the first
+/// index whose entry is missing or does not hash to its leaf.
+async fn check_tail<L: LogReader>(store: &L, size: u64) -> Result<(), StartupError> {
+    let start = size.saturating_sub(TAIL_CHECKED);
+    if start == size {
+        return Ok(());
+    }
+    let leaves = store
+        .subtree_hashes((start..size).map(|index| (0, index)).collect())
+        .await?;
+    let entries = store.entries(start, size).await?;
+    if entries.len() as u64 != size - start {
+        // Some row is gone: find the first missing index, one probe each.
+        for index in start..size {
+            if store.entries(index, index + 1).await?.is_empty() {
+                return Err(StartupError::MissingEntry(index));
+            }
+        }
+        return Err(StartupError::MissingEntry(size - 1));
+    }
+    for ((index, entry), leaf) in (start..size).zip(&entries).zip(leaves) {
+        if leaf != Some(tlog::merkle::leaf_hash(entry)) {
+            return Err(StartupError::AlteredEntry(index));
+        }
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `content` so that a crash leaves either the old or the new file, and the

@@ -506,3 +506,60 @@ pub(super) async fn concurrent_renewals_never_pass_the_rate_limit<H: Harness>() 
     assert_eq!((renewed, refused), (19, 41), "20 in the window, the rest refused");
     assert_eq!(certificates_since(&store, &user("alice"), an_hour_ago()).await, 20);
 }
+
+/// The backfill of migration 5 (its statements after the column definitions), as the store
+/// `H` runs it.
+fn backfill_statements(migration: &str) -> &str {
+    let start = migration.find("UPDATE identities").expect("the backfill");
+    &migration[start..]
+}
+
+pub(super) async fn migration_5_backfills_the_entries_of_pins_and_certificates<H: Harness>() {
+    let harness = H::create().await;
+    let store = harness.open().await.expect("open");
+    // Entries as the issuer writes them: naming the key and the serial.
+    let commit = async |certificate: NewCertificate| {
+        let event = AuditEvent {
+            details: vec![
+                ("key-sha256", certificate.key_fingerprint.to_hex()),
+                ("serial", certificate.serial.to_hex()),
+            ],
+            ..event(certificate.user_id.as_str())
+        };
+        match store.commit_issuance(certificate, event).await.expect("commit") {
+            CommitOutcome::Committed { entry, .. } => entry,
+            other => panic!("expected Committed, got {other:?}"),
+        }
+    };
+    let pinning = commit(certificate("alice", 1, 1)).await;
+    let renewing = commit(certificate("alice", 1, 2)).await;
+    commit(certificate("bob", 2, 3)).await;
+    // As a version-4 database holds them: no references.
+    harness
+        .execute_raw("UPDATE identities SET pin_entry_id = NULL; UPDATE certificates SET entry_id = NULL;")
+        .await;
+    let state = store
+        .pin_state(&user("alice"), &key(1), an_hour_ago())
+        .await
+        .expect("pin state");
+    assert_eq!(state.pin_entry, None);
+    let migration = if std::any::type_name::<H>().contains("Sqlite") {
+        include_str!("../sqlite/migrations/0005_log_backed_pins.sql")
+    } else {
+        include_str!("../postgres/migrations/0005_log_backed_pins.sql")
+    };
+    harness.execute_raw(backfill_statements(migration)).await;
+    let state = store
+        .pin_state(&user("alice"), &key(1), an_hour_ago())
+        .await
+        .expect("pin state");
+    let pin_entry = state.pin_entry.expect("backfilled");
+    assert_eq!(
+        sha256(&pin_entry.bytes),
+        pinning.entry_hash,
+        "the issuance, not the renewal"
+    );
+    let latest = store.latest_certificates(vec![user("alice")]).await.expect("lookup");
+    let entry = latest[0].entry.as_deref().expect("backfilled");
+    assert_eq!(sha256(entry), renewing.entry_hash);
+}

@@ -52,6 +52,9 @@ pub(crate) trait Harness: Sized {
 
     /// Records a schema version newer than any this binary knows, behind the store's back.
     async fn record_schema_version(&self, version: i64);
+
+    /// Runs `sql` (statements in the store's dialect) behind the store's back.
+    async fn execute_raw(&self, sql: &str);
 }
 
 /// The embedded store on a temporary file.
@@ -77,6 +80,12 @@ impl Harness for SqliteHarness {
         connection
             .execute("INSERT INTO schema_migrations VALUES (?1, 0)", [version])
             .expect("record version");
+    }
+
+    async fn execute_raw(&self, sql: &str) {
+        let connection = rusqlite::Connection::open(self.directory.path().join("ca.sqlite3")).expect("open raw");
+        connection.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+        connection.execute_batch(sql).expect("raw SQL");
     }
 }
 
@@ -158,6 +167,10 @@ impl Harness for PostgresHarness {
             .execute("INSERT INTO schema_migrations VALUES ($1, now())", &[&version])
             .await
             .expect("record version");
+    }
+
+    async fn execute_raw(&self, sql: &str) {
+        self.raw_client().await.batch_execute(sql).await.expect("raw SQL");
     }
 }
 
@@ -304,6 +317,7 @@ macro_rules! conformance_suite {
                 identities::pins_and_certificates_reference_their_entries,
                 identities::a_renewal_over_the_rate_limit_writes_nothing,
                 identities::concurrent_renewals_never_pass_the_rate_limit,
+                identities::migration_5_backfills_the_entries_of_pins_and_certificates,
                 log::entries_are_sequenced_by_the_path_the_store_offers,
                 log::sequencing_gives_contiguous_indices_in_batches,
                 log::proofs_from_stored_nodes_verify,

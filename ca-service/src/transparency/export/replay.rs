@@ -12,8 +12,8 @@
 //!   expired, an approved `identity-reset` request for the same subject whose requester and
 //!   approver it names.
 //!
-//! Other kinds (`issuance-refused`, `ceremony`, `revocation`, and kinds this version does not know)
-//! change no pin; they are counted. Entries are ordered by index, and the service writes each
+//! Other kinds (`issuance-refused`, `refusals-summarized`, `ceremony`, `revocation`, and kinds this
+//! version does not know) change no pin; they are counted. Entries are ordered by index, and the service writes each
 //! change after what it depends on (a renewal after its pin, an approval after its request, a reset
 //! after its approval, a key pinned again only after the reset that released it), so an honest
 //! log replays without a failure.
@@ -288,10 +288,11 @@ pub struct Replay {
 }
 
 /// The kinds this version knows, by name.
-const KINDS: [AuditKind; 8] = [
+const KINDS: [AuditKind; 9] = [
     AuditKind::Issuance,
     AuditKind::Renewal,
     AuditKind::IssuanceRefused,
+    AuditKind::RefusalsSummarized,
     AuditKind::Ceremony,
     AuditKind::RequestOpened,
     AuditKind::RequestApproved,
@@ -393,7 +394,10 @@ impl Replay {
             AuditKind::RequestOpened => self.request_opened(&at),
             AuditKind::RequestApproved => self.request_approved(&at),
             AuditKind::IdentityReset => self.identity_reset(&at),
-            AuditKind::IssuanceRefused | AuditKind::Ceremony | AuditKind::Revocation => {
+            AuditKind::IssuanceRefused
+            | AuditKind::RefusalsSummarized
+            | AuditKind::Ceremony
+            | AuditKind::Revocation => {
                 self.counts.other += 1;
                 Ok(())
             }
