@@ -103,7 +103,9 @@ impl ExportedCertificate {
     /// Builds one from a store's columns: serial, user id, key fingerprint, DER, and the entry the
     /// row references (`None`: no stored entry; `Some(None)`: not sequenced yet; `Some(Some(i))`:
     /// log index `i`). A value no correct write could store is `StoreError::Corrupt` naming the
-    /// serial (a row codec both stores share, beside the type it builds).
+    /// serial (a row codec both stores share, beside the type it builds). The user id is read as
+    /// `UserId::from_stored` reads it, so a certificate enrolled under the earlier id rule is
+    /// exported and checked too.
     pub fn from_columns(
         serial: Vec<u8>,
         user_id: &str,
@@ -113,7 +115,7 @@ impl ExportedCertificate {
     ) -> Result<ExportedCertificate, StoreError> {
         let serial = SerialNumber::from_bytes(serial);
         let corrupt = |what: &str| StoreError::Corrupt(format!("stored certificate {}: {what}", serial.to_hex()));
-        let user_id = UserId::parse(user_id).map_err(|_| corrupt("the user id is invalid"))?;
+        let user_id = UserId::from_stored(user_id).map_err(|_| corrupt("the user id is invalid"))?;
         let key_fingerprint = KeyFingerprint::from_bytes(key_fingerprint)
             .ok_or_else(|| corrupt("the key fingerprint is not 32 bytes"))?;
         let entry = match entry {

@@ -724,7 +724,8 @@ mod tests {
         Ok(replay.counts())
     }
 
-    /// A's pin, B's, an approved reset of A's, and A's released key pinned to C.
+    /// A's pin, B's, an approved reset of A's, A's released key pinned to C, and entries that
+    /// change no pin.
     fn honest() -> Vec<ParsedEntry> {
         vec![
             issuance("alice", 1),
@@ -741,6 +742,7 @@ mod tests {
             reset("r1", "alice", 1, 3, "admin-a", "admin-b"),
             renewal("alice", 3),
             issuance("carol", 1),
+            entry(AuditKind::RefusalsSummarized, "sync-server", "sync-server", &[]),
         ]
     }
 
@@ -756,7 +758,7 @@ mod tests {
                 resets: 1,
                 requests: 1,
                 approvals: 1,
-                other: 1,
+                other: 2,
             }
         );
     }
