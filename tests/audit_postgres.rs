@@ -1,4 +1,4 @@
-//! Offline audit of a PostgreSQL store: a replica's log exported with `audit export`, checked with `audit verify`, and rows changed, deleted, swapped or rolled back in the database detected.
+//! Offline audit of a PostgreSQL store: a replica's log exported with `audit export`, checked with `audit verify`, and rows changed, deleted, swapped, forged or rolled back in the database detected.
 //!
 //! One replica (`serve --config`) runs on a fresh database (`common::postgres`), issues
 //! certificates and refusals until a checkpoint covers them, and is stopped; that database is the
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::postgres::{ProvisionedCa, TestDatabase};
 use common::{DevServer, UserKey, UserKeyPair, audit_export, audit_verify, ca_info, issue};
+use sha2::{Digest, Sha256};
 use tonic::Code;
 
 /// The signed log every case starts from.
@@ -179,6 +180,37 @@ async fn signed_log() -> Fixture {
     }
 }
 
+/// What a database superuser runs first to delete rows other rows reference (pins and certificates
+/// reference their entries): the session's foreign-key triggers are off.
+const FOREIGN_KEYS_OFF: &str = "SET session_replication_role = replica;";
+
+/// SQL that forges, as someone with the database and not the CA would, a well-formed `kind` entry
+/// for `user` naming `key_sha256` into the outbox (no log index: the sequencer logs it), with a
+/// certificate row that matches it.
+fn forge(kind: &str, user: &str, key_sha256: &str) -> String {
+    let time = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    let serial = hex::encode(rand::random::<[u8; 16]>());
+    let certificate_der = b"not a certificate the CA signed";
+    let entry = format!(
+        "e2ee-ca audit entry v1\nkind {kind}\ntime {time}\nactor sync-server\nsubject {user}\nkey-sha256 {key_sha256}\n\
+         key-type ecdsa-p256\nserial {serial}\ncertificate-sha256 {}\nnonce {}\n",
+        hex::encode(Sha256::digest(certificate_der)),
+        hex::encode(rand::random::<[u8; 16]>()),
+    );
+    let entry = hex::encode(entry.as_bytes());
+    format!(
+        "WITH forged AS (
+             INSERT INTO audit_entries (entry, entry_hash, subject)
+             VALUES (decode('{entry}', 'hex'), sha256(decode('{entry}', 'hex')), '{user}') RETURNING id)
+         INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at, entry_id)
+         SELECT decode('{serial}', 'hex'), '{user}', decode('{key_sha256}', 'hex'), decode('{}', 'hex'), now(), now(), now(), id
+         FROM forged",
+        hex::encode(certificate_der)
+    )
+}
+
 /// SQL that flips one byte inside the `subject` line of the entry at `index` (same length, still UTF-8).
 fn flip_subject_byte(index: u64) -> String {
     format!(
@@ -195,23 +227,33 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
     let (early_size, size) = (fixture.early_size, fixture.size);
     assert_eq!((early_size, size), (4, 7));
 
-    // The untouched store exports a log that verifies, alone and against both pinned checkpoints.
+    // The untouched store exports a log that verifies, alone and against both pinned checkpoints:
+    // its key history replays and its certificates match their entries.
     let case = fixture.case("clean").await;
     case.assert_exported();
     for pinned in [None, Some(fixture.early.as_path()), Some(fixture.latest.as_path())] {
         let (ok, text) = fixture.verify(&case.out, pinned, &[]);
         assert!(ok, "pinned {pinned:?}: {text}");
-        assert!(
-            text.contains(&format!("OK: the export of {size} entries verifies")),
-            "{text}"
-        );
+        for line in [
+            format!("OK: the export of {size} entries verifies"),
+            "users 3, pins 3, renewals 1, identity resets 0".to_owned(),
+            "PASS certificates.bin: 4 stored certificates match the entries that record them".to_owned(),
+        ] {
+            assert!(text.contains(&line), "{line:?} in {text}");
+        }
     }
 
-    // One byte of a stored entry after the early checkpoint: the root differs, and the pinned
-    // checkpoint narrows the change down to the entries it does not cover.
+    // One byte of a stored entry after it was checkpointed: the root differs, and the stored
+    // leaf hashes, which lead to the signed root, name the entry.
     let case = fixture.case("flipped-late").await;
     case.tamper(&flip_subject_byte(size - 1)).await;
     case.assert_exported();
+    let altered = format!("entry {} was altered after it was logged", size - 1);
+    fixture.assert_verify_fails(&case.out, None, &[], &altered);
+    fixture.assert_verify_fails(&case.out, Some(&fixture.early), &[], &altered);
+    // Without the stored leaves (an older export) the root only says that something changed, and
+    // the pinned checkpoint narrows the change down to the entries it does not cover.
+    std::fs::remove_file(case.out.join("leaves.bin")).expect("remove leaves.bin");
     fixture.assert_verify_fails(
         &case.out,
         None,
@@ -233,12 +275,13 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         &case.out,
         Some(&fixture.early),
         &[],
-        &format!("the change is in entries 0..{early_size}"),
+        "entry 0 was altered after it was logged",
     );
 
-    // Two entries' bytes swapped (indices kept): only the recomputed root can tell. The time
-    // check would name the later entry if the two were written more than its tolerance apart (a
-    // slow machine); a wide tolerance keeps this case about the root.
+    // Two entries' bytes swapped (indices kept): only the recomputed root can tell, and the stored
+    // leaves name the first of them. The time check would name the later entry if the two were
+    // written more than its tolerance apart (a slow machine); a wide tolerance keeps this case
+    // about the root.
     let case = fixture.case("swapped").await;
     let wide_tolerance = ["--time-tolerance-ms", "3600000"];
     case.tamper(
@@ -252,18 +295,84 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         &case.out,
         None,
         &wide_tolerance,
-        &format!("exported checkpoint (size {size}) does not match the entries"),
-    );
-    fixture.assert_verify_fails(
-        &case.out,
-        Some(&fixture.early),
-        &wide_tolerance,
-        &format!("the change is in entries 0..{early_size}"),
+        "entry 1 was altered after it was logged",
     );
 
-    // An entry deleted from the middle: the export refuses, naming the short range.
+    // The tree's stored leaf changed too, to the altered entry's hash: the stored leaves no
+    // longer lead to the signed root, so they cannot name the entry.
+    let case = fixture.case("flipped-and-leaf").await;
+    case.tamper(&flip_subject_byte(size - 1)).await;
+    case.tamper(&format!(
+        "UPDATE audit_tree_nodes SET hash = sha256('\\x00'::bytea || (SELECT entry FROM audit_entries WHERE leaf_index = {}))
+         WHERE level = 0 AND node_index = {}",
+        size - 1,
+        size - 1
+    ))
+    .await;
+    case.assert_exported();
+    fixture.assert_verify_fails(&case.out, None, &[], "do not lead to the checkpoint's root either");
+
+    // One byte of a stored certificate: named by its serial and the entry that records it (bob's
+    // issuance, entry 2).
+    let case = fixture.case("certificate-changed").await;
+    let bob_serial: String = case
+        .database
+        .client()
+        .await
+        .query_one(
+            "SELECT encode(serial, 'hex') FROM certificates WHERE user_id = 'bob'",
+            &[],
+        )
+        .await
+        .expect("bob's certificate")
+        .get(0);
+    case.tamper(
+        "UPDATE certificates SET certificate_der = set_byte(certificate_der, 100, get_byte(certificate_der, 100) # 1)
+         WHERE user_id = 'bob'",
+    )
+    .await;
+    case.assert_exported();
+    fixture.assert_verify_fails(
+        &case.out,
+        None,
+        &[],
+        &format!("stored certificate {bob_serial} does not match entry 2, which records it: the SHA-256 of its DER"),
+    );
+
+    // Entries forged into the outbox behind the CA's back, with certificate rows that match them,
+    // and logged and signed by a running replica's sequencer: the replayed key history names them.
+    let attacker = UserKeyPair::generate(UserKey::EcP256).fingerprint();
+    for (name, kind, user, fragment) in [
+        (
+            "forged-issuance",
+            "issuance",
+            "alice",
+            format!("FAIL entry {size}: issuance pins key {attacker} for alice, who is already pinned to key"),
+        ),
+        (
+            "forged-renewal",
+            "renewal",
+            "bob",
+            format!("FAIL entry {size}: renewal for bob names key {attacker}, but bob's pinned key is"),
+        ),
+    ] {
+        let case = fixture.case(name).await;
+        let replica = DevServer::start_with_config(&case.config);
+        case.tamper(&forge(kind, user, &attacker)).await;
+        checkpoint_covering(&case.database, size + 1).await;
+        replica.stop();
+        case.assert_exported();
+        fixture.assert_verify_fails(&case.out, None, &[], &fragment);
+    }
+
+    // An entry deleted from the middle: the export refuses, naming the short range. Pins and
+    // certificates reference their entries, so the attacker (a superuser) switches off the foreign
+    // keys first, here and below.
     let case = fixture.case("deleted").await;
-    case.tamper("DELETE FROM audit_entries WHERE leaf_index = 1").await;
+    case.tamper(&format!(
+        "{FOREIGN_KEYS_OFF} DELETE FROM audit_entries WHERE leaf_index = 1"
+    ))
+    .await;
     let (ok, text) = case.export();
     assert!(!ok, "export of a store missing an entry must fail: {text}");
     assert!(
@@ -276,8 +385,10 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
 
     // The tail deleted, head and checkpoints left: the export refuses the same way.
     let case = fixture.case("truncated").await;
-    case.tamper(&format!("DELETE FROM audit_entries WHERE leaf_index >= {early_size}"))
-        .await;
+    case.tamper(&format!(
+        "{FOREIGN_KEYS_OFF} DELETE FROM audit_entries WHERE leaf_index >= {early_size}"
+    ))
+    .await;
     let (ok, text) = case.export();
     assert!(!ok, "export of a truncated store must fail: {text}");
     assert!(
@@ -287,12 +398,13 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         "{text}"
     );
 
-    // The tail deleted and everything rolled back to the early checkpoint: entries, the subtrees
-    // over them, the head and the later checkpoints. The store is a consistent log of the early
-    // size, so its export verifies on its own; the auditor's later pinned checkpoint catches it.
+    // The log rolled back to the early checkpoint (entries, the subtrees over them, the head and
+    // the later checkpoints), the pins and certificates those entries recorded left in place: they
+    // are recorded by no entry of the exported log.
     let case = fixture.case("rolled-back").await;
     case.tamper(&format!(
         "BEGIN;
+         {FOREIGN_KEYS_OFF}
          DELETE FROM audit_entries WHERE leaf_index >= {early_size};
          DELETE FROM audit_tree_nodes WHERE (node_index + 1) << level > {early_size};
          UPDATE audit_log_head SET size = checkpoint.size, root = checkpoint.root
@@ -314,6 +426,23 @@ async fn tampering_with_the_postgresql_store_is_detected_offline() {
         i64::try_from(early_size).expect("small"),
         "the head was rolled back"
     );
+    case.assert_exported();
+    fixture.assert_verify_fails(
+        &case.out,
+        Some(&fixture.early),
+        &[],
+        "is recorded by no entry of the exported log (the store links it to no stored entry)",
+    );
+    // With them rolled back too, the store is a consistent log of the early size, so its export
+    // verifies on its own; the auditor's later pinned checkpoint catches it.
+    case.tamper(&format!(
+        "BEGIN;
+         {FOREIGN_KEYS_OFF}
+         DELETE FROM certificates WHERE entry_id NOT IN (SELECT id FROM audit_entries);
+         DELETE FROM identities WHERE pin_entry_id NOT IN (SELECT id FROM audit_entries);
+         COMMIT;"
+    ))
+    .await;
     case.assert_exported();
     let (ok, text) = fixture.verify(&case.out, Some(&fixture.early), &[]);
     assert!(ok, "a rollback to a signed size is consistent on its own: {text}");

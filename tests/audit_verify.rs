@@ -1,4 +1,4 @@
-//! Offline audit end to end: `ca-service audit export` from a dev server's store, `audit verify` with no database or HSM, and tampered exports, forks, rollbacks and a tampered store detected.
+//! Offline audit end to end: `ca-service audit export` from a dev server's store, `audit verify` with no database or HSM, and tampered exports, forks, rollbacks, a tampered store, forged entries and changed certificates detected.
 
 #![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
 
@@ -6,7 +6,15 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{DevServer, audit_export, audit_verify, ca_info, issue_and_wait_for_checkpoint};
+use common::{
+    DevServer, UserKey, UserKeyPair, audit_export, audit_verify, ca_info, issue, issue_and_wait_for_checkpoint,
+};
+use e2ee_ca_proto::v1::admin_client::AdminClient;
+use e2ee_ca_proto::v1::revoke_certificate_request::Target;
+use e2ee_ca_proto::v1::{
+    ApproveRequestRequest, RequestIdentityResetRequest, RevocationReason, RevokeCertificateRequest,
+};
+use sha2::{Digest, Sha256};
 use tlog::checkpoint::SignedCheckpoint;
 use tlog::key::VerifierKey;
 use tlog::note::SignedNote;
@@ -128,6 +136,15 @@ async fn exports_verify_offline_and_tampering_is_named() {
     assert!(text.contains("is consistent with the exported checkpoint"), "{text}");
     let (ok, text) = verify(&early, &vkey_text, Some(&pinned));
     assert!(ok, "{text}");
+    // An export from before leaves.bin and certificates.bin verifies, and says what it could not check.
+    let old = tampered(&export_dir, "old-format");
+    for file in ["leaves.bin", "certificates.bin"] {
+        std::fs::remove_file(old.join(file)).expect("remove");
+    }
+    let (ok, text) = verify(&old, &vkey_text, Some(&pinned));
+    assert!(ok, "{text}");
+    assert!(text.contains("PASS leaves.bin not exported"), "{text}");
+    assert!(text.contains("certificates not exported"), "{text}");
 
     let all = records(&export_dir);
     let size = all.len() as u64;
@@ -144,11 +161,18 @@ async fn exports_verify_offline_and_tampering_is_named() {
     let other = VerifierKey::ed25519(vkey.name().clone(), [7; 32]).to_string();
     assert_fails(verify(&export_dir, &other, None), "exported checkpoint (");
 
-    // One byte of an entry changed: the checkpoint does not match; the pinned one narrows it down.
+    // One byte of an entry changed: the checkpoint does not match, and the stored leaf hashes,
+    // which do, name the entry.
     let dir = tampered(&export_dir, "flipped");
     let mut changed = all.clone();
     flip_subject_byte(&mut changed[victim].1);
     write_records(&dir, &changed);
+    let altered = format!("entry {victim} was altered after it was logged");
+    assert_fails(verify(&dir, &vkey_text, None), &altered);
+    assert_fails(verify(&dir, &vkey_text, Some(&pinned)), &altered);
+    // An export without leaves.bin (an older one) can only say that the root differs; the pinned
+    // checkpoint narrows it down.
+    std::fs::remove_file(dir.join("leaves.bin")).expect("remove leaves.bin");
     assert_fails(
         verify(&dir, &vkey_text, None),
         &format!("exported checkpoint (size {size}) does not match the entries"),
@@ -156,6 +180,24 @@ async fn exports_verify_offline_and_tampering_is_named() {
     assert_fails(
         verify(&dir, &vkey_text, Some(&pinned)),
         &format!("the change is in entries {pinned_size}..{size}"),
+    );
+    // Stored leaves that do not lead to the signed root authenticate nothing.
+    let dir = tampered(&export_dir, "flipped-with-leaves");
+    write_records(&dir, &changed);
+    let mut leaves = std::fs::read(dir.join("leaves.bin")).expect("leaves.bin");
+    let last = leaves.len() - 1;
+    leaves[last] ^= 1;
+    std::fs::write(dir.join("leaves.bin"), &leaves).expect("write leaves.bin");
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        "do not lead to the checkpoint's root either",
+    );
+    // A stored leaf changed while the entries are intact: the store's tree was changed.
+    let dir = tampered(&export_dir, "leaf-changed");
+    std::fs::write(dir.join("leaves.bin"), &leaves).expect("write leaves.bin");
+    assert_fails(
+        verify(&dir, &vkey_text, None),
+        &format!("the stored tree's leaf {victim} (leaves.bin) differs from entry {victim}'s leaf hash"),
     );
 
     // An entry deleted from the middle.
@@ -178,7 +220,8 @@ async fn exports_verify_offline_and_tampering_is_named() {
         "entry index 2 at position 1, expected index 1",
     );
 
-    // Swapped with their indices rewritten to look contiguous: only the root can tell.
+    // Swapped with their indices rewritten to look contiguous: only the root can tell, and the
+    // stored leaves name the first of the two.
     let dir = tampered(&export_dir, "swapped-renumbered");
     let mut renumbered = swapped.clone();
     renumbered[1].0 = 1;
@@ -186,7 +229,7 @@ async fn exports_verify_offline_and_tampering_is_named() {
     write_records(&dir, &renumbered);
     assert_fails(
         verify(&dir, &vkey_text, None),
-        &format!("exported checkpoint (size {size}) does not match the entries"),
+        "entry 1 was altered after it was logged",
     );
 
     // An entry dated a year back (same length): named by the time check.
@@ -267,6 +310,236 @@ async fn exports_verify_offline_and_tampering_is_named() {
     export(&data_dir, &from_store, &vkey_text);
     assert_fails(
         verify(&from_store, &vkey_text, Some(&pinned)),
-        &format!("the change is in entries {pinned_size}..{size}"),
+        &format!("entry {victim} was altered after it was logged"),
     );
+}
+
+/// An entry as the issuer writes one for `user` and a certificate, forged by someone who holds the
+/// database file and not the CA: well formed, dated now, naming any key.
+fn forged_entry(kind: &str, user: &str, key_sha256: &str, serial: &[u8], certificate_der: &[u8]) -> Vec<u8> {
+    let time = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    format!(
+        "e2ee-ca audit entry v1\nkind {kind}\ntime {time}\nactor sync-server\nsubject {user}\nkey-sha256 {key_sha256}\n\
+         key-type ecdsa-p256\nserial {}\ncertificate-sha256 {}\nnonce {}\n",
+        hex::encode(serial),
+        hex::encode(Sha256::digest(certificate_der)),
+        hex::encode(rand::random::<[u8; 16]>()),
+    )
+    .into_bytes()
+}
+
+/// Forges, behind the running CA's back, a `kind` entry for `user` naming `key_sha256` into the
+/// outbox of the store in `data_dir` (no log index: the CA's sequencer logs and signs it), and a
+/// certificate row matching it; returns the entry's row id.
+fn forge(data_dir: &Path, kind: &str, user: &str, key_sha256: &str) -> i64 {
+    let serial: [u8; 16] = rand::random();
+    let certificate_der = b"not a certificate the CA signed".to_vec();
+    let entry = forged_entry(kind, user, key_sha256, &serial, &certificate_der);
+    let database = rusqlite::Connection::open(data_dir.join("ca.sqlite3")).expect("open store");
+    database
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout");
+    database
+        .execute(
+            "INSERT INTO audit_entries (entry, entry_hash, subject) VALUES (?1, ?2, ?3)",
+            rusqlite::params![entry, Sha256::digest(&entry).as_slice(), user],
+        )
+        .expect("forge the entry");
+    let entry_id = database.last_insert_rowid();
+    database
+        .execute(
+            "INSERT INTO certificates (serial, user_id, key_sha256, certificate_der, not_before, not_after, issued_at, entry_id)
+             VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5)",
+            rusqlite::params![
+                serial.as_slice(),
+                user,
+                hex::decode(key_sha256).expect("hex"),
+                certificate_der,
+                entry_id
+            ],
+        )
+        .expect("forge the certificate");
+    entry_id
+}
+
+/// The log index the sequencer gave the entry with row id `entry_id`.
+fn log_index(data_dir: &Path, entry_id: i64) -> u64 {
+    let database = rusqlite::Connection::open(data_dir.join("ca.sqlite3")).expect("open store");
+    let index: i64 = database
+        .query_row(
+            "SELECT leaf_index FROM audit_entries WHERE id = ?1",
+            [entry_id],
+            |row| row.get(0),
+        )
+        .expect("the forged entry was sequenced");
+    u64::try_from(index).expect("an index")
+}
+
+/// Runs `sql` on the stopped store in `data_dir`, as an attacker with the database file would.
+fn tamper(data_dir: &Path, sql: &str, params: impl rusqlite::Params) {
+    let database = rusqlite::Connection::open(data_dir.join("ca.sqlite3")).expect("open store");
+    let changed = database.execute(sql, params).expect("tamper");
+    assert_eq!(changed, 1, "{sql}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_history_and_the_stored_certificates_are_checked_against_the_log() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let server = DevServer::start(directory.path(), "ecdsa-p256");
+    let mut identity = server.client().await;
+    let vkey = ca_info(&mut identity).await.checkpoint_verifier_keys[0].clone();
+
+    // The honest history: issuances, a renewal, a dual-control reset and a revocation.
+    let alice_key = UserKeyPair::generate(UserKey::EcP256);
+    issue(&mut identity, "alice", &alice_key.csr("alice"))
+        .await
+        .expect("alice");
+    let renewed = issue(&mut identity, "alice", &alice_key.csr("alice"))
+        .await
+        .expect("renewal");
+    assert!(renewed.renewal);
+    let bob_key = UserKeyPair::generate(UserKey::EcP256);
+    let bob = issue(&mut identity, "bob", &bob_key.csr("bob")).await.expect("bob");
+    let carol_key = UserKeyPair::generate(UserKey::EcP256);
+    let carol = issue(&mut identity, "carol", &carol_key.csr("carol"))
+        .await
+        .expect("carol");
+    let mut admin_alice = AdminClient::new(server.connect_as("admin-alice").await);
+    let mut admin_bob = AdminClient::new(server.connect_as("admin-bob").await);
+    let request = admin_alice
+        .request_identity_reset(RequestIdentityResetRequest {
+            user_id: "alice".to_owned(),
+            reason: "lost every device".to_owned(),
+            revocation_reason: 0,
+        })
+        .await
+        .expect("requested")
+        .into_inner()
+        .request
+        .expect("request");
+    admin_bob
+        .approve_request(ApproveRequestRequest {
+            request_id: request.request_id,
+        })
+        .await
+        .expect("approved");
+    let new_key = UserKeyPair::generate(UserKey::EcP256);
+    let reset = issue(&mut identity, "alice", &new_key.csr("alice"))
+        .await
+        .expect("reset");
+    assert_eq!(reset.key_fingerprint, new_key.fingerprint());
+    admin_alice
+        .revoke_certificate(RevokeCertificateRequest {
+            target: Some(Target::SerialHex(bob.serial_hex.clone())),
+            reason: RevocationReason::KeyCompromise.into(),
+        })
+        .await
+        .expect("revoked");
+    issue_and_wait_for_checkpoint(&server, &["dave"]).await;
+    let data_dir = server.stop();
+    let honest = directory.path().join("honest");
+    export(&data_dir, &honest, &vkey);
+    let (ok, text) = verify(&honest, &vkey, None);
+    assert!(ok, "{text}");
+    for line in [
+        "PASS leaves.bin: the store's",
+        "PASS key history replayed: 4 users pinned (4 issuances, 1 renewals, 1 identity resets",
+        "PASS certificates.bin: 6 stored certificates match the entries that record them",
+        "users 4, pins 4, renewals 1, identity resets 1, requests 1 (approved 1)",
+        "certificates checked 6, beyond the checkpoint 0",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    let index = |issued: &e2ee_ca_proto::v1::IssueCertificateResponse| issued.log_entry.as_ref().expect("entry").index;
+
+    // One byte of a stored certificate changed: named by its serial and the entry recording it.
+    let case = directory.path().join("certificate-changed");
+    copy_dir(&data_dir, &case);
+    let serial = hex::decode(&carol.serial_hex).expect("hex");
+    let mut der: Vec<u8> = rusqlite::Connection::open(case.join("ca.sqlite3"))
+        .expect("open store")
+        .query_row(
+            "SELECT certificate_der FROM certificates WHERE serial = ?1",
+            [&serial],
+            |row| row.get(0),
+        )
+        .expect("carol's certificate");
+    der[100] ^= 1;
+    tamper(
+        &case,
+        "UPDATE certificates SET certificate_der = ?1 WHERE serial = ?2",
+        rusqlite::params![der, serial],
+    );
+    let out = directory.path().join("certificate-changed-export");
+    export(&case, &out, &vkey);
+    assert_fails(
+        verify(&out, &vkey, None),
+        &format!(
+            "stored certificate {} does not match entry {}, which records it: the SHA-256 of its DER",
+            carol.serial_hex,
+            index(&carol)
+        ),
+    );
+
+    // A stored certificate deleted (the reset's; the ones it revoked are held by their
+    // revocations): the entry recording it names it missing.
+    let case = directory.path().join("certificate-deleted");
+    copy_dir(&data_dir, &case);
+    tamper(
+        &case,
+        "DELETE FROM certificates WHERE serial = ?1",
+        [hex::decode(&reset.serial_hex).expect("hex")],
+    );
+    let out = directory.path().join("certificate-deleted-export");
+    export(&case, &out, &vkey);
+    assert_fails(
+        verify(&out, &vkey, None),
+        &format!(
+            "entry {} records certificate {} of alice, which the store does not hold: missing certificate",
+            index(&reset),
+            reset.serial_hex
+        ),
+    );
+
+    // A forged issuance for alice with an attacker's key, logged and signed by the running CA:
+    // a key change without an approved reset, though its certificate row matches it.
+    let attacker = UserKeyPair::generate(UserKey::EcP256).fingerprint();
+    for (name, kind, user, fragment) in [
+        (
+            "forged-issuance",
+            "issuance",
+            "alice",
+            format!(
+                "issuance pins key {attacker} for alice, who is already pinned to key {} (entry {})",
+                new_key.fingerprint(),
+                index(&reset)
+            ),
+        ),
+        (
+            "forged-renewal",
+            "renewal",
+            "carol",
+            format!(
+                "renewal for carol names key {attacker}, but carol's pinned key is {} (entry {})",
+                carol_key.fingerprint(),
+                index(&carol)
+            ),
+        ),
+    ] {
+        let case = directory.path().join(name);
+        copy_dir(&data_dir, &case);
+        let server = DevServer::start_in(&case, "ecdsa-p256");
+        let forged = forge(&case, kind, user, &attacker);
+        issue_and_wait_for_checkpoint(&server, &["zoe"]).await;
+        server.stop();
+        let forged_index = log_index(&case, forged);
+        let out = directory.path().join(format!("{name}-export"));
+        export(&case, &out, &vkey);
+        assert_fails(
+            verify(&out, &vkey, None),
+            &format!("FAIL entry {forged_index}: {fragment}"),
+        );
+    }
 }

@@ -72,12 +72,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Write the latest signed checkpoint and the entries it covers from the store (no HSM needed).
+    /// Write the latest signed checkpoint, the entries it covers, their stored leaf hashes and the
+    /// stored certificates from the store (no HSM needed).
     Export {
         /// The serve config whose [store] holds the log.
         #[arg(long)]
         config: PathBuf,
-        /// The output directory (entries.bin, checkpoint.txt, vkey.txt).
+        /// The output directory (entries.bin, leaves.bin, certificates.bin, checkpoint.txt, vkey.txt).
         #[arg(long)]
         out: PathBuf,
         /// The log's verifier key (text or a file holding it), copied to vkey.txt for the auditor.
@@ -242,12 +243,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out: &out,
                 vkey: vkey.as_ref(),
             };
-            let summary = runtime()?.block_on(store::with_store(&config.store_location()?, None, export))?;
+            let (summary, certificates) =
+                runtime()?.block_on(store::with_store(&config.store_location()?, None, export))?;
             println!(
                 "exported {} entries and the checkpoint of size {} to {}",
                 summary.entries,
                 summary.entries,
                 out.display()
+            );
+            match summary.missing_leaf {
+                None => println!("  {}: the store's {} leaf hashes", export::LEAVES_FILE, summary.entries),
+                Some(index) => println!(
+                    "  {} not written: the store holds no leaf hash for entry {index} (verify cannot name a changed entry)",
+                    export::LEAVES_FILE
+                ),
+            }
+            println!(
+                "  {}: {} stored certificates ({} recorded by entries beyond the checkpoint)",
+                export::CERTIFICATES_FILE,
+                certificates.certificates,
+                certificates.beyond_checkpoint
             );
             if !summary.vkey_written {
                 println!("  no --vkey given: vkey.txt not written");
@@ -277,17 +292,20 @@ impl StoreTask for Migrated {
     }
 }
 
-/// `audit export`: the latest checkpoint and its entries, read from the store alone.
+/// `audit export`: the latest checkpoint, its entries and leaf hashes, then the stored
+/// certificates, read from the store alone.
 struct Export<'a> {
     out: &'a Path,
     vkey: Option<&'a VerifierKey>,
 }
 
 impl StoreTask for Export<'_> {
-    type Output = export::ExportSummary;
+    type Output = (export::ExportSummary, export::CertificatesSummary);
 
-    async fn run<S: Store>(self, store: S) -> anyhow::Result<export::ExportSummary> {
-        Ok(export::export(&store, self.out, self.vkey).await?)
+    async fn run<S: Store>(self, store: S) -> anyhow::Result<Self::Output> {
+        let summary = export::export(&store, self.out, self.vkey).await?;
+        let certificates = export::export_certificates(&store, self.out, summary.entries).await?;
+        Ok((summary, certificates))
     }
 }
 
@@ -318,6 +336,18 @@ fn verify(
                 println!("PASS {line}");
             }
             println!("OK: the export of {} entries verifies", report.size);
+            let history = report.history;
+            println!(
+                "  users {}, pins {}, renewals {}, identity resets {}, requests {} (approved {})",
+                history.users, history.pins, history.renewals, history.resets, history.requests, history.approvals
+            );
+            match report.certificates {
+                Some(counts) => println!(
+                    "  certificates checked {}, beyond the checkpoint {}",
+                    counts.checked, counts.beyond_checkpoint
+                ),
+                None => println!("  certificates not exported"),
+            }
             Ok(())
         }
         Err(failure) => {

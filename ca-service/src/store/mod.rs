@@ -27,6 +27,7 @@ use crate::issuer::{IssuanceStore, SigningQueue};
 use crate::revocation::RevocationStore;
 use crate::service::CaRecord;
 use crate::transparency::LogSequencer;
+use crate::transparency::export::CertificateExport;
 use postgres::PostgresStore;
 use sqlite::SqliteStore;
 
@@ -37,6 +38,7 @@ pub trait Store:
     + CertificateLookup
     + CaRecord
     + LogSequencer
+    + CertificateExport
     + StoreHealth
     + IdentityDirectory
     + ApprovalStore
@@ -51,6 +53,7 @@ impl<S> Store for S where
         + CertificateLookup
         + CaRecord
         + LogSequencer
+        + CertificateExport
         + StoreHealth
         + IdentityDirectory
         + ApprovalStore

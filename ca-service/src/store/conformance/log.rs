@@ -331,8 +331,28 @@ pub(super) async fn exports_hold_the_latest_checkpoint_and_its_entries<H: Harnes
         export::export(&store, out.path(), None).await,
         Err(export::ExportError::NoCheckpoint)
     ));
+    // Issuances whose entries record their certificates as the issuer's do, so that the export
+    // replays and its certificates check.
+    let issue = async |certificate: crate::issuer::NewCertificate| {
+        let event = AuditEvent {
+            details: vec![
+                ("key-sha256", certificate.key_fingerprint.to_hex()),
+                ("serial", certificate.serial.to_hex()),
+                (
+                    "certificate-sha256",
+                    hex::encode(sha2::Sha256::digest(&certificate.certificate_der)),
+                ),
+            ],
+            ..event(certificate.user_id.as_str())
+        };
+        let outcome = store.commit_issuance(certificate, event).await.expect("commit");
+        assert!(
+            matches!(outcome, CommitOutcome::Committed { renewal: false, .. }),
+            "{outcome:?}"
+        );
+    };
     for round in 0..5u8 {
-        committed(&store, certificate(&format!("user-{round}"), round + 1, round + 1)).await;
+        issue(certificate(&format!("user-{round}"), round + 1, round + 1)).await;
     }
     let head = *sequence_all(&store, 3).await.last().expect("sequenced");
     let signer = TestSigner::new("test.example/log");
@@ -346,13 +366,18 @@ pub(super) async fn exports_hold_the_latest_checkpoint_and_its_entries<H: Harnes
         })
         .await
         .expect("store checkpoint");
-    // One more entry is sequenced but not yet signed: the export stops at the checkpoint.
-    store.append_event(event("refused")).await.expect("append");
+    // One more certificate is sequenced but not yet signed: the export stops at the checkpoint,
+    // and the certificate is exported as one the verifier cannot check yet.
+    issue(certificate("user-late", 9, 9)).await;
     sequence_all(&store, 3).await;
     let summary = export::export(&store, out.path(), Some(&signer.verifier))
         .await
         .expect("export");
-    assert_eq!(summary.entries, head.size);
+    assert_eq!((summary.entries, summary.missing_leaf), (head.size, None));
+    let certificates = export::export_certificates(&store, out.path(), summary.entries)
+        .await
+        .expect("export certificates");
+    assert_eq!((certificates.certificates, certificates.beyond_checkpoint), (6, 1));
     let options = export::VerifyOptions {
         trusted_key: signer.verifier.clone(),
         pinned: None,
@@ -360,6 +385,15 @@ pub(super) async fn exports_hold_the_latest_checkpoint_and_its_entries<H: Harnes
     };
     let report = export::verify(out.path(), &options).expect("the export verifies");
     assert_eq!(report.size, 5);
+    assert!(report.leaves_checked);
+    assert_eq!((report.history.users, report.history.pins), (5, 5));
+    assert_eq!(
+        report.certificates,
+        Some(export::CertificateCounts {
+            checked: 5,
+            beyond_checkpoint: 1
+        })
+    );
     let entries =
         export::parse_entries(&std::fs::read(out.path().join(export::ENTRIES_FILE)).expect("read")).expect("entries");
     let stored = store.entries(0, 5).await.expect("entries");

@@ -17,6 +17,7 @@
 //! `identities` the pins and certificates, `log` the transparency log, `migrate` the schema.
 
 mod admin;
+mod export;
 mod group_commit;
 mod identities;
 mod log;

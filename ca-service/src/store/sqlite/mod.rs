@@ -12,6 +12,7 @@
 //! inside the groups), `migrate` the schema.
 
 mod admin;
+mod export;
 mod group_commit;
 mod identities;
 mod log;
