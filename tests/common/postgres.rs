@@ -166,6 +166,10 @@ impl ProvisionedCa {
                 self.absolute(client_ca, "file");
             }
         }
+        // The tests count one audit entry per refusal: no per-minute summaries.
+        if let Some(issuance) = config.get_mut("issuance").and_then(toml::Value::as_table_mut) {
+            issuance.insert("refusal_entries_per_minute".to_owned(), 1_000_000.into());
+        }
         let mut store = toml::Table::new();
         store.insert("url".to_owned(), url.into());
         store.insert("pool_size".to_owned(), 4.into());

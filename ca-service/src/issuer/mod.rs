@@ -274,14 +274,14 @@ impl<S: IssuanceStore> Issuer<S> {
             let error = IssueError::RateLimited(pin_state.certificates_since);
             return Err(self.refuse(actor, &user_id, key_detail(), error).await);
         }
+        // 4. Refuse while the log cannot record it; build and sign; 5. check.
+        if !self.log_wait.sequencer.log_healthy() {
+            return Err(IssueError::LogStalled);
+        }
         if let Some(mismatch) = pin_unsequenced {
             // A renewal or a reset would sign on this pin: not before its entry is in the log.
             tracing::warn!(user = %user_id, %mismatch, "pin not yet backed by a sequenced entry");
             return Err(IssueError::PinMismatch(mismatch));
-        }
-        // 4. Refuse while the log cannot record it; build and sign; 5. check.
-        if !self.log_wait.sequencer.log_healthy() {
-            return Err(IssueError::LogStalled);
         }
         let certificate = {
             let _at_the_hsm = self.signing.enter();
