@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "e2ee/ca/v1/common.proto",
         "e2ee/ca/v1/admin.proto",
         "e2ee/ca/v1/identity.proto",
+        "e2ee/ca/v1/key_backup.proto",
         "e2ee/ca/v1/transparency.proto",
     ];
     for file in files {
