@@ -1,6 +1,7 @@
 //! Dual control: one admin requests, a different admin approves, and the action the approval
-//! authorizes consumes it, once, before it expires. One mechanism for every kind of request (an
-//! identity reset today; an escrow release reuses it as another `ApprovalKind`).
+//! authorizes consumes it, once, before it expires. One mechanism for every kind of request
+//! (`ApprovalKind`: an identity reset, an escrow release, registering or disabling the recovery
+//! key).
 //!
 //! Life of a request: `open` (pending) → `approve` by another principal (approved) → consumed
 //! inside the transaction of the action it authorizes (the store's `consume`, a compare-and-set on
@@ -57,22 +58,57 @@ impl fmt::Debug for RequestId {
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApprovalKind {
-    /// Let the user's next issuance pin a new key, revoking the old certificates.
+    /// Let the user's next issuance pin a new key, revoking the old certificates (consumed by
+    /// that issuance).
     IdentityReset,
+    /// Let one `GetEscrow` return the user's escrow deposit (consumed by it).
+    EscrowRelease,
+    /// Certify a recovery key and enable it (performed and consumed by the approval).
+    RecoveryKeyRegistration,
+    /// Disable the recovery key (performed and consumed by the approval).
+    RecoveryKeyDisable,
 }
+
+/// Every kind, for lookups by name.
+const KINDS: [ApprovalKind; 4] = [
+    ApprovalKind::IdentityReset,
+    ApprovalKind::EscrowRelease,
+    ApprovalKind::RecoveryKeyRegistration,
+    ApprovalKind::RecoveryKeyDisable,
+];
+
+/// The audit subject of recovery-key requests, which concern no user.
+pub const RECOVERY_KEY_SUBJECT: &str = "recovery-key";
 
 impl ApprovalKind {
     /// The name stored and logged.
     pub fn name(self) -> &'static str {
         match self {
             ApprovalKind::IdentityReset => "identity-reset",
+            ApprovalKind::EscrowRelease => "escrow-release",
+            ApprovalKind::RecoveryKeyRegistration => "recovery-key-registration",
+            ApprovalKind::RecoveryKeyDisable => "recovery-key-disable",
         }
     }
 
     /// The kind stored as `name`.
     pub fn from_name(name: &str) -> Option<ApprovalKind> {
-        (name == "identity-reset").then_some(ApprovalKind::IdentityReset)
+        KINDS.into_iter().find(|kind| kind.name() == name)
     }
+
+    /// True for the kinds that concern one user (the others have no `subject`).
+    pub fn concerns_a_user(self) -> bool {
+        matches!(self, ApprovalKind::IdentityReset | ApprovalKind::EscrowRelease)
+    }
+}
+
+/// A recovery key proposed for registration, carried by its request until approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposedRecoveryKey {
+    /// The X25519 SubjectPublicKeyInfo, DER (`recovery::RecoveryPublicKey`).
+    pub spki_der: Vec<u8>,
+    /// The ceremony reference.
+    pub ceremony_reference: String,
 }
 
 /// A request as stored.
@@ -82,14 +118,17 @@ pub struct ApprovalRequest {
     pub id: RequestId,
     /// What it asks for.
     pub kind: ApprovalKind,
-    /// The user it concerns.
-    pub subject: UserId,
+    /// The user it concerns; `None` exactly for the recovery-key kinds.
+    pub subject: Option<UserId>,
     /// Why, as the requester gave it.
     pub reason: String,
     /// For a reset: how the old certificates are revoked.
     pub revocation_reason: RevocationReason,
-    /// For a reset: the key pinned when it was requested (the one the reset replaces).
+    /// For a reset, the key pinned when it was requested (the one the reset replaces); for an
+    /// escrow release, the recovery key of the deposit; for a recovery-key request, that key.
     pub key_fingerprint: Option<KeyFingerprint>,
+    /// For a recovery-key registration: the proposed key.
+    pub recovery_key: Option<ProposedRecoveryKey>,
     /// The requesting principal.
     pub requested_by: String,
     /// When it was requested.
@@ -103,6 +142,11 @@ pub struct ApprovalRequest {
 }
 
 impl ApprovalRequest {
+    /// The subject as stored and logged: the user id, or `RECOVERY_KEY_SUBJECT`.
+    pub fn subject_text(&self) -> &str {
+        self.subject.as_ref().map_or(RECOVERY_KEY_SUBJECT, UserId::as_str)
+    }
+
     /// Where the request stands at `now`.
     pub fn state(&self, now: OffsetDateTime) -> RequestState {
         if self.consumed_at.is_some() {
@@ -171,20 +215,30 @@ pub enum OpenRefused {
     /// The user has no pinned key (nothing to reset).
     #[error("the user has no pinned identity")]
     UnknownUser,
+    /// An escrow release for a user without a deposit.
+    #[error("the user has no escrow deposit")]
+    NoDeposit,
+    /// A recovery-key disable while none is enabled.
+    #[error("no recovery key is enabled")]
+    RecoveryDisabled,
     /// The user has an open request of this kind already.
     #[error("the user already has an open request ({0}); approve it or let it expire")]
     AlreadyOpen(RequestId),
 }
 
-/// A request to open. The store fills in the pinned key (`key_fingerprint`) it sees.
+/// A request to open. The store fills in `key_fingerprint` from what it sees: the pinned key (a
+/// reset), the deposit's recovery key (a release), the enabled recovery key (a disable), or the
+/// proposed key's (a registration).
 #[derive(Debug, Clone)]
 pub struct NewRequest {
     /// Its id.
     pub id: RequestId,
     /// What it asks for.
     pub kind: ApprovalKind,
-    /// The user it concerns.
-    pub subject: UserId,
+    /// The user it concerns; `None` exactly for the recovery-key kinds.
+    pub subject: Option<UserId>,
+    /// For a recovery-key registration: the proposed key.
+    pub recovery_key: Option<ProposedRecoveryKey>,
     /// Why.
     pub reason: String,
     /// For a reset: how the old certificates are revoked.
@@ -197,12 +251,21 @@ pub struct NewRequest {
     pub expires_at: OffsetDateTime,
 }
 
+impl NewRequest {
+    /// The subject as stored and logged (see `ApprovalRequest::subject_text`).
+    pub fn subject_text(&self) -> &str {
+        self.subject.as_ref().map_or(RECOVERY_KEY_SUBJECT, UserId::as_str)
+    }
+}
+
 /// What the Admin service needs from a store for dual control. Implementations: both stores,
 /// held to it by `store::conformance`.
 ///
 /// Contract: `open` writes the request and its audit entry (built by the store from the request:
-/// see `audit::request_opened`) in one transaction, refusing a user without a pin or with an open
-/// request of the same kind (pending or approved, unconsumed, unexpired); `approve` reads the row
+/// see `audit::request_opened`) in one transaction, refusing an open request of the same kind and
+/// subject (pending or approved, unconsumed, unexpired; recovery-key requests share one subject),
+/// a reset of a user without a pin, a release of a user without a deposit and a disable while no
+/// recovery key is enabled; `approve` reads the row
 /// locked, applies `ApprovalRequest::check_approval` and records the approval with its entry in one
 /// transaction, so that two approvals cannot both succeed.
 pub trait ApprovalStore: Send + Sync + 'static {
@@ -237,10 +300,11 @@ mod tests {
         ApprovalRequest {
             id: RequestId::generate(),
             kind: ApprovalKind::IdentityReset,
-            subject: UserId::parse("alice").expect("user"),
+            subject: Some(UserId::parse("alice").expect("user")),
             reason: "lost every device".to_owned(),
             revocation_reason: RevocationReason::Superseded,
             key_fingerprint: None,
+            recovery_key: None,
             requested_by: requested_by.to_owned(),
             requested_at: OffsetDateTime::UNIX_EPOCH,
             expires_at: OffsetDateTime::UNIX_EPOCH + time::Duration::hours(24),
@@ -285,6 +349,9 @@ mod tests {
             ApprovalKind::from_name("identity-reset"),
             Some(ApprovalKind::IdentityReset)
         );
+        for kind in KINDS {
+            assert_eq!(ApprovalKind::from_name(kind.name()), Some(kind));
+        }
         assert_eq!(ApprovalKind::from_name("escrow"), None);
     }
 }

@@ -48,6 +48,23 @@ pub enum AuditKind {
     /// One caller's refusals past the per-window bound, counted rather than logged one by one
     /// (`issuer::refusals`): the window, the count by reason class, the distinct subjects.
     RefusalsSummarized,
+    /// A wrapped private key stored or replaced, after a proof of possession (`key-sha256`, the
+    /// blob's `wrapped-key-sha256`, `replaced`).
+    KeyBackupStored,
+    /// A wrapped private key read (actor: who read it; `key-sha256`, `wrapped-key-sha256`).
+    KeyBackupRead,
+    /// An escrow deposit (`key-sha256`, `recovery-key-sha256`, `escrow-sha256`).
+    EscrowDeposited,
+    /// An escrow deposit released to an admin (actor) under an approved request (`request-id`,
+    /// `requested-by`, `approved-by`, `recovery-key-sha256`, `escrow-sha256`).
+    EscrowReleased,
+    /// A recovery key certified and enabled under an approved request (`request-id`,
+    /// `requested-by`, `approved-by`, `recovery-key-sha256`, `certificate-sha256`,
+    /// `ceremony-reference`, and `replaced-recovery-key-sha256` when one was enabled before).
+    RecoveryKeyRegistered,
+    /// The recovery key disabled under an approved request (`request-id`, `requested-by`,
+    /// `approved-by`, `recovery-key-sha256`).
+    RecoveryKeyDisabled,
 }
 
 impl AuditKind {
@@ -72,6 +89,12 @@ impl AuditKind {
             AuditKind::IdentityReset => "identity-reset",
             AuditKind::Revocation => "revocation",
             AuditKind::RefusalsSummarized => "refusals-summarized",
+            AuditKind::KeyBackupStored => "key-backup-stored",
+            AuditKind::KeyBackupRead => "key-backup-read",
+            AuditKind::EscrowDeposited => "escrow-deposited",
+            AuditKind::EscrowReleased => "escrow-released",
+            AuditKind::RecoveryKeyRegistered => "recovery-key-registered",
+            AuditKind::RecoveryKeyDisabled => "recovery-key-disabled",
         }
     }
 }
@@ -189,10 +212,13 @@ pub fn request_opened(request: &crate::approvals::ApprovalRequest) -> AuditEvent
     if let Some(key) = &request.key_fingerprint {
         details.push(("key-sha256", key.to_hex()));
     }
+    if let Some(proposed) = &request.recovery_key {
+        details.push(("ceremony-reference", proposed.ceremony_reference.clone()));
+    }
     AuditEvent {
         kind: AuditKind::RequestOpened,
         actor: request.requested_by.clone(),
-        subject: request.subject.to_string(),
+        subject: request.subject_text().to_owned(),
         details,
     }
 }
@@ -202,12 +228,140 @@ pub fn request_approved(request: &crate::approvals::ApprovalRequest) -> AuditEve
     AuditEvent {
         kind: AuditKind::RequestApproved,
         actor: request.approval.as_ref().map(|(by, _)| by.clone()).unwrap_or_default(),
-        subject: request.subject.to_string(),
+        subject: request.subject_text().to_owned(),
         details: vec![
             ("request-id", request.id.to_string()),
             ("request-kind", request.kind.name().to_owned()),
             ("requested-by", request.requested_by.clone()),
         ],
+    }
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The entry of a wrapped key stored for `write.user` (actor: the caller).
+pub fn key_backup_stored(
+    write: &crate::key_backup::ProvenWrite,
+    wrapped_key: &crate::key_backup::WrappedKey,
+    replaced: bool,
+) -> AuditEvent {
+    AuditEvent {
+        kind: AuditKind::KeyBackupStored,
+        actor: write.actor.clone(),
+        subject: write.user.to_string(),
+        details: vec![
+            ("key-sha256", write.key_fingerprint.to_hex()),
+            ("wrapped-key-sha256", sha256_hex(wrapped_key.as_str().as_bytes())),
+            ("replaced", replaced.to_string()),
+        ],
+    }
+}
+
+/// The entry of a read of `user`'s wrapped key by `actor`.
+pub fn key_backup_read(
+    actor: &str,
+    user: &crate::identity::UserId,
+    backup: &crate::key_backup::StoredBackup,
+) -> AuditEvent {
+    AuditEvent {
+        kind: AuditKind::KeyBackupRead,
+        actor: actor.to_owned(),
+        subject: user.to_string(),
+        details: vec![
+            ("key-sha256", backup.key_fingerprint.to_hex()),
+            ("wrapped-key-sha256", sha256_hex(backup.wrapped_key.as_str().as_bytes())),
+        ],
+    }
+}
+
+/// The entry of an escrow deposit by `write.user` (actor: the caller).
+pub fn escrow_deposited(
+    write: &crate::key_backup::ProvenWrite,
+    recovery_fingerprint: &crate::identity::KeyFingerprint,
+    blob: &[u8],
+) -> AuditEvent {
+    AuditEvent {
+        kind: AuditKind::EscrowDeposited,
+        actor: write.actor.clone(),
+        subject: write.user.to_string(),
+        details: vec![
+            ("key-sha256", write.key_fingerprint.to_hex()),
+            ("recovery-key-sha256", recovery_fingerprint.to_hex()),
+            ("escrow-sha256", sha256_hex(blob)),
+        ],
+    }
+}
+
+/// The details naming an approved request and both its admins.
+fn approved_request_details(request: &crate::approvals::ApprovalRequest) -> Vec<(&'static str, String)> {
+    vec![
+        ("request-id", request.id.to_string()),
+        ("requested-by", request.requested_by.clone()),
+        (
+            "approved-by",
+            request.approval.as_ref().map(|(by, _)| by.clone()).unwrap_or_default(),
+        ),
+    ]
+}
+
+/// The entry of `escrow` released to `actor` under the approved `request`.
+pub fn escrow_released(
+    actor: &str,
+    request: &crate::approvals::ApprovalRequest,
+    escrow: &crate::recovery::EscrowRecord,
+) -> AuditEvent {
+    let mut details = approved_request_details(request);
+    details.push(("recovery-key-sha256", escrow.recovery_fingerprint.to_hex()));
+    details.push(("escrow-sha256", sha256_hex(&escrow.blob)));
+    AuditEvent {
+        kind: AuditKind::EscrowReleased,
+        actor: actor.to_owned(),
+        subject: escrow.user.to_string(),
+        details,
+    }
+}
+
+/// The entry of the recovery key `fingerprint` enabled with `certificate_der` under the approved
+/// `request` (actor: the approver), replacing `replaced` if one was enabled.
+pub fn recovery_key_registered(
+    request: &crate::approvals::ApprovalRequest,
+    fingerprint: &crate::identity::KeyFingerprint,
+    certificate_der: &[u8],
+    replaced: Option<&crate::identity::KeyFingerprint>,
+) -> AuditEvent {
+    let mut details = approved_request_details(request);
+    details.push(("recovery-key-sha256", fingerprint.to_hex()));
+    details.push(("certificate-sha256", sha256_hex(certificate_der)));
+    if let Some(proposed) = &request.recovery_key {
+        details.push(("ceremony-reference", proposed.ceremony_reference.clone()));
+    }
+    if let Some(replaced) = replaced {
+        details.push(("replaced-recovery-key-sha256", replaced.to_hex()));
+    }
+    AuditEvent {
+        kind: AuditKind::RecoveryKeyRegistered,
+        actor: request.approval.as_ref().map(|(by, _)| by.clone()).unwrap_or_default(),
+        subject: crate::approvals::RECOVERY_KEY_SUBJECT.to_owned(),
+        details,
+    }
+}
+
+/// The entry of the recovery key `fingerprint` disabled under the approved `request` (actor: the
+/// approver).
+pub fn recovery_key_disabled(
+    request: &crate::approvals::ApprovalRequest,
+    fingerprint: &crate::identity::KeyFingerprint,
+) -> AuditEvent {
+    let mut details = approved_request_details(request);
+    details.push(("recovery-key-sha256", fingerprint.to_hex()));
+    AuditEvent {
+        kind: AuditKind::RecoveryKeyDisabled,
+        actor: request.approval.as_ref().map(|(by, _)| by.clone()).unwrap_or_default(),
+        subject: crate::approvals::RECOVERY_KEY_SUBJECT.to_owned(),
+        details,
     }
 }
 

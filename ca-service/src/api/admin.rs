@@ -76,6 +76,10 @@ pub struct IdentityRecord {
     pub certificates: Vec<CertificateRecord>,
     /// The newest `MAX_HISTORY` entries whose subject is the user, oldest first.
     pub entries: Vec<UserLogEntry>,
+    /// True when a wrapped private key is stored for the user.
+    pub wrapped_key_stored: bool,
+    /// The recovery key of the user's escrow deposit, if there is one.
+    pub escrow_recovery_key: Option<KeyFingerprint>,
 }
 
 /// One row of `ListIdentities`.
@@ -165,7 +169,7 @@ fn request_to_proto(request: &ApprovalRequest) -> pb::ApprovalRequest {
     pb::ApprovalRequest {
         request_id: request.id.to_string(),
         kind: request.kind.name().to_owned(),
-        user_id: request.subject.to_string(),
+        user_id: request.subject.as_ref().map(UserId::to_string).unwrap_or_default(),
         reason: request.reason.clone(),
         requested_by: request.requested_by.clone(),
         requested_at: rfc3339(request.requested_at),
@@ -178,6 +182,11 @@ fn request_to_proto(request: &ApprovalRequest) -> pb::ApprovalRequest {
             .unwrap_or_default(),
         revocation_reason: reason_to_proto(request.revocation_reason).into(),
         key_fingerprint: request.key_fingerprint.map(|key| key.to_hex()).unwrap_or_default(),
+        ceremony_reference: request
+            .recovery_key
+            .as_ref()
+            .map(|proposed| proposed.ceremony_reference.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -279,6 +288,9 @@ where
                     entry_hash: hex::encode(entry.hash),
                 })
                 .collect(),
+            backup_reads: Vec::new(),
+            wrapped_key_stored: record.wrapped_key_stored,
+            escrow_recovery_key_fingerprint: record.escrow_recovery_key.map(|key| key.to_hex()).unwrap_or_default(),
         }))
     }
 
@@ -414,7 +426,8 @@ where
             .open_request(NewRequest {
                 id: RequestId::generate(),
                 kind: ApprovalKind::IdentityReset,
-                subject,
+                subject: Some(subject),
+                recovery_key: None,
                 reason: reason.to_owned(),
                 revocation_reason,
                 requested_by: actor.name().to_owned(),
@@ -426,13 +439,16 @@ where
         match opened {
             Ok((request, entry)) => {
                 self.indexed(&entry).await?;
-                tracing::warn!(admin = actor.name(), user = %request.subject, request = %request.id, "identity reset requested");
+                tracing::warn!(admin = actor.name(), subject = request.subject_text(), request = %request.id, "identity reset requested");
                 Ok(Response::new(pb::RequestIdentityResetResponse {
                     request: Some(request_to_proto(&request)),
                 }))
             }
             Err(OpenRefused::UnknownUser) => Err(Status::not_found("no identity is pinned for this user")),
-            Err(refused @ OpenRefused::AlreadyOpen(_)) => Err(Status::failed_precondition(refused.to_string())),
+            Err(refused @ OpenRefused::NoDeposit) => Err(Status::not_found(refused.to_string())),
+            Err(refused @ (OpenRefused::AlreadyOpen(_) | OpenRefused::RecoveryDisabled)) => {
+                Err(Status::failed_precondition(refused.to_string()))
+            }
         }
     }
 
@@ -451,7 +467,7 @@ where
         match approved {
             Ok((request, entry)) => {
                 self.indexed(&entry).await?;
-                tracing::warn!(admin = actor.name(), user = %request.subject, request = %request.id, "request approved");
+                tracing::warn!(admin = actor.name(), subject = request.subject_text(), request = %request.id, "request approved");
                 Ok(Response::new(pb::ApproveRequestResponse {
                     request: Some(request_to_proto(&request)),
                 }))
@@ -463,6 +479,34 @@ where
             }
             Err(refused @ ApprovalRefused::NotPending(_)) => Err(Status::failed_precondition(refused.to_string())),
         }
+    }
+
+    async fn register_recovery_key(
+        &self,
+        _request: Request<pb::RegisterRecoveryKeyRequest>,
+    ) -> Result<Response<pb::RegisterRecoveryKeyResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn disable_recovery_key(
+        &self,
+        _request: Request<pb::DisableRecoveryKeyRequest>,
+    ) -> Result<Response<pb::DisableRecoveryKeyResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn request_escrow_release(
+        &self,
+        _request: Request<pb::RequestEscrowReleaseRequest>,
+    ) -> Result<Response<pb::RequestEscrowReleaseResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn get_escrow(
+        &self,
+        _request: Request<pb::GetEscrowRequest>,
+    ) -> Result<Response<pb::GetEscrowResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
     }
 
     async fn list_requests(

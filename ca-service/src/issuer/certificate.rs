@@ -178,7 +178,7 @@ const BASIC_CONSTRAINTS_NOT_CA: [u8; 2] = [0x30, 0x00];
 
 /// basicConstraints `CA:FALSE` and the subjectKeyIdentifier `key_identifier` (20 bytes), as
 /// rcgen's `ExplicitNoCa` would write them, but in DER.
-fn end_entity_extensions(key_identifier: &[u8]) -> Vec<rcgen::CustomExtension> {
+pub fn end_entity_extensions(key_identifier: &[u8]) -> Vec<rcgen::CustomExtension> {
     let mut basic_constraints =
         rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], BASIC_CONSTRAINTS_NOT_CA.to_vec());
     basic_constraints.set_criticality(true);

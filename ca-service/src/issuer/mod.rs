@@ -31,7 +31,7 @@ mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use certificate::{CaCertificate, Profile, SigningQueue, SigningTicket, check_certificate};
+pub use certificate::{CaCertificate, Profile, SigningQueue, SigningTicket, check_certificate, end_entity_extensions};
 pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES};
 pub use pins::PinMismatch;
 pub use store::{CommitOutcome, IssuanceStore, NewCertificate, PinEntry, PinState, RateLimit, ResetOutcome};

@@ -84,6 +84,17 @@ pub(super) fn approval_kind(kind: &str) -> Result<crate::approvals::ApprovalKind
         .ok_or_else(|| StoreError::Corrupt(format!("stored request kind {kind:?} is unknown")))
 }
 
+/// A request's proposed recovery key, from its two nullable columns.
+pub(super) fn proposed_key(
+    spki_der: Option<Vec<u8>>,
+    ceremony_reference: Option<String>,
+) -> Option<crate::approvals::ProposedRecoveryKey> {
+    Some(crate::approvals::ProposedRecoveryKey {
+        spki_der: spki_der?,
+        ceremony_reference: ceremony_reference?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,8 @@ fn new_request(user_name: &str, by: &str, lifetime: time::Duration) -> NewReques
     NewRequest {
         id: RequestId::generate(),
         kind: ApprovalKind::IdentityReset,
-        subject: user(user_name),
+        subject: Some(user(user_name)),
+        recovery_key: None,
         reason: "lost every device".to_owned(),
         revocation_reason: RevocationReason::KeyCompromise,
         requested_by: by.to_owned(),

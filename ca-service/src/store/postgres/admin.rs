@@ -26,20 +26,28 @@ use crate::issuer::{NewCertificate, ResetOutcome};
 use crate::revocation::crl::RevokedEntry;
 use crate::revocation::{RevocationReason, RevocationStore, RevocationTarget, RevokeRefused, Revoked, StoredCrl};
 use crate::storage::StoreError;
-use crate::store::codec::{approval_kind, fingerprint, reason, request_id, to_hash, to_i64, to_u64, user_id};
+use crate::store::codec::{
+    approval_kind, fingerprint, proposed_key, reason, request_id, to_hash, to_i64, to_u64, user_id,
+};
 
 /// The columns `decode_request` reads, in order.
 const REQUEST_COLUMNS: &str = "id, kind, subject, reason, revocation_reason, key_sha256, requested_by, requested_at,
-     expires_at, approved_by, approved_at, consumed_at";
+     expires_at, approved_by, approved_at, consumed_at, recovery_spki_der, ceremony_reference";
 
 fn decode_request(row: &Row) -> Result<ApprovalRequest, StoreError> {
     let key: Option<&[u8]> = row.get(5);
     let approved_by: Option<String> = row.get(9);
     let approved_at: Option<OffsetDateTime> = row.get(10);
+    let kind = approval_kind(row.get(1))?;
     Ok(ApprovalRequest {
         id: request_id(row.get(0))?,
-        kind: approval_kind(row.get(1))?,
-        subject: user_id(row.get(2))?,
+        kind,
+        subject: if kind.concerns_a_user() {
+            Some(user_id(row.get(2))?)
+        } else {
+            None
+        },
+        recovery_key: proposed_key(row.get(12), row.get(13)),
         reason: row.get(3),
         revocation_reason: reason(row.get::<_, i16>(4).into())?,
         key_fingerprint: key.map(fingerprint).transpose()?,
@@ -228,7 +236,7 @@ impl ApprovalStore for PostgresStore {
     ) -> Result<Result<(ApprovalRequest, LogEntryRef), OpenRefused>, StoreError> {
         self.bounded(async |client| {
             let transaction = client.transaction().await.map_err(store_error)?;
-            let subject = request.subject.as_str();
+            let subject = request.subject_text();
             // The pin row, locked: two admins opening requests for one user at once take turns.
             let pinned = transaction
                 .query_opt(
@@ -257,6 +265,7 @@ impl ApprovalStore for PostgresStore {
                 id: request.id.clone(),
                 kind: request.kind,
                 subject: request.subject.clone(),
+                recovery_key: request.recovery_key.clone(),
                 reason: request.reason.clone(),
                 revocation_reason: request.revocation_reason,
                 key_fingerprint: Some(fingerprint(&pinned)?),
@@ -573,6 +582,8 @@ impl IdentityDirectory for PostgresStore {
                 pinned_at: pin.get(1),
                 certificates,
                 entries,
+                wrapped_key_stored: false, // TODO(store helper): read key_backups
+                escrow_recovery_key: None, // TODO(store helper): read escrows
             }))
         })
         .await

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_ca_certificates.sql")),
     (4, include_str!("migrations/0004_admin.sql")),
     (5, include_str!("migrations/0005_log_backed_pins.sql")),
+    (6, include_str!("migrations/0006_key_backup.sql")),
 ];
 
 /// The schema version this binary writes.

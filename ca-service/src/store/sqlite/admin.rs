@@ -19,11 +19,13 @@ use crate::issuer::{NewCertificate, ResetOutcome};
 use crate::revocation::crl::RevokedEntry;
 use crate::revocation::{RevocationReason, RevocationStore, RevocationTarget, RevokeRefused, Revoked, StoredCrl};
 use crate::storage::StoreError;
-use crate::store::codec::{approval_kind, fingerprint, from_unix, reason, request_id, to_i64, to_u64, user_id};
+use crate::store::codec::{
+    approval_kind, fingerprint, from_unix, proposed_key, reason, request_id, to_i64, to_u64, user_id,
+};
 
 /// The columns `request_row` decodes, in order.
 const REQUEST_COLUMNS: &str = "id, kind, subject, reason, revocation_reason, key_sha256, requested_by, requested_at,
-     expires_at, approved_by, approved_at, consumed_at";
+     expires_at, approved_by, approved_at, consumed_at, recovery_spki_der, ceremony_reference";
 
 fn request_row(row: &Row<'_>) -> rusqlite::Result<RawRequest> {
     Ok(RawRequest {
@@ -39,6 +41,8 @@ fn request_row(row: &Row<'_>) -> rusqlite::Result<RawRequest> {
         approved_by: row.get(9)?,
         approved_at: row.get(10)?,
         consumed_at: row.get(11)?,
+        recovery_spki_der: row.get(12)?,
+        ceremony_reference: row.get(13)?,
     })
 }
 
@@ -56,14 +60,22 @@ struct RawRequest {
     approved_by: Option<String>,
     approved_at: Option<i64>,
     consumed_at: Option<i64>,
+    recovery_spki_der: Option<Vec<u8>>,
+    ceremony_reference: Option<String>,
 }
 
 impl RawRequest {
     fn decode(self) -> Result<ApprovalRequest, StoreError> {
+        let kind = approval_kind(&self.kind)?;
         Ok(ApprovalRequest {
             id: request_id(&self.id)?,
-            kind: approval_kind(&self.kind)?,
-            subject: user_id(&self.subject)?,
+            kind,
+            subject: if kind.concerns_a_user() {
+                Some(user_id(&self.subject)?)
+            } else {
+                None
+            },
+            recovery_key: proposed_key(self.recovery_spki_der, self.ceremony_reference),
             reason: self.reason,
             revocation_reason: reason(self.revocation_reason)?,
             key_fingerprint: self.key.as_deref().map(fingerprint).transpose()?,
@@ -102,7 +114,8 @@ impl GroupWrite for OpenWrite {
 
     fn write(self, connection: &Connection) -> Result<Self::Output, StoreError> {
         let request = self.request;
-        let subject = request.subject.as_str();
+        let subject = request.subject_text().to_owned();
+        let subject = subject.as_str();
         let pinned: Option<Vec<u8>> = cached_row(
             connection,
             "SELECT key_sha256 FROM identities WHERE user_id = ?1",
@@ -130,6 +143,7 @@ impl GroupWrite for OpenWrite {
             id: request.id,
             kind: request.kind,
             subject: request.subject,
+            recovery_key: request.recovery_key,
             reason: request.reason,
             revocation_reason: request.revocation_reason,
             key_fingerprint: Some(fingerprint(&pinned)?),
@@ -150,7 +164,7 @@ impl GroupWrite for OpenWrite {
                 statement.execute(params![
                     stored.id.as_str(),
                     stored.kind.name(),
-                    stored.subject.as_str(),
+                    stored.subject_text(),
                     stored.reason,
                     stored.revocation_reason.code(),
                     pinned,
@@ -732,5 +746,7 @@ fn read_identity(connection: &Connection, user: UserId) -> Result<Option<Identit
         pinned_at: from_unix(pinned_at)?,
         certificates,
         entries,
+        wrapped_key_stored: false, // TODO(store helper): read key_backups
+        escrow_recovery_key: None, // TODO(store helper): read escrows
     }))
 }

@@ -397,7 +397,13 @@ impl Replay {
             AuditKind::IssuanceRefused
             | AuditKind::RefusalsSummarized
             | AuditKind::Ceremony
-            | AuditKind::Revocation => {
+            | AuditKind::Revocation
+            | AuditKind::KeyBackupStored
+            | AuditKind::KeyBackupRead
+            | AuditKind::EscrowDeposited
+            | AuditKind::EscrowReleased
+            | AuditKind::RecoveryKeyRegistered
+            | AuditKind::RecoveryKeyDisabled => {
                 self.counts.other += 1;
                 Ok(())
             }
