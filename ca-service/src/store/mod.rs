@@ -24,6 +24,8 @@ use crate::approvals::ApprovalStore;
 use crate::config::StoreLocation;
 use crate::health::StoreHealth;
 use crate::issuer::{IssuanceStore, SigningQueue};
+use crate::key_backup::KeyBackupStore;
+use crate::recovery::RecoveryStore;
 use crate::revocation::RevocationStore;
 use crate::service::CaRecord;
 use crate::transparency::LogSequencer;
@@ -43,6 +45,8 @@ pub trait Store:
     + IdentityDirectory
     + ApprovalStore
     + RevocationStore
+    + KeyBackupStore
+    + RecoveryStore
     + Clone
     + std::fmt::Debug
 {
@@ -58,6 +62,8 @@ impl<S> Store for S where
         + IdentityDirectory
         + ApprovalStore
         + RevocationStore
+        + KeyBackupStore
+        + RecoveryStore
         + Clone
         + std::fmt::Debug
 {

@@ -12,6 +12,7 @@ use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
+use super::backup::ENABLED_RECOVERY_KEY;
 use super::identities::{Recorded, insert_certificates, insert_entries, single_id};
 use super::{PostgresStore, store_error};
 use crate::api::admin::{
@@ -21,7 +22,7 @@ use crate::approvals::{
     ApprovalKind, ApprovalRefused, ApprovalRequest, ApprovalStore, NewRequest, OpenRefused, RequestId,
 };
 use crate::audit::{AuditEvent, LogEntryRef, serial_details};
-use crate::identity::{SerialNumber, UserId};
+use crate::identity::{KeyFingerprint, SerialNumber, UserId};
 use crate::issuer::{NewCertificate, ResetOutcome};
 use crate::revocation::crl::RevokedEntry;
 use crate::revocation::{RevocationReason, RevocationStore, RevocationTarget, RevokeRefused, Revoked, StoredCrl};
@@ -31,10 +32,11 @@ use crate::store::codec::{
 };
 
 /// The columns `decode_request` reads, in order.
-const REQUEST_COLUMNS: &str = "id, kind, subject, reason, revocation_reason, key_sha256, requested_by, requested_at,
+pub(super) const REQUEST_COLUMNS: &str =
+    "id, kind, subject, reason, revocation_reason, key_sha256, requested_by, requested_at,
      expires_at, approved_by, approved_at, consumed_at, recovery_spki_der, ceremony_reference";
 
-fn decode_request(row: &Row) -> Result<ApprovalRequest, StoreError> {
+pub(super) fn decode_request(row: &Row) -> Result<ApprovalRequest, StoreError> {
     let key: Option<&[u8]> = row.get(5);
     let approved_by: Option<String> = row.get(9);
     let approved_at: Option<OffsetDateTime> = row.get(10);
@@ -64,7 +66,7 @@ fn reason_code(reason: RevocationReason) -> i16 {
 }
 
 /// Inserts one entry; returns where it landed.
-async fn append(client: &impl GenericClient, event: &AuditEvent) -> Result<LogEntryRef, StoreError> {
+pub(super) async fn append(client: &impl GenericClient, event: &AuditEvent) -> Result<LogEntryRef, StoreError> {
     let entry = event.encode();
     let entry_id = single_id(insert_entries(client, &[&entry]).await?)?;
     Ok(LogEntryRef {
@@ -208,8 +210,15 @@ impl PostgresStore {
                 transaction.rollback().await.map_err(store_error)?;
                 return Ok(ResetOutcome::NotApproved);
             }
+            // The wrapped key was made for the old key: gone with it. The escrow deposit stays: it
+            // holds the old key, which may still open the user's old files.
+            let deleted = transaction
+                .execute("DELETE FROM key_backups WHERE user_id = $1", &[&user])
+                .await
+                .map_err(store_error)?;
             let revoked = unrevoked(&transaction, user).await?;
             let mut event = event;
+            event.details.push(("key-backup-deleted", (deleted == 1).to_string()));
             event.details.extend(serial_details(&revoked));
             let entry = append(&transaction, &event).await?;
             insert_revocations(&transaction, &revoked, request.revocation_reason, now, &entry).await?;
@@ -229,25 +238,89 @@ impl PostgresStore {
     }
 }
 
-impl ApprovalStore for PostgresStore {
-    async fn open_request(
-        &self,
-        request: NewRequest,
-    ) -> Result<Result<(ApprovalRequest, LogEntryRef), OpenRefused>, StoreError> {
-        self.bounded(async |client| {
-            let transaction = client.transaction().await.map_err(store_error)?;
-            let subject = request.subject_text();
-            // The pin row, locked: two admins opening requests for one user at once take turns.
-            let pinned = transaction
+/// Advisory lock key under which recovery-key requests are opened, one at a time: they share one
+/// subject and lock no row ("e2eeca" + 2; see `migrate::MIGRATION_LOCK`).
+const RECOVERY_KEY_REQUESTS_LOCK: i64 = 0x6532_6565_6361_0002;
+
+/// The key a new request concerns (`NewRequest`), or why it cannot be opened: the pinned key (a
+/// reset), the deposit's recovery key (a release), the proposed key (a registration) or the
+/// enabled one (a disable). Takes the lock under which opens of one subject take turns: the
+/// user's pin row, or `RECOVERY_KEY_REQUESTS_LOCK`.
+async fn request_key(
+    client: &impl GenericClient,
+    request: &NewRequest,
+) -> Result<Result<KeyFingerprint, OpenRefused>, StoreError> {
+    let subject = request.subject_text();
+    if !request.kind.concerns_a_user() {
+        client
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&RECOVERY_KEY_REQUESTS_LOCK])
+            .await
+            .map_err(store_error)?;
+    }
+    let (key, refused): (Option<Vec<u8>>, _) = match request.kind {
+        ApprovalKind::IdentityReset => {
+            let pinned = client
                 .query_opt(
                     "SELECT key_sha256 FROM identities WHERE user_id = $1 FOR UPDATE",
                     &[&subject],
                 )
                 .await
                 .map_err(store_error)?;
-            let Some(pinned) = pinned.map(|row| row.get::<_, Vec<u8>>(0)) else {
-                transaction.rollback().await.map_err(store_error)?;
-                return Ok(Err(OpenRefused::UnknownUser));
+            (pinned.map(|row| row.get(0)), OpenRefused::UnknownUser)
+        }
+        ApprovalKind::EscrowRelease => {
+            // A deposit's user is pinned (its foreign key): the pin row is the lock.
+            let deposit = client
+                .query_opt(
+                    "SELECT escrows.recovery_key_sha256 FROM identities
+                     JOIN escrows ON escrows.user_id = identities.user_id
+                     WHERE identities.user_id = $1 FOR UPDATE OF identities",
+                    &[&subject],
+                )
+                .await
+                .map_err(store_error)?;
+            (deposit.map(|row| row.get(0)), OpenRefused::NoDeposit)
+        }
+        ApprovalKind::RecoveryKeyRegistration => {
+            return match &request.recovery_key {
+                Some(proposed) => Ok(Ok(KeyFingerprint::of_spki(&proposed.spki_der))),
+                // The caller's mistake: refused, nothing written.
+                None => Err(StoreError::Integrity(
+                    "a recovery-key registration must carry the proposed key".to_owned(),
+                )),
+            };
+        }
+        ApprovalKind::RecoveryKeyDisable => {
+            let enabled = client.query_opt(ENABLED_RECOVERY_KEY, &[]).await.map_err(store_error)?;
+            (enabled.map(|row| row.get(0)), OpenRefused::RecoveryDisabled)
+        }
+    };
+    Ok(key.as_deref().map(fingerprint).transpose()?.ok_or(refused))
+}
+
+impl ApprovalStore for PostgresStore {
+    async fn open_request(
+        &self,
+        request: NewRequest,
+    ) -> Result<Result<(ApprovalRequest, LogEntryRef), OpenRefused>, StoreError> {
+        let mut request = request;
+        // Only the user kinds have a subject, and only a registration carries a key: stored as the
+        // decoding reads them back.
+        if !request.kind.concerns_a_user() {
+            request.subject = None;
+        }
+        if request.kind != ApprovalKind::RecoveryKeyRegistration {
+            request.recovery_key = None;
+        }
+        self.bounded(async |client| {
+            let transaction = client.transaction().await.map_err(store_error)?;
+            let subject = request.subject_text();
+            let key_fingerprint = match request_key(&transaction, &request).await? {
+                Ok(key_fingerprint) => key_fingerprint,
+                Err(refused) => {
+                    transaction.rollback().await.map_err(store_error)?;
+                    return Ok(Err(refused));
+                }
             };
             let open = transaction
                 .query_opt(
@@ -268,7 +341,7 @@ impl ApprovalStore for PostgresStore {
                 recovery_key: request.recovery_key.clone(),
                 reason: request.reason.clone(),
                 revocation_reason: request.revocation_reason,
-                key_fingerprint: Some(fingerprint(&pinned)?),
+                key_fingerprint: Some(key_fingerprint),
                 requested_by: request.requested_by.clone(),
                 requested_at: request.requested_at,
                 expires_at: request.expires_at,
@@ -279,18 +352,26 @@ impl ApprovalStore for PostgresStore {
             transaction
                 .execute(
                     "INSERT INTO approval_requests (id, kind, subject, reason, revocation_reason, key_sha256,
-                         requested_by, requested_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                         requested_by, requested_at, expires_at, recovery_spki_der, ceremony_reference)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     &[
                         &stored.id.as_str(),
                         &stored.kind.name(),
                         &subject,
                         &stored.reason,
                         &reason_code(stored.revocation_reason),
-                        &pinned,
+                        &key_fingerprint.as_bytes().as_slice(),
                         &stored.requested_by,
                         &stored.requested_at,
                         &stored.expires_at,
+                        &stored
+                            .recovery_key
+                            .as_ref()
+                            .map(|proposed| proposed.spki_der.as_slice()),
+                        &stored
+                            .recovery_key
+                            .as_ref()
+                            .map(|proposed| proposed.ceremony_reference.as_str()),
                     ],
                 )
                 .await
@@ -507,7 +588,7 @@ impl IdentityDirectory for PostgresStore {
                 .start()
                 .await
                 .map_err(store_error)?;
-            // Cached statements: a lookup is three executions, not three parses and plans.
+            // Cached statements: a lookup is four executions, not four parses and plans.
             let read_pin = transaction
                 .prepare_cached("SELECT key_sha256, pinned_at FROM identities WHERE user_id = $1")
                 .await
@@ -546,6 +627,17 @@ impl IdentityDirectory for PostgresStore {
                 .query(&read_entries, &[&user.as_str(), &history])
                 .await
                 .map_err(store_error)?;
+            let read_backups = transaction
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM key_backups WHERE user_id = $1),
+                            (SELECT recovery_key_sha256 FROM escrows WHERE user_id = $1)",
+                )
+                .await
+                .map_err(store_error)?;
+            let backups = transaction
+                .query_one(&read_backups, &[&user.as_str()])
+                .await
+                .map_err(store_error)?;
             transaction.commit().await.map_err(store_error)?;
             let certificates = certificates
                 .iter()
@@ -582,8 +674,8 @@ impl IdentityDirectory for PostgresStore {
                 pinned_at: pin.get(1),
                 certificates,
                 entries,
-                wrapped_key_stored: false, // TODO(store helper): read key_backups
-                escrow_recovery_key: None, // TODO(store helper): read escrows
+                wrapped_key_stored: backups.get(0),
+                escrow_recovery_key: backups.get::<_, Option<&[u8]>>(1).map(fingerprint).transpose()?,
             }))
         })
         .await

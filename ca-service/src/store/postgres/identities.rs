@@ -115,6 +115,18 @@ impl GroupedWrite for AppendGroup {
     }
 }
 
+/// The pin of user `$1` with the entry it references and that entry's leaf in the tree (key, entry
+/// bytes, leaf index, stored leaf hash; decoded by `codec::pin_entry`), as the issuer checks it
+/// (`issuer::pins::check_pin`): two primary-key probes beyond the pin's, only when there is one.
+/// `pin_state` reads it as a lateral subquery, `KeyBackupStore::pinned_key` with the SPKI.
+pub(super) const PIN_WITH_ENTRY: &str =
+    "SELECT identities.key_sha256, audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
+     FROM identities
+     LEFT JOIN audit_entries ON audit_entries.id = identities.pin_entry_id
+     LEFT JOIN audit_tree_nodes
+            ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
+     WHERE identities.user_id = $1";
+
 async fn pin_state(
     client: &Object,
     user: &UserId,
@@ -125,20 +137,13 @@ async fn pin_state(
     // the tree, two more primary-key probes only when there is a pin), the key's UNIQUE index and
     // the (user_id, issued_at) index.
     let statement = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT pin.key_sha256, pin.entry, pin.leaf_index, pin.hash,
                     (SELECT user_id FROM identities WHERE key_sha256 = $2),
                     (SELECT count(*) FROM certificates WHERE user_id = $1 AND issued_at >= $3)
              FROM (SELECT 1) AS one
-             LEFT JOIN LATERAL (
-                 SELECT identities.key_sha256, audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
-                 FROM identities
-                 LEFT JOIN audit_entries ON audit_entries.id = identities.pin_entry_id
-                 LEFT JOIN audit_tree_nodes
-                        ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
-                 WHERE identities.user_id = $1
-             ) AS pin ON true",
-        )
+             LEFT JOIN LATERAL ({PIN_WITH_ENTRY}) AS pin ON true"
+        ))
         .await
         .map_err(store_error)?;
     let row = client

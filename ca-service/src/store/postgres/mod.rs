@@ -14,9 +14,12 @@
 //! retry with the same key is a renewal.
 //!
 //! `group_commit` holds the group committers (issuances and refusals' entries share commits),
-//! `identities` the pins and certificates, `log` the transparency log, `migrate` the schema.
+//! `identities` the pins and certificates, `log` the transparency log, `admin` the Admin service's
+//! requests, revocations and lookups, `backup` the key backups, escrow deposits and the recovery
+//! key, `migrate` the schema.
 
 mod admin;
+mod backup;
 mod export;
 mod group_commit;
 mod identities;

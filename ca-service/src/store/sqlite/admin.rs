@@ -14,7 +14,7 @@ use crate::approvals::{
     ApprovalKind, ApprovalRefused, ApprovalRequest, ApprovalStore, NewRequest, OpenRefused, RequestId,
 };
 use crate::audit::{AuditEvent, LogEntryRef, serial_details};
-use crate::identity::{SerialNumber, UserId};
+use crate::identity::{KeyFingerprint, SerialNumber, UserId};
 use crate::issuer::{NewCertificate, ResetOutcome};
 use crate::revocation::crl::RevokedEntry;
 use crate::revocation::{RevocationReason, RevocationStore, RevocationTarget, RevokeRefused, Revoked, StoredCrl};
@@ -91,7 +91,7 @@ impl RawRequest {
     }
 }
 
-fn find_request(connection: &Connection, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
+pub(super) fn find_request(connection: &Connection, id: &RequestId) -> Result<Option<ApprovalRequest>, StoreError> {
     cached_row(
         connection,
         &format!("SELECT {REQUEST_COLUMNS} FROM approval_requests WHERE id = ?1"),
@@ -104,6 +104,47 @@ fn find_request(connection: &Connection, id: &RequestId) -> Result<Option<Approv
     .transpose()
 }
 
+/// The key a new request concerns (`NewRequest`), or why it cannot be opened: the pinned key (a
+/// reset), the deposit's recovery key (a release), the proposed key (a registration) or the
+/// enabled one (a disable).
+fn request_key(
+    connection: &Connection,
+    request: &NewRequest,
+) -> Result<Result<KeyFingerprint, OpenRefused>, StoreError> {
+    let subject = request.subject_text();
+    let (sql, refused) = match request.kind {
+        ApprovalKind::IdentityReset => (
+            "SELECT key_sha256 FROM identities WHERE user_id = ?1",
+            OpenRefused::UnknownUser,
+        ),
+        ApprovalKind::EscrowRelease => (
+            "SELECT recovery_key_sha256 FROM escrows WHERE user_id = ?1",
+            OpenRefused::NoDeposit,
+        ),
+        ApprovalKind::RecoveryKeyRegistration => {
+            return match &request.recovery_key {
+                Some(proposed) => Ok(Ok(KeyFingerprint::of_spki(&proposed.spki_der))),
+                // The caller's mistake: this write alone is refused, nothing written.
+                None => Err(StoreError::Integrity(
+                    "a recovery-key registration must carry the proposed key".to_owned(),
+                )),
+            };
+        }
+        ApprovalKind::RecoveryKeyDisable => {
+            let enabled = super::backup::enabled_recovery_key(connection)?;
+            return Ok(enabled
+                .map(|enabled| enabled.fingerprint)
+                .ok_or(OpenRefused::RecoveryDisabled));
+        }
+    };
+    let key: Option<Vec<u8>> = cached_row(connection, sql, params![subject], |row| row.get(0))
+        .optional()
+        .map_err(store_error)?;
+    key.map(|key| fingerprint(&key))
+        .transpose()
+        .map(|key| key.ok_or(refused))
+}
+
 /// `ApprovalStore::open_request` as a grouped write.
 struct OpenWrite {
     request: NewRequest,
@@ -113,19 +154,20 @@ impl GroupWrite for OpenWrite {
     type Output = Result<(ApprovalRequest, LogEntryRef), OpenRefused>;
 
     fn write(self, connection: &Connection) -> Result<Self::Output, StoreError> {
-        let request = self.request;
+        let mut request = self.request;
+        // Only the user kinds have a subject, and only a registration carries a key: stored as the
+        // decoding reads them back.
+        if !request.kind.concerns_a_user() {
+            request.subject = None;
+        }
+        if request.kind != ApprovalKind::RecoveryKeyRegistration {
+            request.recovery_key = None;
+        }
         let subject = request.subject_text().to_owned();
         let subject = subject.as_str();
-        let pinned: Option<Vec<u8>> = cached_row(
-            connection,
-            "SELECT key_sha256 FROM identities WHERE user_id = ?1",
-            params![subject],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(store_error)?;
-        let Some(pinned) = pinned else {
-            return Ok(Err(OpenRefused::UnknownUser));
+        let key_fingerprint = match request_key(connection, &request)? {
+            Ok(key_fingerprint) => key_fingerprint,
+            Err(refused) => return Ok(Err(refused)),
         };
         let open: Option<String> = cached_row(
             connection,
@@ -146,7 +188,7 @@ impl GroupWrite for OpenWrite {
             recovery_key: request.recovery_key,
             reason: request.reason,
             revocation_reason: request.revocation_reason,
-            key_fingerprint: Some(fingerprint(&pinned)?),
+            key_fingerprint: Some(key_fingerprint),
             requested_by: request.requested_by,
             requested_at: request.requested_at,
             expires_at: request.expires_at,
@@ -157,8 +199,8 @@ impl GroupWrite for OpenWrite {
         connection
             .prepare_cached(
                 "INSERT INTO approval_requests (id, kind, subject, reason, revocation_reason, key_sha256,
-                     requested_by, requested_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     requested_by, requested_at, expires_at, recovery_spki_der, ceremony_reference)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
@@ -167,10 +209,18 @@ impl GroupWrite for OpenWrite {
                     stored.subject_text(),
                     stored.reason,
                     stored.revocation_reason.code(),
-                    pinned,
+                    key_fingerprint.as_bytes().as_slice(),
                     stored.requested_by,
                     unix(stored.requested_at),
                     unix(stored.expires_at),
+                    stored
+                        .recovery_key
+                        .as_ref()
+                        .map(|proposed| proposed.spki_der.as_slice()),
+                    stored
+                        .recovery_key
+                        .as_ref()
+                        .map(|proposed| proposed.ceremony_reference.as_str()),
                 ])
             })
             .map_err(store_error)?;
@@ -353,8 +403,15 @@ impl GroupWrite for ResetWrite {
             }
             Err(error) => return Err(store_error(error)),
         }
+        // The wrapped key was made for the old key: gone with it. The escrow deposit stays: it holds
+        // the old key, which may still open the user's old files.
+        let deleted = connection
+            .prepare_cached("DELETE FROM key_backups WHERE user_id = ?1")
+            .and_then(|mut statement| statement.execute(params![user]))
+            .map_err(store_error)?;
         let revoked = unrevoked(connection, user)?;
         let mut event = event;
+        event.details.push(("key-backup-deleted", (deleted == 1).to_string()));
         event.details.extend(serial_details(&revoked));
         let entry = append_entry(connection, &event)?;
         insert_revocations(connection, &revoked, request.revocation_reason, now, &entry)?;
@@ -740,13 +797,21 @@ fn read_identity(connection: &Connection, user: UserId) -> Result<Option<Identit
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     entries.reverse();
+    let (wrapped_key_stored, escrow_recovery_key): (bool, Option<Vec<u8>>) = cached_row(
+        connection,
+        "SELECT EXISTS (SELECT 1 FROM key_backups WHERE user_id = ?1),
+                (SELECT recovery_key_sha256 FROM escrows WHERE user_id = ?1)",
+        params![user.as_str()],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .map_err(store_error)?;
     Ok(Some(IdentityRecord {
         user,
         key_fingerprint: fingerprint(&key)?,
         pinned_at: from_unix(pinned_at)?,
         certificates,
         entries,
-        wrapped_key_stored: false, // TODO(store helper): read key_backups
-        escrow_recovery_key: None, // TODO(store helper): read escrows
+        wrapped_key_stored,
+        escrow_recovery_key: escrow_recovery_key.as_deref().map(fingerprint).transpose()?,
     }))
 }

@@ -12,7 +12,7 @@ use crate::approvals::ApprovalRequest;
 use crate::audit::{AuditEvent, AuditKind, LogEntryRef};
 use crate::health::StoreHealth;
 use crate::identity::{KeyFingerprint, SerialNumber, StoredCertificate, UserId};
-use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinState, ResetOutcome};
+use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate, PinEntry, PinState, ResetOutcome};
 use crate::service::CaRecord;
 use crate::storage::StoreError;
 use crate::store::codec::{fingerprint, pin_entry, to_u64};
@@ -217,8 +217,32 @@ impl GroupWrite for RecordCaWrite {
     }
 }
 
-/// A pin row joined with its entry: key, entry bytes, leaf index, stored leaf hash.
-type PinRow = (Vec<u8>, Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+/// The pin of `user` with the entry it references and that entry's leaf in the tree, as the
+/// issuer checks it (`issuer::pins::check_pin`): one probe of each primary key, and nothing but the
+/// first when the user has no pin. `pin_state` and `KeyBackupStore::pinned_key` read pins with it.
+pub(super) fn read_pin(
+    connection: &Connection,
+    user: &UserId,
+) -> Result<Option<(KeyFingerprint, Option<PinEntry>)>, StoreError> {
+    type PinRow = (Vec<u8>, Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+    let pin: Option<PinRow> = cached_row(
+        connection,
+        "SELECT identities.key_sha256, audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
+         FROM identities
+         LEFT JOIN audit_entries ON audit_entries.id = identities.pin_entry_id
+         LEFT JOIN audit_tree_nodes
+                ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
+         WHERE identities.user_id = ?1",
+        params![user.as_str()],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+    )
+    .optional()
+    .map_err(store_error)?;
+    pin.map(|(pinned, entry, leaf_index, leaf_hash)| {
+        Ok((fingerprint(&pinned)?, pin_entry(entry, leaf_index, leaf_hash)?))
+    })
+    .transpose()
+}
 
 impl IssuanceStore for SqliteStore {
     async fn pin_state(
@@ -230,21 +254,7 @@ impl IssuanceStore for SqliteStore {
         let user = user.clone();
         let key = *key;
         self.with_reader(move |connection| {
-            // The pin with the entry it references and that entry's leaf in the tree: one probe of
-            // each primary key, and nothing but the first when the user has no pin.
-            let pin: Option<PinRow> = cached_row(
-                connection,
-                "SELECT identities.key_sha256, audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
-                 FROM identities
-                 LEFT JOIN audit_entries ON audit_entries.id = identities.pin_entry_id
-                 LEFT JOIN audit_tree_nodes
-                        ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
-                 WHERE identities.user_id = ?1",
-                params![user.as_str()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
-            .optional()
-            .map_err(store_error)?;
+            let pin = read_pin(connection, &user)?;
             let owner: Option<String> = cached_row(
                 connection,
                 "SELECT user_id FROM identities WHERE key_sha256 = ?1",
@@ -255,9 +265,7 @@ impl IssuanceStore for SqliteStore {
             .map_err(store_error)?;
             let certificates_since = certificates_since(connection, user.as_str(), since)?;
             let (user_pin, pin_entry) = match pin {
-                Some((pinned, entry, leaf_index, leaf_hash)) => {
-                    (Some(fingerprint(&pinned)?), pin_entry(entry, leaf_index, leaf_hash)?)
-                }
+                Some((pinned, entry)) => (Some(pinned), entry),
                 None => (None, None),
             };
             Ok(PinState {

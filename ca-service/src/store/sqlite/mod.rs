@@ -9,9 +9,11 @@
 //!
 //! `identities` holds the pins and certificates (the issuer's, the lookups' and the CA record's
 //! traits), `log` the transparency log (the readers' and the sequencer's traits, and sequencing
-//! inside the groups), `migrate` the schema.
+//! inside the groups), `admin` the Admin service's requests, revocations and lookups, `backup` the
+//! key backups, escrow deposits and the recovery key, `migrate` the schema.
 
 mod admin;
+mod backup;
 mod export;
 mod group_commit;
 mod identities;
