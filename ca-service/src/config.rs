@@ -444,6 +444,45 @@ pub struct ServeConfig {
     /// The Transparency service's export limits (defaults apply when absent).
     #[serde(default)]
     pub transparency: TransparencySection,
+    /// The KeyBackup service's proofs of possession (defaults apply when absent).
+    #[serde(default)]
+    pub key_backup: KeyBackupSection,
+}
+
+/// `[key_backup]`: the KeyBackup service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBackupSection {
+    /// How long a proof-of-possession nonce from CreateBackupChallenge stays usable, in seconds
+    /// (default 300; 10 to 3600).
+    #[serde(default = "KeyBackupSection::default_nonce_seconds")]
+    pub nonce_seconds: u64,
+}
+
+impl KeyBackupSection {
+    fn default_nonce_seconds() -> u64 {
+        300
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(10..=3600).contains(&self.nonce_seconds) {
+            bail!("key_backup.nonce_seconds must be between 10 and 3600");
+        }
+        Ok(())
+    }
+
+    /// How long a nonce is valid.
+    pub fn nonce_lifetime(&self) -> Duration {
+        Duration::from_secs(self.nonce_seconds)
+    }
+}
+
+impl Default for KeyBackupSection {
+    fn default() -> KeyBackupSection {
+        KeyBackupSection {
+            nonce_seconds: KeyBackupSection::default_nonce_seconds(),
+        }
+    }
 }
 
 /// `[crl]`: how often the CA signs a CRL, and for how long each is valid.
@@ -629,6 +668,7 @@ impl ServeConfig {
         self.crl.validate()?;
         self.admin.validate()?;
         self.transparency.validate()?;
+        self.key_backup.validate()?;
         self.check_listener()?;
         self.validate_principals()?;
         if self.ca.key_label.is_empty() {

@@ -338,8 +338,15 @@ fn verify(
             println!("OK: the export of {} entries verifies", report.size);
             let history = report.history;
             println!(
-                "  users {}, pins {}, renewals {}, identity resets {}, requests {} (approved {})",
-                history.users, history.pins, history.renewals, history.resets, history.requests, history.approvals
+                "  users {}, pins {}, renewals {}, identity resets {}, requests {} (approved {}), \
+                 escrow releases and recovery-key changes {}",
+                history.users,
+                history.pins,
+                history.renewals,
+                history.resets,
+                history.requests,
+                history.approvals,
+                history.approved_actions
             );
             match report.certificates {
                 Some(counts) => println!(

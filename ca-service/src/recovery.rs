@@ -178,9 +178,13 @@ pub trait RecoveryStore: Send + Sync + 'static {
 }
 
 /// Certifies `key` with the CA key: subject CN "e2ee-ca recovery key" and the ceremony reference as
-/// the organizational unit, keyUsage keyAgreement only (RFC 8410 §5), not a CA, valid for
-/// `CERTIFICATE_VALIDITY` from `now`; signed through `signer` (which verifies the signature) and
-/// checked like a user's certificate before it is returned.
+/// the organizational unit, keyUsage keyAgreement only (RFC 8410 §5), not a CA, the SKI derived
+/// from the key as for users and the AKI the CA's, valid for `CERTIFICATE_VALIDITY` from `now`;
+/// signed through `signer` (which verifies the signature) and checked like a user's certificate
+/// before it is returned.
+///
+/// rcgen writes a subject key only under a signature algorithm it knows, and X25519 is none, so
+/// the to-be-signed part is written here with yasna (rcgen's DER writer) from the same fields.
 pub async fn sign_certificate(
     signer: &Signer,
     ca: &Arc<CaCertificate>,
@@ -188,48 +192,139 @@ pub async fn sign_certificate(
     ceremony_reference: &str,
     now: OffsetDateTime,
 ) -> Result<Vec<u8>, IssueError> {
-    let mut params = rcgen::CertificateParams::default();
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(
-        crate::identity::SerialNumber::generate().as_bytes(),
-    ));
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + CERTIFICATE_VALIDITY;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "e2ee-ca recovery key");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationalUnitName, ceremony_reference);
-    params.is_ca = rcgen::IsCa::NoCa;
-    params.custom_extensions = crate::issuer::end_entity_extensions(&key.fingerprint().key_identifier());
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyAgreement];
-    params.use_authority_key_identifier_extension = true;
-    let subject_key =
-        rcgen::SubjectPublicKeyInfo::from_der(key.spki_der()).map_err(|error| IssueError::Build(error.to_string()))?;
-    let ca = Arc::clone(ca);
-    let subject_spki = key.spki_der().to_vec();
-    signer
-        .with_lease(move |signer| {
-            let issuer = rcgen::Issuer::from_ca_cert_der(&ca.certificate_der.as_slice().into(), signer)
-                .map_err(|error| IssueError::Build(error.to_string()))?;
-            let certificate = params
-                .signed_by(&subject_key, &issuer)
-                .map_err(|error| match signer.take_error() {
-                    Some(HsmError::SignatureCheck(_)) => IssueError::SignatureCheck,
-                    Some(hsm_error) => IssueError::Hsm(hsm_error),
-                    None => IssueError::Build(error.to_string()),
-                })?;
-            let certificate_der = certificate.der().to_vec();
-            crate::issuer::check_certificate(
-                &certificate_der,
-                &subject_spki,
-                signer.key().algorithm(),
-                signer.take_signed(),
-            )?;
-            Ok::<_, IssueError>(certificate_der)
+    let algorithm = signer.key().algorithm();
+    let (issuer, authority_key_id) = ca_names(&ca.certificate_der)?;
+    let serial = crate::identity::SerialNumber::generate();
+    let not_before = now - time::Duration::minutes(5);
+    let not_after = now + CERTIFICATE_VALIDITY;
+    let tbs = yasna::construct_der(|writer| {
+        writer.write_sequence(|writer| {
+            writer
+                .next()
+                .write_tagged(yasna::Tag::context(0), |writer| writer.write_u8(2));
+            writer.next().write_bigint_bytes(serial.as_bytes(), true);
+            write_signature_algorithm(writer.next(), algorithm);
+            writer.next().write_der(&issuer);
+            writer.next().write_sequence(|writer| {
+                write_time(writer.next(), not_before);
+                write_time(writer.next(), not_after);
+            });
+            writer.next().write_sequence(|writer| {
+                for (oid, value) in [
+                    (&[2u64, 5, 4, 3][..], "e2ee-ca recovery key"),
+                    (&[2, 5, 4, 11], ceremony_reference),
+                ] {
+                    writer.next().write_set(|writer| {
+                        writer.next().write_sequence(|writer| {
+                            writer
+                                .next()
+                                .write_oid(&yasna::models::ObjectIdentifier::from_slice(oid));
+                            writer.next().write_utf8_string(value);
+                        });
+                    });
+                }
+            });
+            writer.next().write_der(key.spki_der());
+            writer.next().write_tagged(yasna::Tag::context(3), |writer| {
+                writer.write_sequence(|writer| {
+                    let subject_key_id = yasna::construct_der(|writer| {
+                        writer.write_bytes(&key.fingerprint().key_identifier());
+                    });
+                    let authority = yasna::construct_der(|writer| {
+                        writer.write_sequence(|writer| {
+                            writer.next().write_tagged_implicit(yasna::Tag::context(0), |writer| {
+                                writer.write_bytes(&authority_key_id)
+                            });
+                        });
+                    });
+                    let extensions: [(&[u64], bool, Vec<u8>); 4] = [
+                        // basicConstraints CA:FALSE: an empty SEQUENCE (cA is DEFAULT FALSE).
+                        (&[2, 5, 29, 19], true, vec![0x30, 0x00]),
+                        // keyUsage keyAgreement (bit 4): 3 unused bits, 0b0000_1000.
+                        (&[2, 5, 29, 15], true, vec![0x03, 0x02, 0x03, 0x08]),
+                        (&[2, 5, 29, 14], false, subject_key_id),
+                        (&[2, 5, 29, 35], false, authority),
+                    ];
+                    for (oid, critical, value) in extensions {
+                        writer.next().write_sequence(|writer| {
+                            writer
+                                .next()
+                                .write_oid(&yasna::models::ObjectIdentifier::from_slice(oid));
+                            if critical {
+                                writer.next().write_bool(true);
+                            }
+                            writer.next().write_bytes(&value);
+                        });
+                    }
+                });
+            });
+        });
+    });
+    let signature = signer.sign(tbs.clone()).await.map_err(|error| match error {
+        HsmError::SignatureCheck(_) => IssueError::SignatureCheck,
+        other => IssueError::Hsm(other),
+    })?;
+    let certificate_der = yasna::construct_der(|writer| {
+        writer.write_sequence(|writer| {
+            writer.next().write_der(&tbs);
+            write_signature_algorithm(writer.next(), algorithm);
+            writer.next().write_bitvec_bytes(&signature, signature.len() * 8);
+        });
+    });
+    crate::issuer::check_certificate(
+        &certificate_der,
+        key.spki_der(),
+        algorithm,
+        Some(crate::hsm::Signed {
+            message: tbs,
+            signature,
+        }),
+    )?;
+    Ok(certificate_der)
+}
+
+/// The CA certificate's subject (raw DER, the issuer of what it signs) and its subject key
+/// identifier (the AKI of what it signs).
+fn ca_names(certificate_der: &[u8]) -> Result<(Vec<u8>, Vec<u8>), IssueError> {
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(certificate_der).map_err(|error| IssueError::Build(error.to_string()))?;
+    let key_id = certificate
+        .extensions()
+        .iter()
+        .find_map(|extension| match extension.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
         })
-        .await?
+        .ok_or_else(|| IssueError::Build("the CA certificate has no subject key identifier".to_owned()))?;
+    Ok((certificate.tbs_certificate.subject.as_raw().to_vec(), key_id))
+}
+
+/// The AlgorithmIdentifier of signatures by a CA key of `algorithm` (RFC 5758, RFC 4055).
+fn write_signature_algorithm(writer: yasna::DERWriter<'_>, algorithm: crate::hsm::KeyAlgorithm) {
+    use crate::hsm::KeyAlgorithm;
+    writer.write_sequence(|writer| match algorithm {
+        KeyAlgorithm::EcdsaP256 => writer.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(&[
+            1, 2, 840, 10045, 4, 3, 2,
+        ])),
+        KeyAlgorithm::EcdsaP384 => writer.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(&[
+            1, 2, 840, 10045, 4, 3, 3,
+        ])),
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => {
+            writer.next().write_oid(&yasna::models::ObjectIdentifier::from_slice(&[
+                1, 2, 840, 113549, 1, 1, 11,
+            ]));
+            writer.next().write_null();
+        }
+    });
+}
+
+/// UTCTime through 2049, GeneralizedTime after (RFC 5280 §4.1.2.5), in whole seconds.
+fn write_time(writer: yasna::DERWriter<'_>, time: OffsetDateTime) {
+    let time = time.replace_nanosecond(0).unwrap_or(time);
+    match yasna::models::UTCTime::from_datetime_opt(time) {
+        Some(utc) => writer.write_utctime(&utc),
+        None => writer.write_generalized_time(&yasna::models::GeneralizedTime::from_datetime(time)),
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::api::admin::AdminService;
 use crate::api::identity::{CaInfo, IdentityService};
+use crate::api::key_backup::KeyBackupService;
 use crate::api::principal::Authenticator;
 use crate::api::transparency::TransparencyService;
 use crate::api::{self, ServeOptions, Services};
@@ -203,6 +204,7 @@ impl StoreTask for Build<'_> {
             let (refusals, store) = (Arc::clone(&refusals), Arc::clone(&store));
             tasks.spawn("refusal summaries", |stop| refusals::run_flusher(refusals, store, stop));
         }
+        let recovery_ca = (ca_signer.clone(), Arc::clone(&ca));
         let issuer = Issuer::new(
             IssuerParts {
                 signer: ca_signer,
@@ -218,7 +220,14 @@ impl StoreTask for Build<'_> {
         )?;
         let services = Services {
             identity: IdentityService::new(issuer, Arc::clone(&store), ca_info),
-            admin: AdminService::new(Arc::clone(&store), crls, log_wait, config.admin.request_lifetime()),
+            admin: AdminService::new(
+                Arc::clone(&store),
+                crls,
+                log_wait.clone(),
+                config.admin.request_lifetime(),
+                recovery_ca,
+            ),
+            key_backup: KeyBackupService::new(Arc::clone(&store), log_wait, config.key_backup.nonce_lifetime()),
             transparency: TransparencyService::new(store, config.transparency.export_limits()),
         };
         let (tls, authenticator) = match &config.tls {

@@ -18,11 +18,13 @@ use super::identity::certificate_pem;
 use super::principal::principal;
 use super::status::{log_entry_status, store_status};
 use crate::approvals::{
-    ApprovalKind, ApprovalRefused, ApprovalRequest, ApprovalStore, MAX_REASON_BYTES, NewRequest, OpenRefused, RequestId,
+    ApprovalKind, ApprovalRequest, ApprovalStore, MAX_REASON_BYTES, NewRequest, OpenRefused, RequestId,
 };
 use crate::audit::{LogEntryRef, rfc3339};
+use crate::hsm::Signer;
 use crate::identity::{KeyFingerprint, SerialNumber, UserId};
-use crate::issuer::{IssuanceStore, LogWait, wait_for_log_index};
+use crate::issuer::{CaCertificate, IssuanceStore, LogWait, wait_for_log_index};
+use crate::recovery::RecoveryStore;
 use crate::revocation::{CrlPublisher, RevocationReason, RevocationStore, RevocationTarget, RevokeRefused};
 use crate::storage::StoreError;
 
@@ -110,32 +112,36 @@ pub trait IdentityDirectory: Send + Sync + 'static {
 
 /// The `Admin` service.
 pub struct AdminService<S> {
-    store: Arc<S>,
+    pub(super) store: Arc<S>,
     crls: Arc<CrlPublisher<S>>,
     log_wait: LogWait,
-    request_lifetime: Duration,
+    pub(super) request_lifetime: Duration,
+    /// The CA key and certificate, which certify a registered recovery key.
+    pub(super) recovery_ca: (Signer, Arc<CaCertificate>),
 }
 
 impl<S> AdminService<S> {
     /// Serves the admin calls on `store`; revocations publish through `crls`; requests expire
-    /// `request_lifetime` after they are opened.
+    /// `request_lifetime` after they are opened; `ca_signer` under `ca` certifies recovery keys.
     pub fn new(
         store: Arc<S>,
         crls: Arc<CrlPublisher<S>>,
         log_wait: LogWait,
         request_lifetime: Duration,
+        (ca_signer, ca): (Signer, Arc<CaCertificate>),
     ) -> AdminService<S> {
         AdminService {
             store,
             crls,
             log_wait,
             request_lifetime,
+            recovery_ca: (ca_signer, ca),
         }
     }
 }
 
 /// Now, in whole seconds: what both stores keep exactly.
-fn now() -> OffsetDateTime {
+pub(super) fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
 }
@@ -161,11 +167,22 @@ fn reason_from_proto(value: i32, field: &str) -> Result<RevocationReason, Status
     })
 }
 
-fn user_argument(raw: &str, field: &str) -> Result<UserId, Status> {
+pub(super) fn user_argument(raw: &str, field: &str) -> Result<UserId, Status> {
     UserId::parse(raw).map_err(|error| Status::invalid_argument(format!("{field}: {error}")))
 }
 
-fn request_to_proto(request: &ApprovalRequest) -> pb::ApprovalRequest {
+/// A request's reason, trimmed: 1 to `MAX_REASON_BYTES` bytes without control characters.
+pub(super) fn valid_reason(raw: &str) -> Result<&str, Status> {
+    let reason = raw.trim();
+    if reason.is_empty() || reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "reason is required: 1 to {MAX_REASON_BYTES} bytes of text without control characters"
+        )));
+    }
+    Ok(reason)
+}
+
+pub(super) fn request_to_proto(request: &ApprovalRequest) -> pb::ApprovalRequest {
     pb::ApprovalRequest {
         request_id: request.id.to_string(),
         kind: request.kind.name().to_owned(),
@@ -192,7 +209,7 @@ fn request_to_proto(request: &ApprovalRequest) -> pb::ApprovalRequest {
 
 impl<S: IssuanceStore> AdminService<S> {
     /// The entry's log index (bounded wait), for the response; the change is committed already.
-    async fn indexed(&self, entry: &LogEntryRef) -> Result<pb::LogEntryRef, Status> {
+    pub(super) async fn indexed(&self, entry: &LogEntryRef) -> Result<pb::LogEntryRef, Status> {
         let index = wait_for_log_index(&self.log_wait, self.store.as_ref(), entry)
             .await
             .map_err(log_entry_status)?;
@@ -243,10 +260,25 @@ fn check_certificates(record: &IdentityRecord) -> Result<(), Status> {
     Ok(())
 }
 
+/// The reads of the user's wrapped key among `entries` (`key-backup-read`), oldest first.
+fn backup_reads(entries: &[UserLogEntry]) -> Vec<pb::BackupRead> {
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let parsed = crate::audit::ParsedEntry::parse(&entry.bytes).ok()?;
+            (parsed.kind == crate::audit::AuditKind::KeyBackupRead.name()).then_some(pb::BackupRead {
+                read_by: parsed.actor,
+                read_at: parsed.time,
+                index: entry.index,
+            })
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl<S> Admin for AdminService<S>
 where
-    S: IdentityDirectory + ApprovalStore + RevocationStore + IssuanceStore,
+    S: IdentityDirectory + ApprovalStore + RevocationStore + IssuanceStore + RecoveryStore,
 {
     async fn get_identity(
         &self,
@@ -288,7 +320,7 @@ where
                     entry_hash: hex::encode(entry.hash),
                 })
                 .collect(),
-            backup_reads: Vec::new(),
+            backup_reads: backup_reads(&record.entries),
             wrapped_key_stored: record.wrapped_key_stored,
             escrow_recovery_key_fingerprint: record.escrow_recovery_key.map(|key| key.to_hex()).unwrap_or_default(),
         }))
@@ -403,12 +435,7 @@ where
         let actor = principal(&request)?;
         let request = request.into_inner();
         let subject = user_argument(&request.user_id, "user_id")?;
-        let reason = request.reason.trim();
-        if reason.is_empty() || reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
-            return Err(Status::invalid_argument(format!(
-                "reason is required: 1 to {MAX_REASON_BYTES} bytes of text without control characters"
-            )));
-        }
+        let reason = valid_reason(&request.reason)?;
         let revocation_reason = match request.revocation_reason {
             0 => RevocationReason::Superseded,
             value => match reason_from_proto(value, "revocation_reason")? {
@@ -459,6 +486,15 @@ where
         let actor = principal(&request)?;
         let id = RequestId::parse(&request.get_ref().request_id)
             .ok_or_else(|| Status::invalid_argument("request_id must be 32 lowercase hex characters"))?;
+        let Some(found) = self.store.request(&id).await.map_err(store_status)? else {
+            return Err(Status::not_found("no request with this id"));
+        };
+        if !found.kind.concerns_a_user() {
+            let (approved, _) = self.approve_recovery(&found, actor.name()).await?;
+            return Ok(Response::new(pb::ApproveRequestResponse {
+                request: Some(request_to_proto(&approved)),
+            }));
+        }
         let approved = self
             .store
             .approve_request(id, actor.name().to_owned(), now())
@@ -472,41 +508,36 @@ where
                     request: Some(request_to_proto(&request)),
                 }))
             }
-            Err(ApprovalRefused::NotFound) => Err(Status::not_found("no request with this id")),
-            Err(refused @ ApprovalRefused::SelfApproval) => {
-                tracing::warn!(admin = actor.name(), "self-approval refused");
-                Err(Status::permission_denied(refused.to_string()))
-            }
-            Err(refused @ ApprovalRefused::NotPending(_)) => Err(Status::failed_precondition(refused.to_string())),
+            Err(refused) => Err(super::recovery::approval_refused_status(actor.name(), refused)),
         }
     }
 
     async fn register_recovery_key(
         &self,
-        _request: Request<pb::RegisterRecoveryKeyRequest>,
+        request: Request<pb::RegisterRecoveryKeyRequest>,
     ) -> Result<Response<pb::RegisterRecoveryKeyResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        AdminService::register_recovery_key(self, request).await
     }
 
     async fn disable_recovery_key(
         &self,
-        _request: Request<pb::DisableRecoveryKeyRequest>,
+        request: Request<pb::DisableRecoveryKeyRequest>,
     ) -> Result<Response<pb::DisableRecoveryKeyResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        AdminService::disable_recovery_key(self, request).await
     }
 
     async fn request_escrow_release(
         &self,
-        _request: Request<pb::RequestEscrowReleaseRequest>,
+        request: Request<pb::RequestEscrowReleaseRequest>,
     ) -> Result<Response<pb::RequestEscrowReleaseResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        AdminService::request_escrow_release(self, request).await
     }
 
     async fn get_escrow(
         &self,
-        _request: Request<pb::GetEscrowRequest>,
+        request: Request<pb::GetEscrowRequest>,
     ) -> Result<Response<pb::GetEscrowResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        AdminService::get_escrow(self, request).await
     }
 
     async fn list_requests(

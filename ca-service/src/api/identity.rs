@@ -17,6 +17,7 @@ use super::status::{issue_status, store_status};
 use crate::audit::{CertificateRow, check_certificate_entry, rfc3339};
 use crate::identity::{StoredCertificate, UserId};
 use crate::issuer::{IssuanceStore, IssueRequest, Issuer};
+use crate::recovery::RecoveryStore;
 use crate::revocation::RevocationStore;
 use crate::storage::StoreError;
 use crate::transparency::LogReader;
@@ -121,7 +122,9 @@ pub(super) fn certificate_pem(der: &[u8]) -> String {
 }
 
 #[tonic::async_trait]
-impl<S: IssuanceStore + CertificateLookup + LogReader + RevocationStore> Identity for IdentityService<S> {
+impl<S: IssuanceStore + CertificateLookup + LogReader + RevocationStore + RecoveryStore> Identity
+    for IdentityService<S>
+{
     async fn issue_certificate(
         &self,
         request: Request<IssueCertificateRequest>,
@@ -197,6 +200,16 @@ impl<S: IssuanceStore + CertificateLookup + LogReader + RevocationStore> Identit
     async fn get_ca_info(&self, request: Request<GetCaInfoRequest>) -> Result<Response<GetCaInfoResponse>, Status> {
         principal(&request)?;
         let ca = &self.ca;
+        // Read on every call: another replica may have changed it, and clients must see a change.
+        let recovery = match self.store.recovery_key().await.map_err(store_status)? {
+            Some(key) => RecoveryKeyStatus {
+                enabled: true,
+                certificate_pem: certificate_pem(&key.certificate_der),
+                fingerprint: key.fingerprint.to_hex(),
+                enabled_since: rfc3339(key.enabled_at),
+            },
+            None => RecoveryKeyStatus::default(),
+        };
         Ok(Response::new(GetCaInfoResponse {
             ca_chain_pem: ca.chain_pem.clone(),
             ca_public_key_pem: ca.public_key_pem.clone(),
@@ -204,7 +217,7 @@ impl<S: IssuanceStore + CertificateLookup + LogReader + RevocationStore> Identit
             ca_key_algorithm: ca.key_algorithm.clone(),
             log_origin: ca.log_origin.clone(),
             checkpoint_verifier_keys: ca.checkpoint_verifier_keys.clone(),
-            recovery: Some(RecoveryKeyStatus::default()),
+            recovery: Some(recovery),
         }))
     }
 

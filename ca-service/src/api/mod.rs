@@ -8,7 +8,9 @@
 
 pub mod admin;
 pub mod identity;
+pub mod key_backup;
 pub mod principal;
+mod recovery;
 mod status;
 pub mod transparency;
 
@@ -17,6 +19,7 @@ use std::future::Future;
 use anyhow::Context;
 use e2ee_ca_proto::v1::admin_server::AdminServer;
 use e2ee_ca_proto::v1::identity_server::IdentityServer;
+use e2ee_ca_proto::v1::key_backup_server::KeyBackupServer;
 use e2ee_ca_proto::v1::transparency_server::TransparencyServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -25,11 +28,14 @@ use tonic_health::ServingStatus;
 
 use self::admin::{AdminService, IdentityDirectory};
 use self::identity::{CertificateLookup, IdentityService};
+use self::key_backup::KeyBackupService;
 use self::principal::{AccessLayer, Authenticator};
 use self::transparency::TransparencyService;
 use crate::approvals::ApprovalStore;
 use crate::config::TlsSection;
 use crate::issuer::IssuanceStore;
+use crate::key_backup::KeyBackupStore;
+use crate::recovery::RecoveryStore;
 use crate::revocation::RevocationStore;
 use crate::transparency::LogReader;
 
@@ -42,6 +48,8 @@ pub struct Services<S> {
     pub identity: IdentityService<S>,
     /// The admin console's calls.
     pub admin: AdminService<S>,
+    /// The sync server's key-backup calls.
+    pub key_backup: KeyBackupService<S>,
     /// The log's readers' calls.
     pub transparency: TransparencyService<S>,
 }
@@ -105,7 +113,14 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()>
 where
-    S: IssuanceStore + CertificateLookup + LogReader + RevocationStore + IdentityDirectory + ApprovalStore,
+    S: IssuanceStore
+        + CertificateLookup
+        + LogReader
+        + RevocationStore
+        + IdentityDirectory
+        + ApprovalStore
+        + RecoveryStore
+        + KeyBackupStore,
 {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -115,6 +130,7 @@ where
         .context("cannot build the reflection service")?;
     let identity = IdentityServer::new(services.identity).max_decoding_message_size(options.max_message_bytes);
     let admin = AdminServer::new(services.admin);
+    let key_backup = KeyBackupServer::new(services.key_backup);
     let transparency = TransparencyServer::new(services.transparency);
     // Without TCP_NODELAY, small responses wait for the peer's delayed ACK (about 40 ms per call).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -135,6 +151,7 @@ where
         .add_service(reflection)
         .add_service(identity)
         .add_service(admin)
+        .add_service(key_backup)
         .add_service(transparency)
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;
@@ -154,7 +171,13 @@ where
 }
 
 /// The names `grpc.health.v1` answers for: the whole server, then each service.
-const HEALTH_NAMES: [&str; 4] = ["", "e2ee.ca.v1.Identity", "e2ee.ca.v1.Admin", "e2ee.ca.v1.Transparency"];
+const HEALTH_NAMES: [&str; 5] = [
+    "",
+    "e2ee.ca.v1.Identity",
+    "e2ee.ca.v1.Admin",
+    "e2ee.ca.v1.KeyBackup",
+    "e2ee.ca.v1.Transparency",
+];
 
 /// Mirrors `health` into `grpc.health.v1` for the whole server and each service.
 async fn report_health(

@@ -49,6 +49,16 @@ pub(super) fn issue_status(error: IssueError) -> Status {
     }
 }
 
+/// A pin that failed its check against the log, met outside issuance (a proof of possession):
+/// logged at ERROR here, INTERNAL for the caller (UNAVAILABLE while the pin's entry is unsequenced).
+pub(super) fn pin_mismatch_status(user: &crate::identity::UserId, mismatch: &crate::issuer::PinMismatch) -> Status {
+    if mismatch.is_transient() {
+        return Status::unavailable("the audit log has not yet recorded this user's pin; retry shortly");
+    }
+    tracing::error!(%user, %mismatch, "the pinned key failed its check against the audit log");
+    Status::internal("the CA's record of this user's key failed its check against the audit log; nothing was changed")
+}
+
 /// A store error on a read or write: nothing was changed.
 pub(super) fn store_status(error: StoreError) -> Status {
     tracing::error!(%error, "store failure");

@@ -239,8 +239,8 @@ impl PostgresStore {
 }
 
 /// Advisory lock key under which recovery-key requests are opened, one at a time: they share one
-/// subject and lock no row ("e2eeca" + 2; see `migrate::MIGRATION_LOCK`).
-const RECOVERY_KEY_REQUESTS_LOCK: i64 = 0x6532_6565_6361_0002;
+/// subject and lock no row ("e2eeca" + 3; `migrate::MIGRATION_LOCK` is + 1, `log::SEQUENCER_LOCK` + 2).
+const RECOVERY_KEY_REQUESTS_LOCK: i64 = 0x6532_6565_6361_0003;
 
 /// The key a new request concerns (`NewRequest`), or why it cannot be opened: the pinned key (a
 /// reset), the deposit's recovery key (a release), the proposed key (a registration) or the

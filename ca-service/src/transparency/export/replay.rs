@@ -205,10 +205,8 @@ pub enum ReplayFailure {
         /// The request id.
         request: String,
     },
-    /// An approval or reset of a request already consumed by an earlier reset.
-    #[error(
-        "entry {index}: {kind} names request {request}, which the identity-reset at entry {consumed_at} already consumed"
-    )]
+    /// An approval or action of a request already consumed by an earlier action.
+    #[error("entry {index}: {kind} names request {request}, which the entry at {consumed_at} already consumed")]
     AlreadyConsumed {
         /// The entry's index.
         index: u64,
@@ -218,6 +216,16 @@ pub enum ReplayFailure {
         request: String,
         /// The reset that consumed it.
         consumed_at: u64,
+    },
+    /// An escrow release or recovery-key change that consumes a request never approved.
+    #[error("entry {index}: {kind} consumes request {request}, which was never approved")]
+    ActionNotApproved {
+        /// The entry's index.
+        index: u64,
+        /// Its kind.
+        kind: &'static str,
+        /// The request id.
+        request: String,
     },
     /// An approval or reset written after the request expired (beyond the time tolerance).
     #[error("entry {index}: {kind} of request {request} at {time}, after the request expired at {expires}")]
@@ -250,6 +258,9 @@ pub struct HistoryCounts {
     pub requests: u64,
     /// `request-approved` entries.
     pub approvals: u64,
+    /// `escrow-released`, `recovery-key-registered` and `recovery-key-disabled` entries (each
+    /// consuming an approved request).
+    pub approved_actions: u64,
     /// Entries of kinds that change no pin.
     pub other: u64,
 }
@@ -288,7 +299,7 @@ pub struct Replay {
 }
 
 /// The kinds this version knows, by name.
-const KINDS: [AuditKind; 9] = [
+const KINDS: [AuditKind; 15] = [
     AuditKind::Issuance,
     AuditKind::Renewal,
     AuditKind::IssuanceRefused,
@@ -298,6 +309,12 @@ const KINDS: [AuditKind; 9] = [
     AuditKind::RequestApproved,
     AuditKind::IdentityReset,
     AuditKind::Revocation,
+    AuditKind::KeyBackupStored,
+    AuditKind::KeyBackupRead,
+    AuditKind::EscrowDeposited,
+    AuditKind::EscrowReleased,
+    AuditKind::RecoveryKeyRegistered,
+    AuditKind::RecoveryKeyDisabled,
 ];
 
 /// One entry being replayed: its index and parsed text.
@@ -394,16 +411,22 @@ impl Replay {
             AuditKind::RequestOpened => self.request_opened(&at),
             AuditKind::RequestApproved => self.request_approved(&at),
             AuditKind::IdentityReset => self.identity_reset(&at),
+            AuditKind::EscrowReleased => {
+                self.approved_action(&at, ApprovalKind::EscrowRelease, Some("recovery-key-sha256"))
+            }
+            AuditKind::RecoveryKeyRegistered => {
+                self.approved_action(&at, ApprovalKind::RecoveryKeyRegistration, Some("recovery-key-sha256"))
+            }
+            AuditKind::RecoveryKeyDisabled => {
+                self.approved_action(&at, ApprovalKind::RecoveryKeyDisable, Some("recovery-key-sha256"))
+            }
             AuditKind::IssuanceRefused
             | AuditKind::RefusalsSummarized
             | AuditKind::Ceremony
             | AuditKind::Revocation
             | AuditKind::KeyBackupStored
             | AuditKind::KeyBackupRead
-            | AuditKind::EscrowDeposited
-            | AuditKind::EscrowReleased
-            | AuditKind::RecoveryKeyRegistered
-            | AuditKind::RecoveryKeyDisabled => {
+            | AuditKind::EscrowDeposited => {
                 self.counts.other += 1;
                 Ok(())
             }
@@ -620,6 +643,54 @@ impl Replay {
         Ok(())
     }
 
+    /// An escrow release or a recovery-key change: it must consume a request of `kind` with the
+    /// same subject, opened by its `requested-by` and approved by its `approved-by` (another
+    /// admin), unexpired and not consumed before; `key_detail`, when given, must name the request's
+    /// key.
+    fn approved_action(
+        &mut self,
+        at: &At<'_>,
+        kind: ApprovalKind,
+        key_detail: Option<&'static str>,
+    ) -> Result<(), ReplayFailure> {
+        let id = at.detail("request-id")?;
+        let requested_by = at.detail("requested-by")?;
+        let approved_by = at.detail("approved-by")?;
+        let key = key_detail.map(|name| at.key(name)).transpose()?;
+        let request = self.open_request(at, id)?;
+        let opened_at = request.opened_at;
+        if at.entry.subject != request.subject {
+            return Err(at.mismatch(id, "subject", &at.entry.subject, &request.subject, opened_at));
+        }
+        if request.kind != kind.name() {
+            return Err(at.mismatch(id, "request-kind", kind.name(), &request.kind, opened_at));
+        }
+        if let (Some(key), Some(requested_key)) = (key, request.key)
+            && key != requested_key
+        {
+            let (found, expected) = (hex::encode(key), hex::encode(requested_key));
+            return Err(at.mismatch(id, "key-sha256", &found, &expected, opened_at));
+        }
+        if requested_by != request.requested_by {
+            return Err(at.mismatch(id, "requested-by", requested_by, &request.requested_by, opened_at));
+        }
+        let Some((approver, _)) = &request.approval else {
+            return Err(ReplayFailure::ActionNotApproved {
+                index: at.index,
+                kind: at.kind,
+                request: id.to_owned(),
+            });
+        };
+        if approved_by != approver {
+            return Err(at.mismatch(id, "approved-by", approved_by, approver, opened_at));
+        }
+        self.check_unexpired(at, id, request)?;
+        self.requests.remove(id);
+        self.consumed.insert(id.to_owned(), at.index);
+        self.counts.approved_actions += 1;
+        Ok(())
+    }
+
     /// Checks that `key` is pinned to nobody (before `at` pins it).
     fn check_unowned(&self, at: &At<'_>, key: Key) -> Result<(), ReplayFailure> {
         match self.owners.get(&key) {
@@ -764,9 +835,96 @@ mod tests {
                 resets: 1,
                 requests: 1,
                 approvals: 1,
+                approved_actions: 0,
                 other: 2,
             }
         );
+    }
+
+    #[test]
+    fn an_escrow_release_must_consume_a_request_another_admin_approved_once() {
+        let release_opened = |by: &str| {
+            entry(
+                AuditKind::RequestOpened,
+                by,
+                "alice",
+                &[
+                    ("request-id", "e1".to_owned()),
+                    ("request-kind", "escrow-release".to_owned()),
+                    ("reason", "lost every device".to_owned()),
+                    ("expires", crate::audit::rfc3339(later())),
+                    ("key-sha256", key(7)),
+                ],
+            )
+        };
+        let release_approved = entry(
+            AuditKind::RequestApproved,
+            "admin-b",
+            "alice",
+            &[
+                ("request-id", "e1".to_owned()),
+                ("request-kind", "escrow-release".to_owned()),
+                ("requested-by", "admin-a".to_owned()),
+            ],
+        );
+        let released = |recovery_key: u8, approved_by: &str| {
+            entry(
+                AuditKind::EscrowReleased,
+                "admin-a",
+                "alice",
+                &[
+                    ("request-id", "e1".to_owned()),
+                    ("requested-by", "admin-a".to_owned()),
+                    ("approved-by", approved_by.to_owned()),
+                    ("recovery-key-sha256", key(recovery_key)),
+                    ("escrow-sha256", key(9)),
+                ],
+            )
+        };
+        let honest = vec![
+            issuance("alice", 1),
+            release_opened("admin-a"),
+            release_approved.clone(),
+            released(7, "admin-b"),
+        ];
+        assert_eq!(check(&honest).expect("replays").approved_actions, 1);
+        let cases = [
+            (
+                vec![issuance("alice", 1), release_opened("admin-a"), released(7, "admin-b")],
+                2,
+                "which was never approved",
+            ),
+            (
+                vec![
+                    issuance("alice", 1),
+                    release_opened("admin-a"),
+                    release_approved.clone(),
+                    released(8, "admin-b"),
+                ],
+                3,
+                "has key-sha256",
+            ),
+            (
+                vec![
+                    issuance("alice", 1),
+                    release_opened("admin-a"),
+                    release_approved.clone(),
+                    released(7, "admin-c"),
+                ],
+                3,
+                "has approved-by \"admin-c\"",
+            ),
+            (
+                [honest.clone(), vec![released(7, "admin-b")]].concat(),
+                4,
+                "which the entry at 3 already consumed",
+            ),
+        ];
+        for (entries, index, fragment) in cases {
+            let failure = check(&entries).expect_err(fragment).to_string();
+            assert!(failure.starts_with(&format!("entry {index}:")), "{failure}");
+            assert!(failure.contains(fragment), "{failure}");
+        }
     }
 
     #[test]
@@ -853,7 +1011,7 @@ mod tests {
                     ],
                 ),
                 7,
-                "which the identity-reset at entry 6 already consumed",
+                "which the entry at 6 already consumed",
             ),
             (
                 vec![
