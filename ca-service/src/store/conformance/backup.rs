@@ -21,7 +21,7 @@ use crate::key_backup::{
 };
 use crate::recovery::{RecoveryChange, RecoveryStore, ReleaseRefused};
 use crate::revocation::RevocationReason;
-use crate::transparency::{LogReader, LogSequencer};
+use crate::transparency::LogSequencer;
 
 /// Now, in whole seconds (the embedded store keeps seconds).
 fn now() -> OffsetDateTime {
@@ -146,7 +146,7 @@ async fn reset(store: &(impl ApprovalStore + IssuanceStore), user_name: &str, ke
 }
 
 /// The text of `entry`, read back from the log (everything pending is sequenced first).
-async fn entry_text(store: &(impl LogSequencer + LogReader), entry: &LogEntryRef) -> String {
+async fn entry_text(store: &impl LogSequencer, entry: &LogEntryRef) -> String {
     use sha2::Digest;
     let size = logged_entries(store).await;
     let entries = store.entries(0, size).await.expect("entries");
