@@ -21,6 +21,7 @@
 //! or fail.
 
 mod admin;
+mod backup;
 mod identities;
 mod log;
 
@@ -333,6 +334,20 @@ macro_rules! conformance_suite {
                 admin::revocations_are_recorded_once_and_listed_for_the_crl,
                 admin::crl_numbers_only_grow_and_the_latest_is_served,
                 admin::identities_are_listed_in_pages_by_user_id,
+                backup::the_pinned_key_is_read_with_its_entry,
+                backup::a_nonce_is_good_for_one_write_of_its_user_before_it_expires,
+                backup::concurrent_writes_with_one_nonce_commit_once,
+                backup::nonces_need_a_pin_and_are_bounded_per_user,
+                backup::a_wrapped_key_is_written_once_and_replaced_only_when_asked,
+                backup::a_write_proven_against_a_pin_that_moved_is_refused,
+                backup::a_read_is_logged_once_naming_the_reader,
+                backup::a_deposit_needs_the_enabled_recovery_key,
+                backup::an_approved_registration_enables_the_key_and_replaces_the_one_before,
+                backup::recovery_changes_refuse_self_approval_and_a_kind_mismatch,
+                backup::a_disable_of_a_key_no_longer_enabled_is_refused,
+                backup::an_escrow_release_returns_the_deposit_once,
+                backup::a_reset_deletes_the_wrapped_key_and_keeps_the_escrow,
+                backup::migration_6_applies_to_a_version_5_database_with_rows,
             );
         }
     };

@@ -3,10 +3,11 @@
 //! (`RevocationStore`) and the admin's lookups (`IdentityDirectory`).
 //!
 //! Admin writes are rare, so each is a transaction of its own (`bounded`), not a group. Races
-//! between replicas are decided by row locks and compare-and-set updates: an approval locks its
-//! request row (`FOR UPDATE`) before checking it; a reset consumes its approval with an `UPDATE …
-//! WHERE consumed_at IS NULL` (a second consumer waits, then sees it consumed) and moves the pin
-//! only from the key it was approved for.
+//! between replicas are decided by row locks and compare-and-set updates: opens of one subject take
+//! turns on the user's pin row (`FOR UPDATE`), or for the recovery-key requests on an advisory lock;
+//! an approval locks its request row before checking it; a reset consumes its approval with an
+//! `UPDATE … WHERE consumed_at IS NULL` (a second consumer waits, then sees it consumed) and moves
+//! the pin only from the key it was approved for.
 
 use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
