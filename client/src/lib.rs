@@ -13,10 +13,13 @@
 //! `protocol::folder` ties them into encrypted folders (create, add, share, unshare, open), over the small
 //! `FolderStorage` trait; `storage` implements it on a local directory standing in for the sync server.
 //! `mnemonic` holds the 12-word recovery phrase; `pins` the local pins of contacts' keys.
+//! `escrow` seals a user's private key to the CA's offline recovery key (HPKE), splits that key into paper
+//! shares and combines them, and holds the steps of the officers' `e2ee-recovery` tool.
 
 #![forbid(unsafe_code)]
 
 pub mod crypto;
+pub mod escrow;
 pub mod format;
 pub mod identity;
 pub mod mnemonic;
