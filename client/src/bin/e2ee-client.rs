@@ -335,6 +335,7 @@ impl Device {
                     chain_pem: info.ca_chain_pem,
                     public_key_pem: info.ca_public_key_pem,
                     certificate_fingerprint: info.ca_certificate_fingerprint,
+                    recovery: None,
                 },
                 pins: PinStore::open(&dir.join("pins.json"))?,
             },
