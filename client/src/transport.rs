@@ -9,7 +9,7 @@ use std::future::Future;
 use e2ee_ca_proto::v1::identity_client::IdentityClient;
 use e2ee_ca_proto::v1::key_backup_client::KeyBackupClient;
 use e2ee_ca_proto::v1::{
-    CreateBackupChallengeRequest, DepositEscrowRequest, GetCaInfoRequest, GetCertificatesRequest,
+    CreateBackupChallengeRequest, DepositEscrowRequest, GetCaInfoRequest, GetCaInfoResponse, GetCertificatesRequest,
     GetWrappedPrivateKeyRequest, IssueCertificateRequest, PutWrappedPrivateKeyRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -149,8 +149,8 @@ pub struct WrappedKeyStored {
     pub log_index: Option<u64>,
 }
 
-/// The wrapped private key the CA holds for a user (`GetWrappedPrivateKey`).
-#[derive(Debug, Clone)]
+/// The wrapped private key the CA holds for a user (`GetWrappedPrivateKey`). Its `Debug` leaves the blob out.
+#[derive(Clone)]
 pub struct StoredWrappedKey {
     /// The wrapped key, parsed from its stored string.
     pub wrapped_key: PrivateKeyBlob,
@@ -160,6 +160,18 @@ pub struct StoredWrappedKey {
     pub stored_at: String,
     /// The audit-log index of this read.
     pub log_index: Option<u64>,
+}
+
+impl std::fmt::Debug for StoredWrappedKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("StoredWrappedKey")
+            .field("wrapped_key", &"<wrapped>")
+            .field("key_fingerprint", &self.key_fingerprint)
+            .field("stored_at", &self.stored_at)
+            .field("log_index", &self.log_index)
+            .finish()
+    }
 }
 
 /// What `DepositEscrow` recorded.
@@ -312,6 +324,30 @@ impl GrpcTransport {
     }
 }
 
+/// Converts `GetCaInfo`'s answer. A recovery certificate the CA's own key did not sign, or whose key is not the
+/// fingerprint, makes the whole answer unusable: it is what a substituted recovery key would look like. A status
+/// with `enabled` false is `None`, whatever else it holds.
+fn ca_info_from(response: GetCaInfoResponse) -> Result<CaInfo, CaError> {
+    let recovery = match response.recovery {
+        Some(status) if status.enabled => Some(
+            RecoveryKeyInfo::verify(
+                &status.certificate_pem,
+                &status.fingerprint,
+                &status.enabled_since,
+                &response.ca_public_key_pem,
+            )
+            .map_err(|error| CaError::InvalidAnswer(error.to_string()))?,
+        ),
+        _ => None,
+    };
+    Ok(CaInfo {
+        chain_pem: response.ca_chain_pem,
+        public_key_pem: response.ca_public_key_pem,
+        certificate_fingerprint: response.ca_certificate_fingerprint,
+        recovery,
+    })
+}
+
 fn proof_message(proof: &ProofOfPossession) -> e2ee_ca_proto::v1::ProofOfPossession {
     e2ee_ca_proto::v1::ProofOfPossession {
         nonce: proof.nonce.as_bytes().to_vec(),
@@ -341,26 +377,7 @@ impl CaTransport for GrpcTransport {
 
     async fn ca_info(&mut self) -> Result<CaInfo, CaError> {
         let response = self.client.get_ca_info(GetCaInfoRequest {}).await?.into_inner();
-        // A recovery certificate the CA's own key did not sign, or whose key is not the fingerprint, makes the
-        // whole answer unusable: it is what a substituted recovery key would look like.
-        let recovery = match response.recovery {
-            Some(status) if status.enabled => Some(
-                RecoveryKeyInfo::verify(
-                    &status.certificate_pem,
-                    &status.fingerprint,
-                    &status.enabled_since,
-                    &response.ca_public_key_pem,
-                )
-                .map_err(|error| CaError::InvalidAnswer(error.to_string()))?,
-            ),
-            _ => None,
-        };
-        Ok(CaInfo {
-            chain_pem: response.ca_chain_pem,
-            public_key_pem: response.ca_public_key_pem,
-            certificate_fingerprint: response.ca_certificate_fingerprint,
-            recovery,
-        })
+        ca_info_from(response)
     }
 
     async fn certificate_of(&mut self, user_id: &str) -> Result<Option<String>, CaError> {
@@ -456,5 +473,95 @@ impl CaTransport for GrpcTransport {
         Ok(EscrowDeposited {
             log_index: response.log_entry.map(|entry| entry.index),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use e2ee_ca_proto::v1::RecoveryKeyStatus;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::recovery::tests::{ca_key, recovery_certificate, x25519_spki};
+
+    fn response(ca_public_key_pem: String, recovery: Option<RecoveryKeyStatus>) -> GetCaInfoResponse {
+        GetCaInfoResponse {
+            ca_chain_pem: "chain".into(),
+            ca_public_key_pem,
+            ca_certificate_fingerprint: "ab".repeat(32),
+            recovery,
+            ..GetCaInfoResponse::default()
+        }
+    }
+
+    fn status(certificate_pem: String, fingerprint: String) -> RecoveryKeyStatus {
+        RecoveryKeyStatus {
+            enabled: true,
+            certificate_pem,
+            fingerprint,
+            enabled_since: "2026-01-02T03:04:05Z".into(),
+        }
+    }
+
+    #[test]
+    fn ca_info_carries_a_recovery_key_only_when_enabled_and_certified_by_the_ca() {
+        let ca = ca_key();
+        let spki = x25519_spki(5);
+        let fingerprint = hex::encode(Sha256::digest(&spki));
+        let certified = status(recovery_certificate(&spki, &ca), fingerprint.clone());
+
+        let info = ca_info_from(response(ca.public_key_pem(), Some(certified.clone()))).expect("accepted");
+        let recovery = info.recovery.expect("enabled");
+        assert_eq!(recovery.fingerprint, fingerprint);
+        assert_eq!(recovery.enabled_since, "2026-01-02T03:04:05Z");
+
+        // Disabled (or absent): no recovery key, even if the other fields are filled in.
+        let disabled = RecoveryKeyStatus {
+            enabled: false,
+            ..certified.clone()
+        };
+        assert!(
+            ca_info_from(response(ca.public_key_pem(), Some(disabled)))
+                .expect("ok")
+                .recovery
+                .is_none()
+        );
+        assert!(
+            ca_info_from(response(ca.public_key_pem(), None))
+                .expect("ok")
+                .recovery
+                .is_none()
+        );
+
+        // Signed by another key than the answer's CA key, or for another key than the fingerprint: refused.
+        let forged = status(recovery_certificate(&spki, &ca_key()), fingerprint.clone());
+        assert!(matches!(
+            ca_info_from(response(ca.public_key_pem(), Some(forged))),
+            Err(CaError::InvalidAnswer(message)) if message.contains("not signed by the CA key")
+        ));
+        let other_key = status(recovery_certificate(&x25519_spki(6), &ca), fingerprint);
+        assert!(matches!(
+            ca_info_from(response(ca.public_key_pem(), Some(other_key))),
+            Err(CaError::InvalidAnswer(message)) if message.contains("not the reported")
+        ));
+    }
+
+    #[test]
+    fn status_codes_a_caller_acts_on_have_their_own_variants() {
+        let cases = [
+            (tonic::Code::AlreadyExists, "AlreadyExists"),
+            (tonic::Code::NotFound, "NotFound"),
+            (tonic::Code::FailedPrecondition, "FailedPrecondition"),
+            (tonic::Code::InvalidArgument, "InvalidArgument"),
+            (tonic::Code::Unavailable, "Unavailable"),
+            (tonic::Code::ResourceExhausted, "Unavailable"),
+            (tonic::Code::PermissionDenied, "Refused"),
+        ];
+        for (code, variant) in cases {
+            let error = CaError::from(tonic::Status::new(code, "the server's reason"));
+            assert!(format!("{error:?}").starts_with(variant), "{code:?}: {error:?}");
+            assert_eq!(error.code(), Some(code));
+            assert!(error.to_string().contains("the server's reason"), "{error}");
+        }
     }
 }
