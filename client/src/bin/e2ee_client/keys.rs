@@ -181,7 +181,7 @@ async fn store_new_words(transport: &mut GrpcTransport, account: &Account) -> an
     }
     .context("cannot store the key backup on the CA")?;
     if new.stored.replaced {
-        println!("replaced the key backup of {user:?} on the CA; the old words no longer open it");
+        println!("replaced the key backup of {user:?} on the CA: it is now stored under the new words only");
     } else {
         println!("stored a key backup for {user:?} on the CA");
     }
