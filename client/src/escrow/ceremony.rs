@@ -638,3 +638,280 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::OnceLock;
+
+    /// One RSA key for the tests (key generation is the slow part).
+    fn user_key() -> &'static RsaPrivateKey {
+        static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| RsaPrivateKey::generate_2048().expect("keygen"))
+    }
+
+    fn write_config(directory: &Path, name: &str, text: &str) -> PathBuf {
+        let path = directory.join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn ceremony_config(directory: &Path, text: &str) -> Result<CeremonyConfig, ConfigError> {
+        CeremonyConfig::load(&write_config(directory, "ceremony.toml", text))
+    }
+
+    const CEREMONY: &str = "reference = \"test\"\nthreshold = 3\nshares = 5\noutput_dir = \"out\"\n";
+
+    /// A ceremony in `directory`, and the words of its shares (one line each).
+    fn ceremony(directory: &Path) -> (CeremonyOutcome, Vec<String>) {
+        let config = ceremony_config(directory, CEREMONY).expect("config");
+        let outcome = run_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect("ceremony");
+        let words = outcome
+            .share_sheet()
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with("share "))
+            .map(str::to_owned)
+            .collect();
+        (outcome, words)
+    }
+
+    /// An open config for `user_id`'s blob sealed to the ceremony's key, writing `output`.
+    fn open_config(directory: &Path, user_id: &str, output: &str) -> OpenConfig {
+        let der = Zeroizing::new(
+            pem::parse(user_key().to_pkcs8_pem().as_bytes())
+                .expect("pem")
+                .into_contents(),
+        );
+        let public_key = RecoveryPublicKey::from_pem(
+            &std::fs::read_to_string(directory.join("out").join(PUBLIC_KEY_FILE)).expect("public key"),
+        )
+        .expect("parse");
+        let blob = super::super::seal(&public_key, "alice", &der).expect("seal");
+        std::fs::write(directory.join("alice.escrow"), blob).expect("blob");
+        let text = format!(
+            "escrow_blob = \"alice.escrow\"\nuser_id = \"{user_id}\"\nrecovery_public_key = \"out/{PUBLIC_KEY_FILE}\"\n{output}\n"
+        );
+        OpenConfig::load(&write_config(directory, "open.toml", &text)).expect("open config")
+    }
+
+    #[test]
+    fn ceremony_configs_are_validated() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let config = ceremony_config(directory.path(), CEREMONY).expect("valid");
+        assert_eq!(config.output_dir, directory.path().join("out"));
+        let refused = |text: &str| ceremony_config(directory.path(), text).expect_err(text).to_string();
+        assert!(refused(&format!("{CEREMONY}color = \"red\"\n")).contains("unknown field"));
+        assert!(refused("reference = \"test\"\nthreshold = 3\nshares = 5\n").contains("output_dir"));
+        for (threshold, shares) in [(1, 5), (6, 5), (3, 17)] {
+            let text = format!("reference = \"x\"\nthreshold = {threshold}\nshares = {shares}\noutput_dir = \"o\"\n");
+            assert!(refused(&text).contains("threshold"), "{threshold} of {shares}");
+        }
+        let reference =
+            |value: &str| format!("reference = \"{value}\"\nthreshold = 2\nshares = 2\noutput_dir = \"o\"\n");
+        assert!(refused(&reference("")).contains("reference"));
+        assert!(refused(&reference(&"x".repeat(513))).contains("reference"));
+        assert!(refused(&reference("a\\nb")).contains("control"));
+        ceremony_config(directory.path(), &reference(&"x".repeat(512))).expect("512 bytes is fine");
+        let officers = format!("{CEREMONY}officers = [\"Ada\", \"Grace\"]\n");
+        assert!(refused(&officers).contains("2 officers for 5 shares"));
+        let absolute = "reference = \"x\"\nthreshold = 2\nshares = 2\noutput_dir = \"/srv/out\"\n";
+        assert_eq!(
+            ceremony_config(directory.path(), absolute).expect("valid").output_dir,
+            Path::new("/srv/out")
+        );
+    }
+
+    #[test]
+    fn the_ceremony_writes_public_files_and_a_sheet_that_combines() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let text = format!("{CEREMONY}officers = [\"Ada\", \"Grace\", \"Katherine\", \"Margaret\", \"Radia\"]\n");
+        let config = ceremony_config(directory.path(), &text).expect("config");
+        let outcome = run_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect("ceremony");
+        let out = directory.path().join("out");
+        let pem_text = std::fs::read_to_string(out.join(PUBLIC_KEY_FILE)).expect("public key");
+        assert_eq!(
+            RecoveryPublicKey::from_pem(&pem_text).expect("parse"),
+            outcome.public_key
+        );
+        let registration: RegistrationRequest =
+            serde_json::from_str(&std::fs::read_to_string(out.join(REGISTRATION_FILE)).expect("json")).expect("parse");
+        assert_eq!(registration, outcome.registration);
+        assert_eq!(registration.public_key_pem, pem_text);
+        assert_eq!(registration.fingerprint, outcome.public_key.fingerprint());
+        assert_eq!((registration.threshold, registration.shares), (3, 5));
+        assert_eq!(registration.ceremony_reference, "test");
+        assert_eq!(registration.created_at, "1970-01-01T00:00:00Z");
+        assert_eq!(
+            std::fs::read_dir(&out).expect("list").count(),
+            2,
+            "nothing else is written"
+        );
+
+        let sheet = outcome.share_sheet();
+        let lines: Vec<&str> = sheet.lines().collect();
+        assert_eq!(lines.len(), 5 * 3 - 1);
+        let split_id = &registration.split_id;
+        assert_eq!(
+            lines[0],
+            format!("share 1 of 5 (3 needed), split {split_id}, officer Ada")
+        );
+        assert_eq!(
+            lines[3],
+            format!("share 2 of 5 (3 needed), split {split_id}, officer Grace")
+        );
+        assert_eq!(lines[2], "");
+        let shares: Vec<Share> = [1, 7, 13]
+            .iter()
+            .map(|line| Share::parse(lines[*line]).expect("share"))
+            .collect();
+        assert_eq!(shares.iter().map(Share::index).collect::<Vec<_>>(), [1, 3, 5]);
+        shares::combine_for(&shares, &outcome.public_key).expect("the printed shares combine");
+
+        let again = run_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect_err("outputs exist");
+        assert!(matches!(again, CeremonyError::Exists(path) if path == out.join(PUBLIC_KEY_FILE)));
+    }
+
+    #[test]
+    fn without_officers_the_header_names_none() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (outcome, _) = ceremony(directory.path());
+        let sheet = outcome.share_sheet();
+        let header = sheet.lines().next().expect("a line");
+        assert_eq!(
+            header,
+            format!("share 1 of 5 (3 needed), split {}", outcome.registration.split_id)
+        );
+    }
+
+    #[test]
+    fn open_configs_need_exactly_one_output() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let base = "escrow_blob = \"b\"\nuser_id = \"alice\"\nrecovery_public_key = \"k.pem\"\n";
+        let load = |text: &str| OpenConfig::load(&write_config(directory.path(), "open.toml", text));
+        let both = format!("{base}private_key_out = \"a.pem\"\nrewrap_out = \"a.key\"\n");
+        assert!(load(&both).expect_err("both").to_string().contains("exactly one"));
+        assert!(load(base).expect_err("neither").to_string().contains("exactly one"));
+        let config = load(&format!("{base}rewrap_out = \"a.key\"\n")).expect("valid");
+        assert_eq!(config.output, OpenOutput::Rewrap(directory.path().join("a.key")));
+        assert_eq!(config.escrow_blob, directory.path().join("b"));
+        let no_user = "escrow_blob = \"b\"\nuser_id = \"\"\nrecovery_public_key = \"k.pem\"\nrewrap_out = \"a\"\n";
+        assert!(load(no_user).expect_err("empty user").to_string().contains("user_id"));
+    }
+
+    #[test]
+    fn open_writes_the_key_0600_once() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (_, words) = ceremony(directory.path());
+        let config = open_config(directory.path(), "alice", "private_key_out = \"alice.pem\"");
+        let input = format!("\n{}\n\n  {}  \n{}", words[4], words[0], words[2]);
+        let outcome = open_escrow(&config, input.as_bytes()).expect("open");
+        assert_eq!(outcome.shares_used, 3);
+        assert!(outcome.mnemonic.is_none());
+        let written = std::fs::read_to_string(&outcome.written).expect("read");
+        assert_eq!(written, *user_key().to_pkcs8_pem());
+        let mode = std::fs::metadata(&outcome.written)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = open_escrow(&config, input.as_bytes()).expect_err("exists");
+        assert!(matches!(again, OpenError::Exists(_)));
+    }
+
+    #[test]
+    fn open_rewraps_under_a_fresh_mnemonic() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (_, words) = ceremony(directory.path());
+        let config = open_config(directory.path(), "alice", "rewrap_out = \"alice.private.key\"");
+        let outcome = open_escrow(&config, words[1..4].join("\n").as_bytes()).expect("open");
+        let mnemonic = outcome.mnemonic.expect("a mnemonic");
+        let stored = std::fs::read_to_string(&outcome.written).expect("read");
+        let blob = crate::format::private_key_blob::PrivateKeyBlob::parse(&stored).expect("blob");
+        let recovered = key_backup::unwrap(&blob, &mnemonic).expect("unwrap");
+        assert_eq!(*recovered.key.to_pkcs8_pem(), *user_key().to_pkcs8_pem());
+    }
+
+    #[test]
+    fn open_errors_name_the_share_or_the_cause() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (_, words) = ceremony(directory.path());
+        let config = open_config(directory.path(), "alice", "private_key_out = \"alice.pem\"");
+        let error = |input: String| open_escrow(&config, input.as_bytes()).expect_err("refused").to_string();
+
+        let too_few = error(format!("{}\n{}\n", words[0], words[1]));
+        assert_eq!(too_few, "2 distinct shares given, 3 needed");
+        let mut mistyped: Vec<&str> = words[1].split(' ').collect();
+        mistyped[4] = if mistyped[4] == "zoo" { "abandon" } else { "zoo" };
+        let corrupted = error(format!("{}\n\n{}\n{}\n", words[0], mistyped.join(" "), words[2]));
+        assert!(
+            corrupted.starts_with("share on line 3: the share's checksum does not match"),
+            "{corrupted}"
+        );
+        let typo = error(format!("{}\n{}x\n", words[0], words[1]));
+        assert_eq!(typo, "share on line 2: word 32 of the share is not in the word list");
+        let repeated = error(format!("{}\n{}\n{}\n", words[0], words[1], words[0]));
+        assert_eq!(
+            repeated,
+            "share on line 3 (index 1): share 1 was given twice (again as number 3)"
+        );
+        assert!(matches!(
+            open_escrow(&config, b"\n\n".as_slice()),
+            Err(OpenError::Combine(ShareError::NoShares))
+        ));
+        assert!(matches!(
+            open_escrow(&config, [0xffu8, b'\n'].as_slice()),
+            Err(OpenError::NotText { line: 1 })
+        ));
+        assert!(matches!(
+            open_escrow(&config, vec![b'a'; 5000].as_slice()),
+            Err(OpenError::LineTooLong { line: 1 })
+        ));
+        for message in [too_few, corrupted, typo, repeated] {
+            for share in &words {
+                let first_words: Vec<&str> = share.split(' ').take(3).collect();
+                assert!(!message.contains(&first_words.join(" ")), "{message}");
+            }
+        }
+        assert!(!directory.path().join("alice.pem").exists());
+    }
+
+    #[test]
+    fn open_refuses_another_user_and_another_key() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (_, words) = ceremony(directory.path());
+        let input = words[..3].join("\n");
+        let bob = open_config(directory.path(), "bob", "private_key_out = \"bob.pem\"");
+        assert!(matches!(
+            open_escrow(&bob, input.as_bytes()),
+            Err(OpenError::Escrow {
+                source: EscrowError::DoesNotOpen,
+                ..
+            })
+        ));
+        // Shares of another ceremony, against this ceremony's registered key.
+        let other = tempfile::tempdir().expect("tempdir");
+        let (_, other_words) = ceremony(other.path());
+        let alice = open_config(directory.path(), "alice", "private_key_out = \"alice.pem\"");
+        assert!(matches!(
+            open_escrow(&alice, other_words[..3].join("\n").as_bytes()),
+            Err(OpenError::Combine(ShareError::WrongKey { .. }))
+        ));
+        let mixed = format!("{}\n{}\n{}\n", words[0], words[1], other_words[2]);
+        let error = open_escrow(&alice, mixed.as_bytes()).expect_err("mixed");
+        assert!(matches!(
+            error,
+            OpenError::CombineShare {
+                line: 3,
+                index: 3,
+                source: ShareError::MixedSplits { .. }
+            }
+        ));
+        // A blob file larger than any blob is refused before any share is read.
+        std::fs::write(directory.path().join("alice.escrow"), vec![0u8; MAX_BLOB_LEN + 1]).expect("write");
+        assert!(matches!(
+            open_escrow(&alice, input.as_bytes()),
+            Err(OpenError::BlobTooLarge(_))
+        ));
+    }
+}

@@ -82,7 +82,7 @@ pub enum ShareError {
     },
     /// A share belongs to another split (another ceremony) than the first share given.
     #[error(
-        "share {index} (the {position}th given) is from split {split_id}, the first share given is from split {first_split_id}"
+        "share {index} (given as number {position}) is from split {split_id}, the first share given is from split {first_split_id}"
     )]
     MixedSplits {
         /// Its index.
@@ -96,7 +96,7 @@ pub enum ShareError {
     },
     /// A share of the same split says another threshold than the first share (a forged share).
     #[error(
-        "share {index} (the {position}th given) says threshold {threshold}, the first share says {first_threshold}"
+        "share {index} (given as number {position}) says threshold {threshold}, the first share says {first_threshold}"
     )]
     ThresholdMismatch {
         /// Its index.
@@ -109,7 +109,7 @@ pub enum ShareError {
         first_threshold: u8,
     },
     /// The same share index was given twice.
-    #[error("share {index} was given twice (again as the {position}th)")]
+    #[error("share {index} was given twice (again as number {position})")]
     DuplicateShare {
         /// The repeated index.
         index: u8,
