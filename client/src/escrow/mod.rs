@@ -314,3 +314,228 @@ pub(crate) type EscrowPrivateKey = <EscrowKem as hpke::Kem>::PrivateKey;
 pub(crate) fn generate_private_key() -> EscrowPrivateKey {
     EscrowKem::gen_keypair().0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 8410 §10.1's Ed25519 public key: a well-formed SPKI of another algorithm.
+    const ED25519_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+
+    fn key_pair() -> (RecoverySecret, RecoveryPublicKey) {
+        RecoverySecret::generate()
+    }
+
+    #[test]
+    fn the_public_key_round_trips_through_der_and_pem() {
+        let (_, public_key) = key_pair();
+        let der = public_key.spki_der();
+        assert_eq!(der.len(), 44);
+        assert_eq!(RecoveryPublicKey::from_spki_der(&der).expect("der"), public_key);
+        let pem_text = public_key.to_pem();
+        assert!(pem_text.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        assert_eq!(RecoveryPublicKey::from_pem(&pem_text).expect("pem"), public_key);
+        assert_eq!(public_key.fingerprint(), hex::encode(Sha256::digest(&der)));
+        assert_eq!(public_key.fingerprint().len(), 64);
+        assert!(!format!("{public_key:?}").contains(&hex::encode(public_key.key)));
+    }
+
+    #[test]
+    fn other_keys_and_encodings_are_refused() {
+        let (_, public_key) = key_pair();
+        let der = public_key.spki_der();
+        let refused = |bytes: &[u8]| matches!(RecoveryPublicKey::from_spki_der(bytes), Err(EscrowError::BadKey(_)));
+        assert!(refused(&[]));
+        assert!(refused(&der[..43]));
+        assert!(refused(&[der.as_slice(), &[0]].concat()));
+        // Ed25519 (1.3.101.112) and X448 (1.3.101.111) are other algorithms.
+        let ed25519 = RecoveryPublicKey::from_pem(ED25519_PEM);
+        assert!(matches!(&ed25519, Err(EscrowError::BadKey(reason)) if reason.contains("1.3.101.112")));
+        let mut x448_oid = der.clone();
+        x448_oid[8] = 0x6f;
+        assert!(refused(&x448_oid));
+        // NULL parameters, as some encoders add for RSA.
+        let with_null = [
+            &[
+                0x30, 0x2c, 0x30, 0x07, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x05, 0x00, 0x03, 0x21, 0x00,
+            ][..],
+            &der[12..],
+        ]
+        .concat();
+        assert!(
+            matches!(RecoveryPublicKey::from_spki_der(&with_null), Err(EscrowError::BadKey(reason)) if reason.contains("parameters"))
+        );
+        // A 31-byte key, and the long-form length BER allows but DER does not.
+        let short = [
+            &[0x30, 0x29, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x20, 0x00][..],
+            &der[12..43],
+        ]
+        .concat();
+        assert!(refused(&short));
+        let long_form = [&[0x30, 0x81, 0x2a][..], &der[2..]].concat();
+        assert!(refused(&long_form));
+        // PEM: another label, two blocks, not PEM at all.
+        let private_label = public_key.to_pem().replace("PUBLIC KEY", "PRIVATE KEY");
+        assert!(matches!(
+            RecoveryPublicKey::from_pem(&private_label),
+            Err(EscrowError::BadKey(_))
+        ));
+        let two = format!("{}{}", public_key.to_pem(), public_key.to_pem());
+        assert!(
+            matches!(RecoveryPublicKey::from_pem(&two), Err(EscrowError::BadKey(reason)) if reason.contains("2 PEM"))
+        );
+        assert!(matches!(
+            RecoveryPublicKey::from_pem("hello"),
+            Err(EscrowError::BadKey(_))
+        ));
+    }
+
+    #[test]
+    fn a_blob_has_the_documented_layout() {
+        let (secret, public_key) = key_pair();
+        let payload = b"a PKCS#8 key".as_slice();
+        let blob = seal(&public_key, "alice", payload).expect("seal");
+        assert_eq!(blob.len(), 8 + 1 + 32 + 32 + payload.len() + 16);
+        assert_eq!(&blob[..8], b"e2ee-esc");
+        assert_eq!(blob[8], 1);
+        assert_eq!(hex::encode(&blob[9..41]), public_key.fingerprint());
+        assert_eq!(*open(&secret, "alice", &blob).expect("open"), payload);
+        // A fresh ephemeral key each time.
+        assert_ne!(seal(&public_key, "alice", payload).expect("seal"), blob);
+    }
+
+    #[test]
+    fn a_blob_for_another_user_does_not_open() {
+        let (secret, public_key) = key_pair();
+        let blob = seal(&public_key, "alice", b"key").expect("seal");
+        assert!(matches!(open(&secret, "bob", &blob), Err(EscrowError::DoesNotOpen)));
+        assert!(matches!(open(&secret, "Alice", &blob), Err(EscrowError::DoesNotOpen)));
+        assert!(matches!(open(&secret, "alice ", &blob), Err(EscrowError::DoesNotOpen)));
+    }
+
+    #[test]
+    fn a_blob_for_another_recovery_key_is_named_as_such() {
+        let (_, public_key) = key_pair();
+        let (other_secret, other_public_key) = key_pair();
+        let blob = seal(&public_key, "alice", b"key").expect("seal");
+        match open(&other_secret, "alice", &blob) {
+            Err(EscrowError::WrongRecoveryKey { blob, given }) => {
+                assert_eq!(blob, public_key.fingerprint());
+                assert_eq!(given, other_public_key.fingerprint());
+            }
+            other => panic!("expected WrongRecoveryKey, got {other:?}"),
+        }
+        // A header rewritten to name the other key still does not open: the fingerprint is in `info` and `aad`.
+        let mut rewritten = blob.clone();
+        rewritten[9..41].copy_from_slice(&other_public_key.fingerprint_bytes());
+        assert!(matches!(
+            open(&other_secret, "alice", &rewritten),
+            Err(EscrowError::DoesNotOpen)
+        ));
+    }
+
+    #[test]
+    fn every_altered_byte_is_refused() {
+        let (secret, public_key) = key_pair();
+        let blob = seal(&public_key, "alice", b"0123456789").expect("seal");
+        for at in 0..blob.len() {
+            let mut altered = blob.clone();
+            altered[at] ^= 0x01;
+            let result = open(&secret, "alice", &altered);
+            match at {
+                0..8 => assert!(matches!(result, Err(EscrowError::MalformedBlob(_))), "byte {at}"),
+                8 => assert!(matches!(result, Err(EscrowError::UnsupportedVersion(0))), "byte {at}"),
+                9..41 => assert!(matches!(result, Err(EscrowError::WrongRecoveryKey { .. })), "byte {at}"),
+                _ => assert!(matches!(result, Err(EscrowError::DoesNotOpen)), "byte {at}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let (secret, public_key) = key_pair();
+        let largest = vec![7u8; MAX_PLAINTEXT_LEN];
+        let blob = seal(&public_key, "alice", &largest).expect("the largest payload seals");
+        assert_eq!(blob.len(), MAX_BLOB_LEN);
+        assert_eq!(*open(&secret, "alice", &blob).expect("open"), largest);
+        let too_large = vec![7u8; MAX_PLAINTEXT_LEN + 1];
+        assert!(matches!(
+            seal(&public_key, "alice", &too_large),
+            Err(EscrowError::PayloadSize(_))
+        ));
+        assert!(matches!(
+            seal(&public_key, "alice", b""),
+            Err(EscrowError::PayloadSize(0))
+        ));
+        assert!(matches!(
+            open(&secret, "alice", &[blob.as_slice(), &[0]].concat()),
+            Err(EscrowError::MalformedBlob(_))
+        ));
+        for length in [0, 8, 9, HEADER_LEN, HEADER_LEN + TAG_LEN] {
+            assert!(
+                matches!(
+                    open(&secret, "alice", &blob[..length]),
+                    Err(EscrowError::MalformedBlob(_))
+                ),
+                "length {length}"
+            );
+        }
+        let longest_id = "a".repeat(MAX_USER_ID_LEN);
+        let blob = seal(&public_key, &longest_id, b"key").expect("seal");
+        assert_eq!(*open(&secret, &longest_id, &blob).expect("open"), b"key");
+        let too_long_id = "a".repeat(MAX_USER_ID_LEN + 1);
+        assert!(matches!(
+            seal(&public_key, &too_long_id, b"key"),
+            Err(EscrowError::UserId(_))
+        ));
+        assert!(matches!(seal(&public_key, "", b"key"), Err(EscrowError::UserId(0))));
+        assert!(matches!(open(&secret, "", &blob), Err(EscrowError::UserId(0))));
+    }
+
+    #[test]
+    fn a_low_order_recovery_key_is_refused_when_sealing() {
+        // The all-zero u-coordinate is a point of small order: every DH with it is all zeros.
+        let der = [X25519_SPKI_PREFIX.as_slice(), &[0u8; 32]].concat();
+        let public_key = RecoveryPublicKey::from_spki_der(&der).expect("it parses as a key");
+        assert!(matches!(
+            seal(&public_key, "alice", b"key"),
+            Err(EscrowError::BadKey(_))
+        ));
+    }
+
+    #[test]
+    fn errors_do_not_show_keys() {
+        let (secret, public_key) = key_pair();
+        let blob = seal(&public_key, "alice", b"secret payload").expect("seal");
+        let error = open(&secret, "bob", &blob).expect_err("another user");
+        assert!(!error.to_string().contains("secret payload"));
+        assert_eq!(format!("{secret:?}"), "RecoverySecret(<secret>)");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn seal_then_open_round_trips(
+            user_id in "[\\PC]{1,40}",
+            other_user_id in "[\\PC]{1,40}",
+            payload in proptest::collection::vec(any::<u8>(), 1..3000),
+        ) {
+            let (secret, public_key) = key_pair();
+            let blob = seal(&public_key, &user_id, &payload).expect("seal");
+            prop_assert_eq!(&*open(&secret, &user_id, &blob).expect("open"), &payload);
+            if other_user_id != user_id {
+                prop_assert!(matches!(open(&secret, &other_user_id, &blob), Err(EscrowError::DoesNotOpen)));
+            }
+        }
+
+        #[test]
+        fn open_never_panics_on_arbitrary_bytes(tail in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let (secret, _) = key_pair();
+            let blob = [MAGIC.as_slice(), &[VERSION], &tail].concat();
+            prop_assert!(open(&secret, "alice", &blob).is_err());
+            prop_assert!(open(&secret, "alice", &tail).is_err());
+        }
+    }
+}

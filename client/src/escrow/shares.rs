@@ -82,7 +82,7 @@ pub enum ShareError {
     },
     /// A share belongs to another split (another ceremony) than the first share given.
     #[error(
-        "share {index} (the {position}th given) is from split {split_id}, the first share given is from split {first_split_id}"
+        "share {index} (given as number {position}) is from split {split_id}, the first share given is from split {first_split_id}"
     )]
     MixedSplits {
         /// Its index.
@@ -96,7 +96,7 @@ pub enum ShareError {
     },
     /// A share of the same split says another threshold than the first share (a forged share).
     #[error(
-        "share {index} (the {position}th given) says threshold {threshold}, the first share says {first_threshold}"
+        "share {index} (given as number {position}) says threshold {threshold}, the first share says {first_threshold}"
     )]
     ThresholdMismatch {
         /// Its index.
@@ -109,7 +109,7 @@ pub enum ShareError {
         first_threshold: u8,
     },
     /// The same share index was given twice.
-    #[error("share {index} was given twice (again as the {position}th)")]
+    #[error("share {index} was given twice (again as number {position})")]
     DuplicateShare {
         /// The repeated index.
         index: u8,
@@ -408,5 +408,287 @@ fn write_bits11(bytes: &mut [u8; ENCODED_LEN], position: usize, value: u16) {
     for (offset, bit) in (position * 11..position * 11 + 11).enumerate() {
         let set = ((value >> (10 - offset)) & 1) as u8;
         bytes[bit / 8] |= set << (7 - bit % 8);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split_of(threshold: u8, count: u8) -> (RecoverySecret, RecoveryPublicKey, Vec<Share>) {
+        let (secret, public_key) = RecoverySecret::generate();
+        let shares = split(&secret, threshold, count).expect("split");
+        (secret, public_key, shares)
+    }
+
+    /// The word at `position` (1-based) of `phrase` replaced by `replacement`.
+    fn with_word(phrase: &str, position: usize, replacement: &str) -> String {
+        let mut words: Vec<&str> = phrase.split(' ').collect();
+        words[position - 1] = replacement;
+        words.join(" ")
+    }
+
+    #[test]
+    fn the_public_key_is_the_one_aws_lc_computes() {
+        // An independent X25519 and SPKI encoder: aws-lc's.
+        use aws_lc_rs::encoding::AsDer;
+        for _ in 0..8 {
+            let (secret, public_key) = RecoverySecret::generate();
+            let private = aws_lc_rs::agreement::PrivateKey::from_private_key(
+                &aws_lc_rs::agreement::X25519,
+                secret.to_bytes().as_ref(),
+            )
+            .expect("aws-lc takes the key");
+            let der = private.compute_public_key().expect("public").as_der().expect("der");
+            assert_eq!(der.as_ref(), public_key.spki_der().as_slice());
+        }
+    }
+
+    #[test]
+    fn split_makes_numbered_shares_of_one_split() {
+        let (_, _, shares) = split_of(3, 5);
+        assert_eq!(shares.len(), 5);
+        for (share, index) in shares.iter().zip(1..) {
+            assert_eq!(share.index(), index);
+            assert_eq!(share.threshold(), 3);
+            assert_eq!(share.split_id(), shares[0].split_id());
+            assert_eq!(share.split_id().len(), 8);
+        }
+        let (_, _, other) = split_of(3, 5);
+        assert_ne!(
+            other[0].split_id(),
+            shares[0].split_id(),
+            "split ids are random (2⁻³² to collide)"
+        );
+        assert!(!format!("{:?}", shares[0]).contains(&hex::encode(shares[0].value.as_ref())));
+    }
+
+    #[test]
+    fn split_parameters_are_bounded() {
+        let (secret, _) = RecoverySecret::generate();
+        for (threshold, count) in [(1, 5), (0, 0), (4, 3), (2, 17), (17, 17)] {
+            assert!(
+                matches!(
+                    split(&secret, threshold, count),
+                    Err(ShareError::InvalidParameters { .. })
+                ),
+                "{threshold} of {count}"
+            );
+        }
+        for (threshold, count) in [(2, 2), (16, 16), (2, 16)] {
+            assert_eq!(
+                split(&secret, threshold, count).expect("split").len(),
+                usize::from(count)
+            );
+        }
+    }
+
+    #[test]
+    fn fewer_than_the_threshold_is_refused() {
+        let (_, _, shares) = split_of(3, 5);
+        assert!(matches!(
+            combine(&shares[..2]),
+            Err(ShareError::TooFewShares { have: 2, need: 3 })
+        ));
+        assert!(matches!(
+            combine(&shares[..1]),
+            Err(ShareError::TooFewShares { have: 1, need: 3 })
+        ));
+        assert!(matches!(combine(&[]), Err(ShareError::NoShares)));
+    }
+
+    #[test]
+    fn duplicates_and_other_splits_are_named() {
+        let (_, public_key, shares) = split_of(3, 5);
+        let (_, _, other) = split_of(3, 5);
+        let repeated = [shares[0].clone(), shares[1].clone(), shares[0].clone()];
+        assert!(matches!(
+            combine(&repeated),
+            Err(ShareError::DuplicateShare { index: 1, position: 3 })
+        ));
+        let mixed = [shares[0].clone(), shares[1].clone(), other[2].clone()];
+        match combine_for(&mixed, &public_key) {
+            Err(ShareError::MixedSplits {
+                index,
+                position,
+                split_id,
+                first_split_id,
+            }) => {
+                assert_eq!((index, position), (3, 3));
+                assert_eq!(split_id, other[2].split_id());
+                assert_eq!(first_split_id, shares[0].split_id());
+            }
+            result => panic!("expected MixedSplits, got {result:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_share_value_gives_another_key() {
+        let (_, public_key, shares) = split_of(3, 5);
+        let mut wrong = shares[1].clone();
+        // Not byte 0 or 31: X25519 clamping ignores 5 of their bits, so some changes there give the same key.
+        wrong.value[10] ^= 1;
+        let subset = [shares[0].clone(), wrong, shares[2].clone()];
+        assert!(matches!(
+            combine_for(&subset, &public_key),
+            Err(ShareError::WrongKey { .. })
+        ));
+        let (_, other_key) = RecoverySecret::generate();
+        assert!(matches!(
+            combine_for(&shares[..3], &other_key),
+            Err(ShareError::WrongKey { .. })
+        ));
+        // A share claiming another threshold under the same split id.
+        let mut forged = shares[2].clone();
+        forged.threshold = 2;
+        let subset = [shares[0].clone(), shares[1].clone(), forged];
+        assert!(matches!(
+            combine(&subset),
+            Err(ShareError::ThresholdMismatch { index: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn words_encode_the_documented_bytes() {
+        let share = Share {
+            index: 2,
+            threshold: 3,
+            split_id: [0xde, 0xad, 0xbe, 0xef],
+            value: Zeroizing::new([0x55; SECRET_LEN]),
+        };
+        let phrase = share.to_words();
+        assert_eq!(phrase.split(' ').count(), SHARE_WORDS);
+        // 0x01 0x03 0x02 … : the first 11 bits are 00000001 000 = 8, the next 00011 000000 = 192.
+        let words = word_list();
+        let mut iter = phrase.split(' ');
+        assert_eq!(iter.next(), Some(words[8]));
+        assert_eq!(iter.next(), Some(words[192]));
+        let parsed = Share::parse(&phrase).expect("parse");
+        assert_eq!(
+            (parsed.index(), parsed.threshold(), parsed.split_id()),
+            (2, 3, "deadbeef".to_owned())
+        );
+        assert_eq!(parsed.value, share.value);
+    }
+
+    #[test]
+    fn parsing_tolerates_case_and_whitespace() {
+        let (_, _, shares) = split_of(2, 3);
+        let phrase = shares[1].to_words();
+        let messy = format!("  {}\t\n", phrase.to_uppercase().replace(' ', "   "));
+        assert_eq!(Share::parse(&messy).expect("parse").to_words(), phrase);
+    }
+
+    #[test]
+    fn bad_words_are_named() {
+        let (_, _, shares) = split_of(3, 5);
+        let phrase = shares[0].to_words();
+        assert!(matches!(Share::parse(""), Err(ShareError::WordCount(0))));
+        let short: Vec<&str> = phrase.split(' ').take(31).collect();
+        assert!(matches!(Share::parse(&short.join(" ")), Err(ShareError::WordCount(31))));
+        assert!(matches!(
+            Share::parse(&format!("{} zoo", *phrase)),
+            Err(ShareError::WordCount(33))
+        ));
+        assert!(matches!(
+            Share::parse(&with_word(&phrase, 7, "abandonn")),
+            Err(ShareError::UnknownWord { position: 7 })
+        ));
+        // Every single changed word, and every swap of two different neighbours, fails the checksum.
+        let words: Vec<&str> = phrase.split(' ').collect();
+        for position in 1..=SHARE_WORDS {
+            let replacement = if words[position - 1] == "zoo" { "abandon" } else { "zoo" };
+            assert!(
+                matches!(
+                    Share::parse(&with_word(&phrase, position, replacement)),
+                    Err(ShareError::BadChecksum)
+                ),
+                "word {position}"
+            );
+        }
+        for position in 0..SHARE_WORDS - 1 {
+            if words[position] == words[position + 1] {
+                continue;
+            }
+            let mut swapped = words.clone();
+            swapped.swap(position, position + 1);
+            assert!(
+                matches!(Share::parse(&swapped.join(" ")), Err(ShareError::BadChecksum)),
+                "swap {position}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_checked_share_out_of_range_is_refused() {
+        for (format, threshold, index, expected) in [
+            (2, 3, 1, "format"),
+            (1, 1, 1, "threshold"),
+            (1, 3, 0, "index"),
+            (1, 3, 17, "index"),
+        ] {
+            let mut encoded = [0u8; ENCODED_LEN];
+            encoded[..3].copy_from_slice(&[format, threshold, index]);
+            let checksum = checksum(&encoded[..PAYLOAD_LEN]);
+            encoded[PAYLOAD_LEN..].copy_from_slice(&checksum);
+            let words = word_list();
+            let phrase: Vec<&str> = (0..SHARE_WORDS)
+                .map(|position| words[usize::from(read_bits11(&encoded, position))])
+                .collect();
+            let result = Share::parse(&phrase.join(" "));
+            match expected {
+                "format" => assert!(matches!(result, Err(ShareError::UnsupportedFormat(2)))),
+                field => assert!(
+                    matches!(result, Err(ShareError::OutOfRange(name)) if name == field),
+                    "{field}"
+                ),
+            }
+        }
+    }
+
+    /// A threshold, a count and a subset of the count's indices (as positions 0..count) of at least threshold.
+    fn split_and_subset() -> impl Strategy<Value = (u8, u8, Vec<usize>)> {
+        (MIN_THRESHOLD..=MAX_SHARES)
+            .prop_flat_map(|threshold| (Just(threshold), threshold..=MAX_SHARES))
+            .prop_flat_map(|(threshold, count)| {
+                let subset = proptest::sample::subsequence(
+                    (0..usize::from(count)).collect::<Vec<_>>(),
+                    usize::from(threshold)..=usize::from(count),
+                );
+                (Just(threshold), Just(count), subset).prop_flat_map(|(threshold, count, subset)| {
+                    (Just(threshold), Just(count), Just(subset).prop_shuffle())
+                })
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_threshold_subset_combines_to_the_secret((threshold, count, subset) in split_and_subset()) {
+            let (secret, public_key, shares) = split_of(threshold, count);
+            let chosen: Vec<Share> = subset.iter().map(|position| shares[*position].clone()).collect();
+            let combined = combine_for(&chosen, &public_key).expect("combine");
+            prop_assert_eq!(combined.to_bytes(), secret.to_bytes());
+            // One fewer is refused.
+            prop_assert!(
+                matches!(combine(&chosen[..usize::from(threshold) - 1]), Err(ShareError::TooFewShares { .. })),
+                "threshold minus one"
+            );
+        }
+
+        #[test]
+        fn words_round_trip(index in 1..=MAX_SHARES, threshold in MIN_THRESHOLD..=MAX_SHARES, split_id in any::<[u8; 4]>(), value in any::<[u8; 32]>()) {
+            let share = Share { index, threshold, split_id, value: Zeroizing::new(value) };
+            let parsed = Share::parse(&share.to_words()).expect("parse");
+            prop_assert_eq!((parsed.index, parsed.threshold, parsed.split_id), (index, threshold, split_id));
+            prop_assert_eq!(*parsed.value, value);
+        }
+
+        #[test]
+        fn parse_never_panics(phrase in "[a-z ]{0,400}") {
+            let _ = Share::parse(&phrase);
+        }
     }
 }
