@@ -13,14 +13,26 @@
 //! `protocol::folder` ties them into encrypted folders (create, add, share, unshare, open), over the small
 //! `FolderStorage` trait; `storage` implements it on a local directory standing in for the sync server.
 //! `mnemonic` holds the 12-word recovery phrase; `pins` the local pins of contacts' keys.
+//! `escrow` seals a user's private key to the CA's offline recovery key (HPKE), splits that key into paper
+//! shares and combines them, and holds the steps of the officers' `e2ee-recovery` tool.
+//!
+//! Against the CA's KeyBackup service: `protocol::possession` makes the proofs of possession every write carries;
+//! `backup` stores the mnemonic-wrapped key on the CA and opens or imports a key on a new device (accepted only
+//! once the CA certifies it); `recovery` checks the CA's recovery-key certificate, turns a recovery key the device
+//! has not acknowledged into a notice the application must acknowledge, and makes the escrow deposit.
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod crypto;
+pub mod escrow;
 pub mod format;
 pub mod identity;
 pub mod mnemonic;
 pub mod pins;
 pub mod protocol;
+pub mod recovery;
 pub mod storage;
+#[cfg(test)]
+mod testing;
 pub mod transport;

@@ -98,7 +98,7 @@ impl Mnemonic {
 }
 
 /// The 2048 words, in list order (which is sorted, so `binary_search` works).
-fn word_list() -> &'static [&'static str] {
+pub(crate) fn word_list() -> &'static [&'static str] {
     static WORDS: LazyLock<Vec<&'static str>> = LazyLock::new(|| WORD_LIST.lines().collect());
     &WORDS
 }

@@ -2,7 +2,8 @@
 //!
 //! Layout (mirrors what Nextcloud keeps in WebDAV and its app data, nextcloud-e2ee.md §2.3, §5):
 //! ```text
-//! <root>/keys/<user id>.private.key      the mnemonic-wrapped private key (the `private-key` string, §1.5)
+//! <root>/keys/<user id>.private.key      a mnemonic-wrapped private key (the `private-key` string, §1.5), for callers
+//!                                        that keep it beside the folders; the e2ee-client CLI keeps it on the CA
 //! <root>/<top-level name>/meta.data      the folder's metadata JSON: v2, or legacy v1.x (the top-level name is visible by design)
 //! <root>/<top-level name>/meta.data.signature   the base64 CMS signature (`X-NC-E2EE-SIGNATURE`); none for v1
 //! <root>/<top-level name>/<32-hex id>    a file blob: ciphertext ‖ 16-byte tag

@@ -136,6 +136,11 @@ impl RsaPrivateKey {
         &self.public
     }
 
+    /// The PKCS#8 DER (what an escrow deposit seals).
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        self.pkcs8_der.clone()
+    }
+
     /// The PKCS#8 PEM as Nextcloud clients write it: 64-character lines, LF line ends, a trailing LF.
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
         let block = pem::Pem::new("PRIVATE KEY", self.pkcs8_der.to_vec());

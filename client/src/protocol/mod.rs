@@ -5,4 +5,5 @@ pub mod folder;
 pub mod key_backup;
 pub mod metadata;
 pub mod metadata_v1;
+pub mod possession;
 pub mod signature;
