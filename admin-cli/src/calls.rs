@@ -281,7 +281,7 @@ async fn escrow(channel: Channel, request_id: &str, out: &Path, format: Format) 
     let response = match fetched {
         Ok(response) => response.into_inner(),
         Err(status) => {
-            // Nothing was released: the empty file created above goes.
+            // No blob came: the file created above is empty, so it goes.
             drop(file);
             let _ = std::fs::remove_file(out);
             return Err(status.into());

@@ -253,8 +253,11 @@ pub enum EscrowCommand {
 
 /// `--out` of `escrow get`: a path where nothing is yet (not even a dangling symlink), checked
 /// while parsing so that the refusal comes before any connection. The file is then created with
-/// `create_new`, which closes the race.
+/// `create_new`, which closes the race. `-` is refused rather than taken for stdout.
 fn absent_path(text: &str) -> Result<PathBuf, String> {
+    if text == "-" {
+        return Err("the blob never goes to stdout: give a file to create".to_owned());
+    }
     let path = PathBuf::from(text);
     if std::fs::symlink_metadata(&path).is_ok() {
         return Err(exists_message(&path));

@@ -200,6 +200,9 @@ fn escrow_get_refuses_an_existing_out_file_before_contacting_the_ca() {
         assert!(stderr.contains("link.bin exists"), "{stderr}");
         assert!(!target.exists());
     }
+    let (code, _, stderr) = escrow_get(Path::new("-"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("the blob never goes to stdout"), "{stderr}");
     listener.assert_untouched();
 }
 
