@@ -1,5 +1,5 @@
 //! The gRPC side: a channel from the resolved settings, then one call (or a few, for `--all` and
-//! `log export`) per command, rendered by `render`.
+//! `log export`) per command, rendered by `render`; and the files the answers are written to.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -12,7 +12,8 @@ use e2ee_ca_proto::v1::transparency_client::TransparencyClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::cli::{
-    Command, CrlArgs, IdentityCommand, LogCommand, Reason, RequestCommand, ResetCommand, ResetRevocationReason,
+    self, Command, CrlArgs, EscrowCommand, IdentityCommand, LogCommand, Reason, RecoveryCommand, RequestCommand,
+    ResetCommand, ResetRevocationReason,
 };
 use crate::exit::{Exit, Failure};
 use crate::render::{self, Format};
@@ -128,7 +129,7 @@ pub async fn execute(channel: Channel, command: &Command, format: Format) -> Res
                 })
                 .await?
                 .into_inner();
-            Ok(render::request(&response.request.unwrap_or_default(), format))
+            Ok(render::pending(&response.request.unwrap_or_default(), format))
         }
         Command::Request(RequestCommand::Approve { request_id }) => {
             let response = AdminClient::new(channel)
@@ -137,7 +138,7 @@ pub async fn execute(channel: Channel, command: &Command, format: Format) -> Res
                 })
                 .await?
                 .into_inner();
-            Ok(render::request(&response.request.unwrap_or_default(), format))
+            Ok(render::approved(&response.request.unwrap_or_default(), format))
         }
         Command::Request(RequestCommand::List) => {
             let response = AdminClient::new(channel)
@@ -146,6 +147,45 @@ pub async fn execute(channel: Channel, command: &Command, format: Format) -> Res
                 .into_inner();
             Ok(render::requests(&response.requests, format))
         }
+        Command::Recovery(RecoveryCommand::Register(register)) => {
+            let (public_key, ceremony_reference) = match (&register.request, &register.public_key, &register.reference)
+            {
+                (Some(request), _, _) => (&request.public_key, &request.ceremony_reference),
+                (None, Some(public_key), Some(reference)) => (public_key, reference),
+                // clap's required group and `requires`: one of the two forms is there.
+                _ => return Err(Failure::usage("give --public-key with --reference, or --request")),
+            };
+            let response = AdminClient::new(channel)
+                .register_recovery_key(pb::RegisterRecoveryKeyRequest {
+                    public_key_pem: public_key.as_str().to_owned(),
+                    ceremony_reference: ceremony_reference.clone(),
+                    reason: register.reason.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok(render::pending(&response.request.unwrap_or_default(), format))
+        }
+        Command::Recovery(RecoveryCommand::Disable { reason }) => {
+            let response = AdminClient::new(channel)
+                .disable_recovery_key(pb::DisableRecoveryKeyRequest { reason: reason.clone() })
+                .await?
+                .into_inner();
+            Ok(render::pending(&response.request.unwrap_or_default(), format))
+        }
+        Command::Recovery(RecoveryCommand::Status { certificate_out }) => {
+            recovery_status(channel, certificate_out.as_deref(), format).await
+        }
+        Command::Escrow(EscrowCommand::Request { user, reason }) => {
+            let response = AdminClient::new(channel)
+                .request_escrow_release(pb::RequestEscrowReleaseRequest {
+                    user_id: user.clone(),
+                    reason: reason.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok(render::pending(&response.request.unwrap_or_default(), format))
+        }
+        Command::Escrow(EscrowCommand::Get { request, out }) => escrow(channel, request, out, format).await,
         Command::Checkpoint => {
             let response = TransparencyClient::new(channel)
                 .get_checkpoint(pb::GetCheckpointRequest {})
@@ -193,6 +233,69 @@ async fn crl(channel: Channel, arguments: &CrlArgs, format: Format) -> Result<Ou
         &summary(&response, Some(render::display_path(out))),
         format,
     ))
+}
+
+async fn recovery_status(channel: Channel, certificate_out: Option<&Path>, format: Format) -> Result<Output, Failure> {
+    let status = IdentityClient::new(channel)
+        .get_ca_info(pb::GetCaInfoRequest {})
+        .await?
+        .into_inner()
+        .recovery
+        .unwrap_or_default();
+    let Some(out) = certificate_out else {
+        return Ok(render::recovery(&status, None, format));
+    };
+    if !status.enabled || status.certificate_pem.is_empty() {
+        return Err(Failure::new(
+            Exit::NotFound,
+            "NOT_FOUND",
+            "recovery is disabled: there is no recovery-key certificate to write",
+        ));
+    }
+    std::fs::write(out, status.certificate_pem.as_bytes())
+        .map_err(|error| Failure::local(&anyhow::anyhow!("cannot write {}: {error}", out.display())))?;
+    Ok(render::recovery(&status, Some(&render::display_path(out)), format))
+}
+
+/// `escrow get`. The CA returns the blob once (the call uses the release up), so its file is
+/// created first: a file that exists or cannot be created is refused before the call, and only a
+/// failed write after it (a full disk) can lose the blob, which then needs a new release.
+async fn escrow(channel: Channel, request_id: &str, out: &Path, format: Format) -> Result<Output, Failure> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    // Owner-only, like a key file: the blob is sealed, but it is what the recovery key opens.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(out).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
+            Failure::usage(cli::exists_message(out))
+        } else {
+            Failure::local(&anyhow::anyhow!("cannot create {}: {error}", out.display()))
+        }
+    })?;
+    let fetched = AdminClient::new(channel)
+        .get_escrow(pb::GetEscrowRequest {
+            request_id: request_id.to_owned(),
+        })
+        .await;
+    let response = match fetched {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            // No blob came: the file created above is empty, so it goes.
+            drop(file);
+            let _ = std::fs::remove_file(out);
+            return Err(status.into());
+        }
+    };
+    if let Err(error) = file.write_all(&response.escrow_blob).and_then(|()| file.sync_all()) {
+        drop(file);
+        let _ = std::fs::remove_file(out);
+        return Err(Failure::local(&anyhow::anyhow!(
+            "cannot write {}: {error}; the release is used up: open a new one (escrow request)",
+            out.display()
+        )));
+    }
+    Ok(render::escrow(&response, &render::display_path(out), format))
 }
 
 fn summary(response: &pb::GetCrlResponse, out: Option<String>) -> render::CrlSummary {

@@ -1,15 +1,17 @@
 //! The command line (clap): global connection and output flags, one subcommand per Admin RPC,
-//! and `checkpoint`, `log export` and `crl`.
+//! and `recovery status`, `checkpoint`, `log export` and `crl`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::ceremony::{RecoveryPublicKeyPem, RegistrationRequest};
 use crate::exit::EXIT_CODES_HELP;
 use crate::settings::ConnectionFlags;
 
 /// The e2ee-ca admin console on the command line: look identities up, revoke certificates, run
-/// dual-control identity resets, and fetch the log's checkpoint, an export of its entries and the CRL.
+/// dual-control identity resets, register the offline recovery key, release escrow deposits, and
+/// fetch the log's checkpoint, an export of its entries and the CRL.
 #[derive(Debug, Parser)]
 #[command(name = "e2ee-ca-admin", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
@@ -74,6 +76,14 @@ pub enum Command {
     /// Approve or list dual-control requests (Admin.ApproveRequest, Admin.ListRequests).
     #[command(subcommand)]
     Request(RequestCommand),
+    /// Register, disable or show the offline recovery key (Admin.RegisterRecoveryKey,
+    /// Admin.DisableRecoveryKey, Identity.GetCaInfo).
+    #[command(subcommand)]
+    Recovery(RecoveryCommand),
+    /// Release a user's escrow deposit: request, then fetch once (Admin.RequestEscrowRelease,
+    /// Admin.GetEscrow).
+    #[command(subcommand)]
+    Escrow(EscrowCommand),
     /// Print the log's latest signed checkpoint (Transparency.GetCheckpoint).
     Checkpoint,
     /// Export the log's entries (Transparency.ExportEntries).
@@ -160,12 +170,107 @@ pub enum ResetCommand {
 #[derive(Debug, Subcommand)]
 pub enum RequestCommand {
     /// Approve a pending request (you must not be the admin who requested it).
+    ///
+    /// Approving a recovery-key registration or disable also performs it: check the key fingerprint
+    /// and the ceremony reference that `request list` shows against the ceremony's record first.
     Approve {
         /// The request id (32 hex characters).
         request_id: String,
     },
     /// Open requests, oldest first.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecoveryCommand {
+    /// Open a request to register the recovery key that the officers' ceremony made; a different
+    /// admin must approve it.
+    ///
+    /// Approving it has the CA certify the key and enable recovery, replacing any earlier key.
+    Register(RegisterArgs),
+    /// Open a request to disable the recovery key; a different admin must approve it.
+    ///
+    /// Escrow deposits are refused from the approval on; those already made are kept and can still
+    /// be released.
+    Disable {
+        /// Why, for the audit log (1 to 512 bytes).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Whether recovery is enabled, the recovery key's fingerprint and since when; its certificate
+    /// with --json or --certificate-out.
+    Status {
+        /// Write the recovery key's certificate (PEM) to FILE; exits 4 when recovery is disabled.
+        #[arg(long, value_name = "FILE")]
+        certificate_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("recovery_key").required(true).args(["public_key", "request"])))]
+pub struct RegisterArgs {
+    /// The recovery public key, PEM (the ceremony's recovery-public-key.pem); needs --reference.
+    #[arg(long, value_name = "FILE", value_parser = RecoveryPublicKeyPem::read, requires = "reference")]
+    pub public_key: Option<RecoveryPublicKeyPem>,
+    /// Which ceremony made the key (date, place, officers' record), 1 to 512 bytes; it goes into
+    /// the key's certificate and the audit log.
+    #[arg(long, value_name = "TEXT", requires = "public_key")]
+    pub reference: Option<String>,
+    /// The ceremony's registration-request.json instead of --public-key and --reference (its
+    /// public_key_pem and ceremony_reference).
+    #[arg(long, value_name = "FILE", value_parser = RegistrationRequest::read, conflicts_with = "reference")]
+    pub request: Option<RegistrationRequest>,
+    /// Why, for the audit log (1 to 512 bytes).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EscrowCommand {
+    /// Open a request to release a user's escrow deposit; a different admin must approve it.
+    Request {
+        /// The user whose deposit is released.
+        #[arg(long, value_name = "USER")]
+        user: String,
+        /// Why, for the audit log (1 to 512 bytes).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Fetch the sealed blob an approved release authorizes into a new file, and print what it is.
+    ///
+    /// The CA returns the blob once (the call uses the release up), so FILE must not exist: it is
+    /// created (mode 0600) before the call and never overwritten. The blob never goes to stdout;
+    /// only the recovery key opens it.
+    Get {
+        /// The approved escrow-release request id (32 hex characters).
+        #[arg(long, value_name = "ID")]
+        request: String,
+        /// The file to create for the blob's raw bytes.
+        #[arg(long, value_name = "FILE", value_parser = absent_path)]
+        out: PathBuf,
+    },
+}
+
+/// `--out` of `escrow get`: a path where nothing is yet (not even a dangling symlink), checked
+/// while parsing so that the refusal comes before any connection. The file is then created with
+/// `create_new`, which closes the race. `-` is refused rather than taken for stdout.
+fn absent_path(text: &str) -> Result<PathBuf, String> {
+    if text == "-" {
+        return Err("the blob never goes to stdout: give a file to create".to_owned());
+    }
+    let path = PathBuf::from(text);
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return Err(exists_message(&path));
+    }
+    Ok(path)
+}
+
+/// Why an existing `--out` is refused.
+pub fn exists_message(path: &Path) -> String {
+    format!(
+        "{} exists: escrow get never overwrites a file (the CA returns the blob only once)",
+        path.display()
+    )
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,11 +1,13 @@
 //! The e2ee-ca admin CLI as a library: `run` parses the command line, resolves the connection,
 //! makes the call and renders the answer; `main.rs` only hands it the process's arguments,
-//! environment and streams. Modules: `cli` (clap), `settings` (flags, environment, env file),
-//! `calls` (gRPC), `render` (tables and JSON, no gRPC), `exit` (exit codes).
+//! environment and streams. Modules: `cli` (clap), `ceremony` (the recovery-key ceremony's files),
+//! `settings` (flags, environment, env file), `calls` (gRPC), `render` (tables and JSON, no gRPC),
+//! `exit` (exit codes).
 
 #![forbid(unsafe_code)]
 
 pub mod calls;
+pub mod ceremony;
 pub mod cli;
 pub mod exit;
 pub mod render;

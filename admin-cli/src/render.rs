@@ -130,6 +130,11 @@ fn reason_name(reason: i32) -> Option<&'static str> {
     }
 }
 
+/// `text`, or `None` (JSON null) when empty: proto3 strings say "absent" by being empty.
+fn present(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
 fn or_dash(text: &str) -> String {
     if text.is_empty() {
         "-".to_owned()
@@ -170,12 +175,28 @@ pub fn identity(response: &pb::GetIdentityResponse, format: Format) -> String {
                 "entry_hash": entry.entry_hash,
                 "entry": entry.entry,
             })).collect::<Vec<_>>(),
+            "wrapped_key_stored": response.wrapped_key_stored,
+            "escrow_recovery_key_fingerprint": present(&response.escrow_recovery_key_fingerprint),
+            "backup_reads": response.backup_reads.iter().map(|read| json!({
+                "read_by": read.read_by,
+                "read_at": read.read_at,
+                "index": read.index,
+            })).collect::<Vec<_>>(),
         })),
         Format::Table => {
+            let escrow = match present(&response.escrow_recovery_key_fingerprint) {
+                Some(fingerprint) => format!("sealed to recovery key {fingerprint}"),
+                None => "none".to_owned(),
+            };
             let mut out = fields(&[
                 ("user", response.user_id.clone()),
                 ("key fingerprint", response.key_fingerprint.clone()),
                 ("pinned since", response.pinned_since.clone()),
+                (
+                    "wrapped key",
+                    if response.wrapped_key_stored { "stored" } else { "none" }.to_owned(),
+                ),
+                ("escrow", escrow),
             ]);
             out.push_str("\ncertificates (newest first):\n");
             let mut certificates = Table::new(&["SERIAL", "ISSUED", "NOT AFTER", "STATUS"]);
@@ -197,6 +218,17 @@ pub fn identity(response: &pb::GetIdentityResponse, format: Format) -> String {
                 ]);
             }
             out.push_str(&certificates.render("(none)"));
+            out.push_str("\nwrapped-key reads (oldest first):\n");
+            let mut reads = Table::new(&["READ BY", "READ AT", "INDEX"]);
+            for read in &response.backup_reads {
+                reads.row(vec![
+                    read.read_by.clone(),
+                    read.read_at.clone(),
+                    read.index
+                        .map_or_else(|| "pending".to_owned(), |index| index.to_string()),
+                ]);
+            }
+            out.push_str(&reads.render("(none)"));
             out.push_str("\nlog entries (oldest first):\n");
             let mut entries = Table::new(&["INDEX", "KIND", "ENTRY HASH"]);
             for entry in &response.log_entries {
@@ -285,42 +317,96 @@ pub fn revoked(response: &pb::RevokeCertificateResponse, format: Format) -> Stri
     }
 }
 
+/// The request kinds (`ApprovalRequest.kind`) whose rendering differs.
+const IDENTITY_RESET: &str = "identity-reset";
+const ESCROW_RELEASE: &str = "escrow-release";
+const RECOVERY_KEY_REGISTRATION: &str = "recovery-key-registration";
+const RECOVERY_KEY_DISABLE: &str = "recovery-key-disable";
+
 fn request_json(request: &pb::ApprovalRequest) -> Value {
     json!({
         "request_id": request.request_id,
         "kind": request.kind,
-        "user_id": request.user_id,
+        "user_id": present(&request.user_id),
         "reason": request.reason,
         "requested_by": request.requested_by,
         "requested_at": request.requested_at,
         "expires_at": request.expires_at,
-        "approved_by": (!request.approved_by.is_empty()).then_some(&request.approved_by),
-        "approved_at": (!request.approved_at.is_empty()).then_some(&request.approved_at),
+        "approved_by": present(&request.approved_by),
+        "approved_at": present(&request.approved_at),
         "revocation_reason": reason_name(request.revocation_reason),
-        "key_fingerprint": request.key_fingerprint,
+        "key_fingerprint": present(&request.key_fingerprint),
+        "ceremony_reference": present(&request.ceremony_reference),
     })
 }
 
-/// `reset request` and `request approve`: the request as it now is.
-pub fn request(request: &pb::ApprovalRequest, format: Format) -> String {
+/// The request's fields; the ceremony reference only when it has one (a recovery-key registration).
+fn request_fields(request: &pb::ApprovalRequest) -> String {
+    let mut pairs = vec![
+        ("request id", request.request_id.clone()),
+        ("kind", request.kind.clone()),
+        ("user", or_dash(&request.user_id)),
+        ("reason", request.reason.clone()),
+        ("requested by", request.requested_by.clone()),
+        ("requested at", request.requested_at.clone()),
+        ("expires at", request.expires_at.clone()),
+        ("approved by", or_dash(&request.approved_by)),
+        ("approved at", or_dash(&request.approved_at)),
+        (
+            "revocation reason",
+            reason_name(request.revocation_reason).unwrap_or("-").to_owned(),
+        ),
+        ("key fingerprint", or_dash(&request.key_fingerprint)),
+    ];
+    if !request.ceremony_reference.is_empty() {
+        pairs.push(("ceremony reference", request.ceremony_reference.clone()));
+    }
+    fields(&pairs)
+}
+
+/// `reset request`, `recovery register`, `recovery disable` and `escrow request`: the request
+/// just opened, with a reminder that another admin approves it.
+pub fn pending(request: &pb::ApprovalRequest, format: Format) -> String {
     match format {
         Format::Json => json_text(&request_json(request)),
-        Format::Table => fields(&[
-            ("request id", request.request_id.clone()),
-            ("kind", request.kind.clone()),
-            ("user", request.user_id.clone()),
-            ("reason", request.reason.clone()),
-            ("requested by", request.requested_by.clone()),
-            ("requested at", request.requested_at.clone()),
-            ("expires at", request.expires_at.clone()),
-            ("approved by", or_dash(&request.approved_by)),
-            ("approved at", or_dash(&request.approved_at)),
-            (
-                "revocation reason",
-                reason_name(request.revocation_reason).unwrap_or("-").to_owned(),
-            ),
-            ("key fingerprint", request.key_fingerprint.clone()),
-        ]),
+        Format::Table => {
+            let mut out = request_fields(request);
+            out.push_str(&format!(
+                "\nanother admin approves it with: e2ee-ca-admin request approve {}\n",
+                request.request_id
+            ));
+            out
+        }
+    }
+}
+
+/// `request approve`: the request as it now is, and what the approval did or allows next.
+pub fn approved(request: &pb::ApprovalRequest, format: Format) -> String {
+    match format {
+        Format::Json => json_text(&request_json(request)),
+        Format::Table => {
+            let mut out = request_fields(request);
+            let next = match request.kind.as_str() {
+                IDENTITY_RESET => {
+                    "the user's next certificate request may pin a new key; the old certificates are then revoked"
+                        .to_owned()
+                }
+                ESCROW_RELEASE => format!(
+                    "fetch the sealed blob (once): e2ee-ca-admin escrow get --request {} --out FILE",
+                    request.request_id
+                ),
+                RECOVERY_KEY_REGISTRATION => {
+                    "the recovery key is registered and recovery is enabled (see: e2ee-ca-admin recovery status)"
+                        .to_owned()
+                }
+                RECOVERY_KEY_DISABLE => "recovery is disabled: escrow deposits are refused from now on".to_owned(),
+                _ => return out,
+            };
+            out.push('\n');
+            out.push_str(&next);
+            out.push('\n');
+            out
+        }
     }
 }
 
@@ -344,15 +430,92 @@ pub fn requests(requests: &[pb::ApprovalRequest], format: Format) -> String {
                 table.row(vec![
                     request.request_id.clone(),
                     request.kind.clone(),
-                    request.user_id.clone(),
+                    or_dash(&request.user_id),
                     request.requested_by.clone(),
                     or_dash(&request.approved_by),
                     request.expires_at.clone(),
                     request.reason.clone(),
                 ]);
             }
-            table.render("(no open requests)")
+            let mut out = table.render("(no open requests)");
+            // Approving a recovery-key request performs it, and this is the approver's only view
+            // of the key before that: show what to check against the ceremony's record.
+            let mut keys = Table::new(&["REQUEST ID", "KEY FINGERPRINT", "CEREMONY REFERENCE"]);
+            for request in requests {
+                if matches!(request.kind.as_str(), RECOVERY_KEY_REGISTRATION | RECOVERY_KEY_DISABLE) {
+                    keys.row(vec![
+                        request.request_id.clone(),
+                        or_dash(&request.key_fingerprint),
+                        or_dash(&request.ceremony_reference),
+                    ]);
+                }
+            }
+            if !keys.rows.is_empty() {
+                out.push_str(
+                    "\nrecovery-key requests (check the key against the ceremony's record before approving):\n",
+                );
+                out.push_str(&keys.render(""));
+            }
+            out
         }
+    }
+}
+
+/// `recovery status`: GetCaInfo's recovery status, and where the certificate went, if anywhere.
+pub fn recovery(status: &pb::RecoveryKeyStatus, certificate_out: Option<&str>, format: Format) -> String {
+    match format {
+        Format::Json => json_text(&json!({
+            "enabled": status.enabled,
+            "fingerprint": present(&status.fingerprint),
+            "enabled_since": present(&status.enabled_since),
+            "certificate_pem": present(&status.certificate_pem),
+            "certificate_out": certificate_out,
+        })),
+        Format::Table if !status.enabled => {
+            fields(&[("recovery", "disabled (escrow deposits are refused)".to_owned())])
+        }
+        Format::Table => fields(&[
+            ("recovery", "enabled".to_owned()),
+            ("fingerprint", status.fingerprint.clone()),
+            ("enabled since", status.enabled_since.clone()),
+            (
+                "certificate",
+                certificate_out.map_or_else(
+                    || "not shown (--json, or --certificate-out FILE)".to_owned(),
+                    |out| format!("written to {out}"),
+                ),
+            ),
+        ]),
+    }
+}
+
+/// `escrow get`: what was fetched and where it went. The blob itself is never rendered.
+pub fn escrow(response: &pb::GetEscrowResponse, out: &str, format: Format) -> String {
+    match format {
+        Format::Json => json_text(&json!({
+            "user_id": response.user_id,
+            "recovery_key_fingerprint": response.recovery_key_fingerprint,
+            "deposited_at": response.deposited_at,
+            "log_entry": log_entry_json(response.log_entry.as_ref()),
+            "blob_bytes": response.escrow_blob.len(),
+            "out": out,
+        })),
+        Format::Table => fields(&[
+            ("user", response.user_id.clone()),
+            ("recovery key", response.recovery_key_fingerprint.clone()),
+            ("deposited at", response.deposited_at.clone()),
+            (
+                "log index",
+                response
+                    .log_entry
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |entry| entry.index.to_string()),
+            ),
+            (
+                "sealed blob",
+                format!("{} bytes, written to {out}", response.escrow_blob.len()),
+            ),
+        ]),
     }
 }
 

@@ -64,6 +64,13 @@ fn the_help_of_every_subcommand_matches_its_snapshot() {
         "request",
         "request approve",
         "request list",
+        "recovery",
+        "recovery register",
+        "recovery disable",
+        "recovery status",
+        "escrow",
+        "escrow request",
+        "escrow get",
         "checkpoint",
         "log",
         "log export",
@@ -105,6 +112,20 @@ fn usage_errors_exit_2_with_claps_message_on_stderr() {
         vec!["identity", "list", "--page-size", "many"],
         vec!["identity", "list", "--all", "--page-token", "x"],
         vec!["log", "export"],
+        vec!["recovery", "register", "--reason", "new ceremony"],
+        vec![
+            "recovery",
+            "register",
+            "--reference",
+            "2026-03-01",
+            "--reason",
+            "new ceremony",
+        ],
+        vec!["recovery", "disable"],
+        vec!["escrow", "request", "--reason", "left the company"],
+        vec!["escrow", "request", "--user", "alice"],
+        vec!["escrow", "get", "--request", "0123456789abcdef0123456789abcdef"],
+        vec!["escrow", "get", "--out", "blob.bin"],
         vec!["frobnicate"],
     ] {
         let (code, stdout, stderr) = run(&arguments);
@@ -158,6 +179,39 @@ fn approval(approved: bool) -> pb::ApprovalRequest {
         },
         revocation_reason: pb::RevocationReason::KeyCompromise.into(),
         key_fingerprint: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".to_owned(),
+        ceremony_reference: String::new(),
+    }
+}
+
+/// A request of another kind than a reset: no revocation reason, and for the recovery-key kinds
+/// no user, the recovery key's fingerprint and (for a registration) the ceremony reference.
+fn approval_of(kind: &str, request_id: &str, approved: bool) -> pb::ApprovalRequest {
+    let recovery_key = kind.starts_with("recovery-key-");
+    pb::ApprovalRequest {
+        request_id: request_id.to_owned(),
+        kind: kind.to_owned(),
+        user_id: if recovery_key {
+            String::new()
+        } else {
+            "alice".to_owned()
+        },
+        reason: if recovery_key {
+            "yearly key rotation".to_owned()
+        } else {
+            "left the company; legal hold".to_owned()
+        },
+        revocation_reason: pb::RevocationReason::Unspecified.into(),
+        key_fingerprint: if recovery_key {
+            "5f1c0b2e9d3a4c6b8e7f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f".to_owned()
+        } else {
+            String::new()
+        },
+        ceremony_reference: if kind == "recovery-key-registration" {
+            "2026-03-01 vault B, officers Ada, Bo, Cy".to_owned()
+        } else {
+            String::new()
+        },
+        ..approval(approved)
     }
 }
 
@@ -188,11 +242,28 @@ fn responses_render_as_their_table_and_json_snapshots() {
                 entry_hash: "bb".repeat(32),
             },
         ],
+        backup_reads: vec![
+            pb::BackupRead {
+                read_by: "sync-server".to_owned(),
+                read_at: "2026-01-05T08:00:00Z".to_owned(),
+                index: Some(9),
+            },
+            pb::BackupRead {
+                read_by: "admin-bob".to_owned(),
+                read_at: "2026-02-01T00:00:00Z".to_owned(),
+                index: None,
+            },
+        ],
+        wrapped_key_stored: true,
+        escrow_recovery_key_fingerprint: "5f1c0b2e9d3a4c6b8e7f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f".to_owned(),
     };
     check_both("identity-show", |format| render::identity(&identity, format));
     let unused = pb::GetIdentityResponse {
         certificates: Vec::new(),
         log_entries: Vec::new(),
+        backup_reads: Vec::new(),
+        wrapped_key_stored: false,
+        escrow_recovery_key_fingerprint: String::new(),
         ..identity.clone()
     };
     check_both("identity-show-empty", |format| render::identity(&unused, format));
@@ -230,12 +301,56 @@ fn responses_render_as_their_table_and_json_snapshots() {
     };
     check_both("revoke-crl-pending", |format| render::revoked(&unsigned, format));
 
-    check_both("reset-request", |format| render::request(&approval(false), format));
-    check_both("request-approve", |format| render::request(&approval(true), format));
+    check_both("reset-request", |format| render::pending(&approval(false), format));
+    check_both("request-approve", |format| render::approved(&approval(true), format));
     check_both("request-list", |format| {
         render::requests(&[approval(false), approval(true)], format)
     });
     check_both("request-list-empty", |format| render::requests(&[], format));
+
+    let registration = |approved| {
+        approval_of(
+            "recovery-key-registration",
+            "1111111111111111aaaaaaaaaaaaaaaa",
+            approved,
+        )
+    };
+    let disable = |approved| approval_of("recovery-key-disable", "2222222222222222bbbbbbbbbbbbbbbb", approved);
+    let release = |approved| approval_of("escrow-release", "3333333333333333cccccccccccccccc", approved);
+    check_both("recovery-register", |format| {
+        render::pending(&registration(false), format)
+    });
+    check_both("recovery-disable", |format| render::pending(&disable(false), format));
+    check_both("escrow-request", |format| render::pending(&release(false), format));
+    check_both("request-approve-recovery-key-registration", |format| {
+        render::approved(&registration(true), format)
+    });
+    check_both("request-approve-recovery-key-disable", |format| {
+        render::approved(&disable(true), format)
+    });
+    check_both("request-approve-escrow-release", |format| {
+        render::approved(&release(true), format)
+    });
+    check_both("request-list-every-kind", |format| {
+        render::requests(
+            &[approval(false), release(true), registration(false), disable(false)],
+            format,
+        )
+    });
+
+    let recovery = pb::RecoveryKeyStatus {
+        enabled: true,
+        certificate_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n".to_owned(),
+        fingerprint: "5f1c0b2e9d3a4c6b8e7f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f".to_owned(),
+        enabled_since: "2026-03-01T12:00:00Z".to_owned(),
+    };
+    check_both("recovery-status", |format| render::recovery(&recovery, None, format));
+    check_both("recovery-status-certificate-out", |format| {
+        render::recovery(&recovery, Some("recovery-certificate.pem"), format)
+    });
+    check_both("recovery-status-disabled", |format| {
+        render::recovery(&pb::RecoveryKeyStatus::default(), None, format)
+    });
 
     let checkpoint = pb::GetCheckpointResponse {
         checkpoint: "dev.e2ee-ca.local/audit-log\n42\nq1w2e3r4t5y6u7i8o9p0q1w2e3r4t5y6u7i8o9p0q1w=\n\n— dev.e2ee-ca.local/audit-log AbCdEfGh\n".to_owned(),
@@ -262,4 +377,28 @@ fn responses_render_as_their_table_and_json_snapshots() {
     check_both("crl", |format| render::crl(&crl, format));
     let not_written = CrlSummary { out: None, ..crl };
     check_both("crl-summary", |format| render::crl(&not_written, format));
+}
+
+#[test]
+fn escrow_get_renders_what_it_fetched_but_never_the_blob() {
+    let blob = b"SEALED-ESCROW-BLOB \x00\x01\x02 do not print".to_vec();
+    let response = pb::GetEscrowResponse {
+        user_id: "alice".to_owned(),
+        escrow_blob: blob.clone(),
+        recovery_key_fingerprint: "5f1c0b2e9d3a4c6b8e7f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f".to_owned(),
+        deposited_at: "2026-01-05T08:00:00Z".to_owned(),
+        log_entry: Some(pb::LogEntryRef {
+            index: 31,
+            entry_hash: "dd".repeat(32),
+            tlog_proof: String::new(),
+        }),
+    };
+    check_both("escrow-get", |format| {
+        render::escrow(&response, "alice-escrow.bin", format)
+    });
+    let hex: String = blob.iter().map(|byte| format!("{byte:02x}")).collect();
+    for format in [Format::Table, Format::Json] {
+        let out = render::escrow(&response, "alice-escrow.bin", format);
+        assert!(!out.contains("SEALED-ESCROW-BLOB") && !out.contains(&hex), "{out}");
+    }
 }
