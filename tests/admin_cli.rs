@@ -1,4 +1,4 @@
-//! The admin CLI end to end against a real `ca-service serve --dev`: list and show identities, the dual-control reset (the requester's own approval is refused with exit 3, another admin's is accepted), revocation by serial, the CRL verified with `openssl crl -verify`, the checkpoint, and a log export that `ca-service audit verify` accepts.
+//! The admin CLI end to end against a real `ca-service serve --dev`: list and show identities, the dual-control reset (the requester's own approval is refused with exit 3, another admin's is accepted), revocation by serial, the CRL verified with `openssl crl -verify`, the checkpoint, and a log export that `ca-service audit verify` accepts; and a recovery key registered under dual control and an escrow deposit released once into a 0600 file.
 //!
 //! The CLI runs in-process through `e2ee_ca_admin::run`, the function its `main` calls with the
 //! process's arguments and streams, so that `cargo test -p ca-service` needs no second binary built.
@@ -350,4 +350,132 @@ fn an_admin_lists_shows_resets_revokes_and_fetches_a_crl_that_openssl_verifies()
     );
     let left: Vec<_> = std::fs::read_dir(elsewhere).expect("the directory was made").collect();
     assert!(left.is_empty(), "a refused export leaves no files: {left:?}");
+}
+
+#[test]
+fn an_admin_registers_a_recovery_key_and_an_escrow_is_released_to_a_file_once() {
+    use e2ee_ca_proto::v1::DepositEscrowRequest;
+    use e2ee_ca_proto::v1::key_backup_client::KeyBackupClient;
+    use std::os::unix::fs::PermissionsExt;
+
+    let workspace = tempfile::tempdir().expect("tempdir");
+    let server = DevServer::start(workspace.path(), "ecdsa-p256");
+    let admin = Admin {
+        endpoint: server.endpoint.clone(),
+        pki: workspace.path().join("data").join("dev-pki"),
+    };
+    let (public_key_pem, fingerprint) = common::key_backup::recovery_key(4);
+    let public_key = workspace.path().join("recovery-public-key.pem");
+    std::fs::write(&public_key, public_key_pem).expect("write");
+    let public_key = public_key.to_str().expect("path");
+
+    // Registration under dual control, through the CLI; status reports it.
+    let opened = admin
+        .run(
+            "admin-alice",
+            &[
+                "--json",
+                "recovery",
+                "register",
+                "--public-key",
+                public_key,
+                "--reference",
+                "vault B",
+                "--reason",
+                "policy",
+            ],
+        )
+        .json();
+    let request_id = opened["request_id"].as_str().expect("request_id").to_owned();
+    assert_eq!(opened["key_fingerprint"].as_str(), Some(fingerprint.as_str()));
+    assert_eq!(
+        admin.run("admin-alice", &["request", "approve", &request_id]).code,
+        3,
+        "self-approval"
+    );
+    assert_eq!(admin.run("admin-bob", &["request", "approve", &request_id]).code, 0);
+    let status = admin.run("auditor", &["--json", "recovery", "status"]).json();
+    assert_eq!(status["fingerprint"].as_str(), Some(fingerprint.as_str()), "{status}");
+
+    // carol deposits (the sync server's call, with a proof by her key).
+    let runtime = runtime();
+    let blob = vec![9u8; 123];
+    runtime.block_on(async {
+        let key = common::UserKeyPair::generate(common::UserKey::EcP256);
+        common::issue(&mut server.client().await, "carol", &key.csr("carol"))
+            .await
+            .expect("carol enrolled");
+        let mut backup = KeyBackupClient::new(server.connect_as("sync-server").await);
+        let nonce = common::key_backup::nonce(&mut backup, "carol").await;
+        backup
+            .deposit_escrow(DepositEscrowRequest {
+                user_id: "carol".to_owned(),
+                recovery_key_fingerprint: fingerprint.clone(),
+                escrow_blob: blob.clone(),
+                proof: Some(common::key_backup::proof(&key, "escrow", "carol", &nonce, &blob)),
+            })
+            .await
+            .expect("deposited");
+    });
+    let shown = admin
+        .run("admin-alice", &["--json", "identity", "show", "carol"])
+        .json();
+    assert_eq!(
+        shown["escrow_recovery_key_fingerprint"].as_str(),
+        Some(fingerprint.as_str())
+    );
+
+    // The release: requested, approved by the other admin, written once to a 0600 file.
+    let release = admin
+        .run(
+            "admin-alice",
+            &[
+                "--json",
+                "escrow",
+                "request",
+                "--user",
+                "carol",
+                "--reason",
+                "lost devices",
+            ],
+        )
+        .json();
+    let release_id = release["request_id"].as_str().expect("request_id").to_owned();
+    assert_eq!(admin.run("admin-bob", &["request", "approve", &release_id]).code, 0);
+    let out = workspace.path().join("carol.escrow");
+    let out_text = out.to_str().expect("path");
+    let got = admin.run(
+        "admin-alice",
+        &["escrow", "get", "--request", &release_id, "--out", out_text],
+    );
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(std::fs::read(&out).expect("blob written"), blob);
+    assert_eq!(
+        std::fs::metadata(&out).expect("meta").permissions().mode() & 0o777,
+        0o600
+    );
+    let again_out = workspace.path().join("again.escrow");
+    let again = admin.run(
+        "admin-bob",
+        &[
+            "escrow",
+            "get",
+            "--request",
+            &release_id,
+            "--out",
+            again_out.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(
+        again.code, 3,
+        "a second release is FAILED_PRECONDITION: {}",
+        again.stderr
+    );
+    assert!(!again_out.exists(), "no file is left by a refused release");
+    let denied = admin.run(
+        "sync-server",
+        &["escrow", "request", "--user", "carol", "--reason", "x"],
+    );
+    assert_eq!(denied.code, 3, "the sync server is no admin: {}", denied.stderr);
+    server.stop();
 }

@@ -1,140 +1,23 @@
 //! The command-line client for people (`e2ee-client`), end to end against the real CA in dev mode: enroll with a
-//! printed key backup, create a folder, add files, share, list, decrypt, unshare, recover a second device from
-//! the 12 words, and the refusals a person meets on the way (wrong words, a removed user, an unknown file); and a
+//! printed key backup (kept on the CA), create a folder, add files, share, list, decrypt, unshare, recover a second
+//! device from the 12 words, re-wrap the backup under new words, and the refusals a person meets on the way (wrong words, a removed user, an unknown file); and a
 //! legacy metadata v1.2 folder, which opens only with its owner's words.
 
 #![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{DevServer, output_text};
+use common::DevServer;
+use common::client::{Cli, get, recovery_words};
 use e2ee_client::crypto::gcm::{self, Aes128Key, GcmNonce};
 use e2ee_client::crypto::rsa::RsaPublicKey;
 use e2ee_client::mnemonic::Mnemonic;
 use e2ee_client::protocol::file;
 use e2ee_client::protocol::metadata_v1::v1_2_checksum;
-
-/// The workspace root (this file's crate is `ca-service`, one level down).
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("ca-service sits in the workspace")
-        .to_path_buf()
-}
-
-/// Builds the `e2ee-client` binary (a no-op when `cargo test --workspace` already did) and returns its path.
-/// Cargo gives tests the path of their own package's binaries only, and the client is another package.
-fn client_binary() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/e2ee-client, built with the same profile.
-    let test_binary = std::env::current_exe().expect("current exe");
-    let profile_dir = test_binary
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_path_buf();
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--quiet", "-p", "e2ee-client", "--bin", "e2ee-client"])
-        .current_dir(workspace_root());
-    if profile_dir.file_name().is_some_and(|name| name == "release") {
-        build.arg("--release");
-    }
-    assert!(
-        build.status().expect("run cargo build").success(),
-        "cannot build e2ee-client"
-    );
-    let binary = profile_dir.join("e2ee-client");
-    assert!(binary.exists(), "{} was not built", binary.display());
-    binary
-}
-
-/// One person's use of the command line: the CA, the shared storage, and the binary.
-struct Cli {
-    binary: PathBuf,
-    ca: String,
-    /// `--ca-cert`, `--cert` and `--key` of the sync server's dev principal.
-    tls: Vec<std::ffi::OsString>,
-    storage: PathBuf,
-}
-
-impl Cli {
-    fn run(&self, device: &Path, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(&self.binary)
-            .arg("--ca")
-            .arg(&self.ca)
-            .args(&self.tls)
-            .arg("--dir")
-            .arg(device)
-            .arg("--storage")
-            .arg(&self.storage)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn e2ee-client");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        child.wait_with_output().expect("e2ee-client output")
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, device: &Path, args: &[&str]) -> String {
-        self.ok_with_input(device, args, "")
-    }
-
-    fn ok_with_input(&self, device: &Path, args: &[&str], stdin: &str) -> String {
-        let output = self.run(device, args, stdin);
-        assert!(
-            output.status.success(),
-            "e2ee-client {args:?} failed:\n{}",
-            output_text(&output)
-        );
-        String::from_utf8(output.stdout).expect("utf-8 stdout")
-    }
-
-    /// Runs a command that must fail; returns its stderr.
-    fn fails(&self, device: &Path, args: &[&str], stdin: &str) -> String {
-        let output = self.run(device, args, stdin);
-        assert!(
-            !output.status.success(),
-            "e2ee-client {args:?} succeeded:\n{}",
-            output_text(&output)
-        );
-        String::from_utf8(output.stderr).expect("utf-8 stderr")
-    }
-}
-
-/// `get --folder FOLDER FILE --out OUT`.
-fn get<'a>(folder: &'a str, file: &'a str, out: &'a Path) -> [&'a str; 6] {
-    ["get", "--folder", folder, file, "--out", out.to_str().expect("path")]
-}
-
-/// The 12 recovery words `enroll` prints once: the indented line of twelve lowercase words.
-fn recovery_words(enroll_output: &str) -> String {
-    enroll_output
-        .lines()
-        .map(str::trim)
-        .find(|line| {
-            let words: Vec<&str> = line.split(' ').collect();
-            words.len() == 12
-                && words
-                    .iter()
-                    .all(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase()))
-        })
-        .unwrap_or_else(|| panic!("no recovery words in:\n{enroll_output}"))
-        .to_owned()
-}
 
 /// Writes `storage/<folder>` as a v1.2 client left it (nextcloud-e2ee.md §2.2): unsigned metadata whose key is
 /// wrapped for `certificate_pem`'s key as base64(RSA-OAEP(base64(base64(key)))), whose checksum binds the file list
@@ -186,22 +69,7 @@ fn write_legacy_v1_2_folder(
 fn a_person_shares_unshares_and_recovers_with_the_command_line() {
     let directory = tempfile::tempdir().expect("tempdir");
     let server = DevServer::start(directory.path(), "ecdsa-p256");
-    let cli = Cli {
-        binary: client_binary(),
-        ca: server.endpoint.clone(),
-        tls: {
-            let (ca, certificate, key) = server.tls_files("sync-server").expect("mTLS");
-            vec![
-                "--ca-cert".into(),
-                ca.into(),
-                "--cert".into(),
-                certificate.into(),
-                "--key".into(),
-                key.into(),
-            ]
-        },
-        storage: directory.path().join("storage"),
-    };
+    let cli = Cli::for_server(&server, directory.path().join("storage"));
     let alice = directory.path().join("alice-laptop");
     let bob = directory.path().join("bob-laptop");
     let report = directory.path().join("report.txt");
@@ -211,14 +79,14 @@ fn a_person_shares_unshares_and_recovers_with_the_command_line() {
     let later = directory.path().join("later.txt");
     std::fs::write(&later, b"written after bob left\n").expect("write");
 
-    // Enrollment prints the 12 words once, and the key backup lands in the storage.
+    // Enrollment prints the 12 words once; the key backup goes to the CA, not to the storage.
     let enrolled = cli.ok(&alice, &["enroll", "--user", "alice"]);
     assert!(
         enrolled.contains("certificate issued and key pinned for \"alice\""),
         "{enrolled}"
     );
     let words = recovery_words(&enrolled);
-    assert!(cli.storage.join("keys").read_dir().expect("keys").count() >= 1);
+    assert!(!cli.storage.join("keys").exists(), "the storage holds folder data only");
     cli.ok(&bob, &["enroll", "--user", "bob"]);
 
     // A folder with a subfolder and files, shared with bob, who decrypts both.
@@ -314,5 +182,15 @@ fn a_person_shares_unshares_and_recovers_with_the_command_line() {
         &format!("{words}\n"),
     );
     assert!(added.contains("e2ee-client: error:"), "{added}");
+
+    // The phone re-wraps the backup on the CA under new words (a replacement proven with the key): the old
+    // words no longer recover anything, the new ones do.
+    let rewrapped = cli.ok(&alice_phone, &["rewrap"]);
+    let new_words = recovery_words(&rewrapped);
+    assert_ne!(new_words, words);
+    let tablet = directory.path().join("alice-tablet");
+    let refused = cli.fails(&tablet, &["recover", "--user", "alice"], &format!("{words}\n"));
+    assert!(refused.contains("e2ee-client: error:"), "{refused}");
+    cli.ok_with_input(&tablet, &["recover", "--user", "alice"], &format!("{new_words}\n"));
     server.stop();
 }

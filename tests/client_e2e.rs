@@ -1,5 +1,5 @@
 //! End to end through the reference client library and the real CA in dev mode: enrollment, a mnemonic key
-//! backup, an encrypted folder shared and unshared between two users, and recovery on a second device.
+//! backup on the CA, an encrypted folder shared and unshared between two users, and recovery on a second device.
 
 #![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
 
@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use e2ee_client::backup;
 use e2ee_client::crypto::rsa::RsaPrivateKey;
-use e2ee_client::format::private_key_blob::PrivateKeyBlob;
 use e2ee_client::identity::{self, DeviceKey, RsaSize};
 use e2ee_client::mnemonic::Mnemonic;
 use e2ee_client::pins::{ContactTrust, PinOutcome, PinStore, TrustError};
@@ -16,7 +16,7 @@ use e2ee_client::protocol::folder::{Account, Folder, FolderError, FolderPath, Se
 use e2ee_client::protocol::key_backup;
 use e2ee_client::protocol::metadata::MetadataError;
 use e2ee_client::storage::LocalDirectory;
-use e2ee_client::transport::{CaTransport, GrpcTransport};
+use e2ee_client::transport::{BackupWrite, CaTransport, GrpcTransport};
 
 /// The sync server's transport to `server`, over mTLS as the dev principal `sync-server`.
 async fn connect(server: &common::DevServer) -> GrpcTransport {
@@ -77,16 +77,30 @@ async fn share_unshare_and_recover_against_the_real_ca() {
     let storage = LocalDirectory::new(&directory.path().join("sync-server"));
     let mut transport = connect(&server).await;
 
-    // 1. alice and bob enroll; alice backs her key up under a fresh 12-word mnemonic on the server.
+    // 1. alice and bob enroll; alice backs her key up on the CA under a fresh 12-word mnemonic, with
+    // a proof of possession; a second upload is refused (write-once).
     let mut alice = enroll(&mut transport, "alice", &directory.path().join("alice-laptop")).await;
     let mut bob = enroll(&mut transport, "bob", &directory.path().join("bob-laptop")).await;
-    let mnemonic = Mnemonic::generate().expect("mnemonic");
-    let words = mnemonic.phrase().to_owned();
+    let backup = backup::store(
+        &mut transport,
+        "alice",
+        &alice.account.private_key,
+        BackupWrite::CreateOnly,
+    )
+    .await
+    .expect("backup stored on the CA");
+    let words = backup.mnemonic.phrase().to_owned();
     assert_eq!(words.split(' ').count(), 12);
-    let backup = key_backup::wrap(&alice.account.private_key, &mnemonic).expect("wrap");
-    storage
-        .write_private_key("alice", &backup.to_string())
-        .expect("store backup");
+    assert!(matches!(
+        backup::store(
+            &mut transport,
+            "alice",
+            &alice.account.private_key,
+            BackupWrite::CreateOnly
+        )
+        .await,
+        Err(backup::BackupError::AlreadyStored(_))
+    ));
 
     // 2. alice creates a folder with a subfolder and files.
     let mut folder = Folder::create("Projects", &alice.account).expect("create");
@@ -173,31 +187,18 @@ async fn share_unshare_and_recover_against_the_real_ca() {
     // 6. A second device of alice recovers the key from the 12 words and the CA's certificate, and reads all.
     let second_dir = directory.path().join("alice-phone");
     std::fs::create_dir_all(&second_dir).expect("dir");
-    let stored = storage.read_private_key("alice").expect("backup stored");
-    let recovered = key_backup::unwrap(
-        &PrivateKeyBlob::parse(&stored).expect("blob"),
+    let stored = backup::fetch(&mut transport, "alice").await.expect("backup on the CA");
+    let recovered = backup::open(
+        &mut transport,
+        "alice",
+        &stored,
         &Mnemonic::parse(&words.to_uppercase()).expect("typed words"),
     )
-    .expect("recover");
-    let ca = transport.ca_info().await.expect("ca info");
-    let certificate_pem = transport
-        .certificate_of("alice")
-        .await
-        .expect("lookup")
-        .expect("alice known");
-    identity::check_certificate(
-        &certificate_pem,
-        &ca,
-        "alice",
-        Some(recovered.key.public_key().spki_der()),
-    )
-    .expect("the CA's certificate is for the recovered key");
+    .await
+    .expect("recovered and certified by the CA");
+    let ca = recovered.certified.ca;
     let mut phone = Device {
-        account: Account {
-            user_id: "alice".into(),
-            private_key: recovered.key,
-            certificate_pem,
-        },
+        account: recovered.certified.account,
         trust: ContactTrust {
             ca,
             pins: PinStore::open(&second_dir.join("pins.json")).expect("pins"),
@@ -214,5 +215,5 @@ async fn share_unshare_and_recover_against_the_real_ca() {
 
     // A wrong mnemonic does not open the backup.
     let wrong = Mnemonic::generate().expect("mnemonic");
-    assert!(key_backup::unwrap(&PrivateKeyBlob::parse(&stored).expect("blob"), &wrong).is_err());
+    assert!(key_backup::unwrap(&stored.wrapped_key, &wrong).is_err());
 }

@@ -10,79 +10,21 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use common::key_backup::{nonce, proof, put, recovery_key, wrapped_key};
 use common::{DevServer, UserKey, UserKeyPair, ca_info, issue};
 use e2ee_ca_proto::v1::admin_client::AdminClient;
 use e2ee_ca_proto::v1::key_backup_client::KeyBackupClient;
 use e2ee_ca_proto::v1::{
     ApproveRequestRequest, CreateBackupChallengeRequest, DepositEscrowRequest, DisableRecoveryKeyRequest,
-    GetEscrowRequest, GetIdentityRequest, GetWrappedPrivateKeyRequest, ProofOfPossession, PutWrappedPrivateKeyRequest,
-    RegisterRecoveryKeyRequest, RequestEscrowReleaseRequest,
+    GetEscrowRequest, GetIdentityRequest, GetWrappedPrivateKeyRequest, RegisterRecoveryKeyRequest,
+    RequestEscrowReleaseRequest,
 };
-use rcgen::SigningKey;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic::transport::Channel;
 
 fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
     result.expect_err("refused").code()
-}
-
-/// A syntactically valid Nextcloud private-key blob (the CA cannot tell it from a real one).
-fn wrapped_key(seed: u8) -> String {
-    [vec![seed; 1200], vec![seed; 12], vec![seed; 40]]
-        .iter()
-        .map(|part| STANDARD.encode(part))
-        .collect::<Vec<_>>()
-        .join("|")
-}
-
-/// The proof text of key_backup.proto.
-fn proof_text(purpose: &str, user: &str, nonce: &[u8], payload: &[u8]) -> Vec<u8> {
-    format!(
-        "e2ee-ca proof-of-possession v1\npurpose {purpose}\nuser {user}\nnonce {}\nsha256 {}\n",
-        hex::encode(nonce),
-        hex::encode(Sha256::digest(payload))
-    )
-    .into_bytes()
-}
-
-async fn nonce(backup: &mut KeyBackupClient<Channel>, user: &str) -> Vec<u8> {
-    backup
-        .create_backup_challenge(CreateBackupChallengeRequest {
-            user_id: user.to_owned(),
-        })
-        .await
-        .expect("challenge")
-        .into_inner()
-        .nonce
-}
-
-/// A proof by `key` over `payload` for `purpose` under `nonce`.
-fn proof(key: &UserKeyPair, purpose: &str, user: &str, nonce: &[u8], payload: &[u8]) -> ProofOfPossession {
-    ProofOfPossession {
-        nonce: nonce.to_vec(),
-        signature: key
-            .key_pair
-            .sign(&proof_text(purpose, user, nonce, payload))
-            .expect("sign"),
-    }
-}
-
-fn put(user: &str, blob: &str, replace: bool, proof: Option<ProofOfPossession>) -> PutWrappedPrivateKeyRequest {
-    PutWrappedPrivateKeyRequest {
-        user_id: user.to_owned(),
-        wrapped_key: blob.to_owned(),
-        replace,
-        proof,
-    }
-}
-
-/// An X25519 SubjectPublicKeyInfo (RFC 8410) as PEM, and its fingerprint.
-fn recovery_key(seed: u8) -> (String, String) {
-    let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00];
-    der.extend_from_slice(&[seed; 32]);
-    let fingerprint = hex::encode(Sha256::digest(&der));
-    (pem::encode(&pem::Pem::new("PUBLIC KEY", der)), fingerprint)
 }
 
 /// Registers the recovery key `seed` (requested by admin-alice, approved by admin-bob).
@@ -477,4 +419,118 @@ async fn key_backup_and_recovery_calls_on_postgres() {
     let ca = common::postgres::ProvisionedCa::create();
     let server = DevServer::start_with_config(&ca.replica_config(0, &database.url));
     check(&server).await;
+}
+
+/// A deposit of carol's sealed to a freshly registered recovery key; returns her key.
+async fn deposit_for_carol(server: &DevServer) -> UserKeyPair {
+    let mut identity = server.client().await;
+    let mut backup = KeyBackupClient::new(server.connect_as("sync-server").await);
+    let mut alice = AdminClient::new(server.connect_as("admin-alice").await);
+    let mut bob = AdminClient::new(server.connect_as("admin-bob").await);
+    let key = UserKeyPair::generate(UserKey::EcP256);
+    issue(&mut identity, "carol", &key.csr("carol"))
+        .await
+        .expect("carol enrolled");
+    let fingerprint = register(&mut alice, &mut bob, 5).await;
+    let blob = vec![3u8; 200];
+    let nonce = nonce(&mut backup, "carol").await;
+    backup
+        .deposit_escrow(DepositEscrowRequest {
+            user_id: "carol".to_owned(),
+            recovery_key_fingerprint: fingerprint,
+            escrow_blob: blob.clone(),
+            proof: Some(proof(&key, "escrow", "carol", &nonce, &blob)),
+        })
+        .await
+        .expect("deposited");
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escrow_release_not_used_before_it_expires_returns_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A dev data directory, then a server on its config with a 2-second request lifetime.
+    let data_dir = DevServer::start(dir.path(), "ecdsa-p256").stop();
+    let config = data_dir.join("ca-service.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("\n[admin]\nrequest_lifetime_seconds = 2\n");
+    std::fs::write(&config, text).expect("write config");
+    let server = DevServer::start_with_config(&config);
+    deposit_for_carol(&server).await;
+    let mut alice = AdminClient::new(server.connect_as("admin-alice").await);
+    let mut bob = AdminClient::new(server.connect_as("admin-bob").await);
+    let release = |reason: &str| RequestEscrowReleaseRequest {
+        user_id: "carol".to_owned(),
+        reason: reason.to_owned(),
+    };
+    // Approved in time, fetched too late.
+    let approved = alice
+        .request_escrow_release(release("approved, then left"))
+        .await
+        .expect("requested")
+        .into_inner()
+        .request
+        .expect("request");
+    bob.approve_request(ApproveRequestRequest {
+        request_id: approved.request_id.clone(),
+    })
+    .await
+    .expect("approved");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let late = alice
+        .get_escrow(GetEscrowRequest {
+            request_id: approved.request_id,
+        })
+        .await
+        .expect_err("expired");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert!(late.message().contains("expired"), "{}", late.message());
+    // Never approved in time.
+    let pending = alice
+        .request_escrow_release(release("never approved in time"))
+        .await
+        .expect("requested again: the expired one no longer blocks")
+        .into_inner()
+        .request
+        .expect("request");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        code(
+            bob.approve_request(ApproveRequestRequest {
+                request_id: pending.request_id
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+}
+
+/// Nothing on the CA's side can open a deposit: the service holds only the recovery public key,
+/// and no HPKE (nor the client crate, which seals and opens) is in its build.
+#[test]
+fn the_ca_links_no_code_that_opens_an_escrow_deposit() {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--quiet",
+            "--offline",
+            "-p",
+            "ca-service",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("cargo tree");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let tree = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(tree.lines().any(|line| line.starts_with("ca-service ")), "{tree}");
+    for crate_name in ["hpke ", "e2ee-client ", "vsss-rs ", "x25519-dalek "] {
+        assert!(
+            !tree.lines().any(|line| line.starts_with(crate_name)),
+            "ca-service links {crate_name}"
+        );
+    }
 }

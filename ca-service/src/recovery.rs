@@ -146,9 +146,10 @@ pub enum ReleaseRefused {
 /// Contract: `approve_recovery_change` does in one transaction what `ApprovalStore::approve_request`
 /// does (the row locked, `check_approval`, the `request-approved` entry), and also consumes the
 /// request and applies `change` with its own entry (`recovery-key-registered` or
-/// `recovery-key-disabled`, naming both admins and the request); a request of another kind, or a
-/// disable while nothing is enabled, is `ApprovalRefused::NotPending` as if expired, nothing
-/// written. `release_escrow` consumes an approved `escrow-release` request (compare-and-set) and
+/// `recovery-key-disabled`, naming both admins and the request); a request of another kind is
+/// `ApprovalRefused::NotFound` (no such recovery-key request), and one that can no longer be
+/// carried out (a disable of a key no longer enabled, a registration of a retired key) is
+/// `NotPending(Expired)`, nothing written. `release_escrow` consumes an approved `escrow-release` request (compare-and-set) and
 /// reads the deposit with an `escrow-released` entry naming the caller and both admins, in one
 /// transaction; a second call finds the request consumed.
 pub trait RecoveryStore: Send + Sync + 'static {

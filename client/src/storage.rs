@@ -1,15 +1,14 @@
-//! A local directory standing in for the sync server's storage: metadata, signatures, blobs and key backups.
+//! A local directory standing in for the sync server's folder storage: metadata, signatures and blobs (the key
+//! backup is on the CA, `crate::backup`).
 //!
 //! Layout (mirrors what Nextcloud keeps in WebDAV and its app data, nextcloud-e2ee.md §2.3, §5):
 //! ```text
-//! <root>/keys/<user id>.private.key      a mnemonic-wrapped private key (the `private-key` string, §1.5), for callers
-//!                                        that keep it beside the folders; the e2ee-client CLI keeps it on the CA
 //! <root>/<top-level name>/meta.data      the folder's metadata JSON: v2, or legacy v1.x (the top-level name is visible by design)
 //! <root>/<top-level name>/meta.data.signature   the base64 CMS signature (`X-NC-E2EE-SIGNATURE`); none for v1
 //! <root>/<top-level name>/<32-hex id>    a file blob: ciphertext ‖ 16-byte tag
 //! <root>/<top-level name>/<32-hex id>/   a subfolder, with its own meta.data, signature, blobs and subfolders
 //! ```
-//! Metadata and key files are replaced through a temporary file and a rename. The metadata and its signature
+//! Metadata files are replaced through a temporary file and a rename. The metadata and its signature
 //! are two files: a crash between the two renames leaves a pair that fails verification, which readers report.
 //! Blobs are written in place before the metadata that names them, so a partial blob is never referenced.
 
@@ -37,17 +36,6 @@ impl LocalDirectory {
         LocalDirectory { root: root.to_owned() }
     }
 
-    /// Stores `user_id`'s wrapped private key (the `private-key` string).
-    pub fn write_private_key(&self, user_id: &str, blob: &str) -> std::io::Result<()> {
-        let path = self.private_key_path(user_id)?;
-        replace_file(&path, blob.as_bytes())
-    }
-
-    /// Reads `user_id`'s wrapped private key; `ErrorKind::NotFound` when none is stored.
-    pub fn read_private_key(&self, user_id: &str) -> std::io::Result<String> {
-        std::fs::read_to_string(self.private_key_path(user_id)?)
-    }
-
     /// The top-level folders stored here (every directory with a `meta.data`).
     pub fn top_level_folders(&self) -> std::io::Result<Vec<String>> {
         let mut names = Vec::new();
@@ -66,13 +54,6 @@ impl LocalDirectory {
         }
         names.sort();
         Ok(names)
-    }
-
-    fn private_key_path(&self, user_id: &str) -> std::io::Result<PathBuf> {
-        Ok(self
-            .root
-            .join("keys")
-            .join(format!("{}.private.key", component(user_id)?)))
     }
 
     fn folder_directory(&self, top_level: &str, path: &FolderPath) -> std::io::Result<PathBuf> {
@@ -165,7 +146,6 @@ mod tests {
         }
         assert!(component("Photos 2026").is_ok());
         let storage = LocalDirectory::new(Path::new("/nonexistent"));
-        assert!(storage.read_private_key("../etc/passwd").is_err());
         assert_eq!(
             storage.top_level_folders().expect("missing root is empty"),
             Vec::<String>::new()

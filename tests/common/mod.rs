@@ -4,7 +4,9 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part of the shared fixture")]
 
+pub mod client;
 pub mod faults;
+pub mod key_backup;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
@@ -55,6 +57,35 @@ impl DevServer {
     /// Starts (or restarts) the dev server on `data_dir`, serving mTLS with its dev PKI.
     pub fn start_in(data_dir: &Path, algorithm: &str) -> DevServer {
         DevServer::start_dev(data_dir, algorithm, &[])
+    }
+
+    /// Starts the dev server on a fresh data directory under `parent` at log level `debug`, its
+    /// log (stderr) written to `log`: for tests that read what the service logs.
+    pub fn start_logging(parent: &Path, algorithm: &str, log: &Path) -> DevServer {
+        let data_dir = parent.join("data");
+        let mut command = Command::new(CA_SERVICE);
+        command
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--ca-key-algorithm",
+                algorithm,
+                "--data-dir",
+            ])
+            .arg(&data_dir);
+        let transport = Transport::MutualTls {
+            pki: data_dir.join("dev-pki"),
+        };
+        let (child, address, banner) = spawn_listening_with(command, Some(log));
+        DevServer {
+            child,
+            endpoint: format!("https://{address}"),
+            banner,
+            transport,
+            data_dir,
+        }
     }
 
     /// Starts (or restarts) the dev server on `data_dir` with `--plaintext`.
@@ -238,13 +269,19 @@ impl Drop for DevServer {
 
 /// Spawns `command` and waits until it prints `listening on ADDRESS`; returns the child, the
 /// address and the banner printed until then.
-fn spawn_listening(mut command: Command) -> (Child, String, String) {
-    let mut child = command
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ca-service");
+fn spawn_listening(command: Command) -> (Child, String, String) {
+    spawn_listening_with(command, None)
+}
+
+/// `spawn_listening`, with the log at level `debug` in `log` when given (else `warn`, inherited).
+fn spawn_listening_with(mut command: Command, log: Option<&Path>) -> (Child, String, String) {
+    match log {
+        Some(log) => command
+            .env("RUST_LOG", "debug")
+            .stderr(std::fs::File::create(log).expect("create the server log")),
+        None => command.env("RUST_LOG", "warn").stderr(Stdio::inherit()),
+    };
+    let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn ca-service");
     let stdout = child.stdout.take().expect("stdout is piped");
     let (sender, receiver) = std::sync::mpsc::channel();
     // Read the banner on a thread so that a server that never prints cannot hang the test.
