@@ -62,12 +62,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn run_ceremony(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = CeremonyConfig::load(config_path)?;
-    let outcome = ceremony::run_ceremony(&config, time::OffsetDateTime::now_utc()).context("the ceremony failed")?;
+    let prepared =
+        ceremony::prepare_ceremony(&config, time::OffsetDateTime::now_utc()).context("the ceremony failed")?;
+    // The shares are printed before the public files are written: a key is never registered without its shares.
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(outcome.share_sheet().as_bytes())
+        .write_all(prepared.share_sheet().as_bytes())
         .and_then(|()| stdout.flush())
-        .context("cannot print the shares")?;
+        .context("cannot print the shares; nothing was written, run the ceremony again")?;
+    let outcome = prepared.write().context(
+        "the shares printed belong to a key that was not saved: destroy them, remove any output file, and run \
+         the ceremony again",
+    )?;
     for path in &outcome.written {
         eprintln!("wrote {}", path.display());
     }

@@ -153,8 +153,7 @@ pub struct RegistrationRequest {
     pub created_at: String,
 }
 
-/// Why the ceremony failed. Nothing has been printed when it fails; files may have been written only by the
-/// last step (`Write`).
+/// Why the ceremony failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CeremonyError {
@@ -180,7 +179,23 @@ pub enum CeremonyError {
     Encode(String),
 }
 
-/// The ceremony's result: the public outputs (already written) and the shares to print.
+/// A ceremony whose key is made and split, not yet written: print `share_sheet`, then `write` the public files.
+///
+/// That order means a registration request exists only for a key whose shares were printed: shares printed for a
+/// key that was then not saved are paper to destroy, a registered key without shares would lose every escrow.
+#[derive(Debug)]
+pub struct Ceremony {
+    public_key: RecoveryPublicKey,
+    registration: RegistrationRequest,
+    registration_json: String,
+    public_key_path: PathBuf,
+    registration_path: PathBuf,
+    output_dir: PathBuf,
+    shares: Vec<Share>,
+    officers: Option<Vec<String>>,
+}
+
+/// What the ceremony wrote.
 #[derive(Debug)]
 pub struct CeremonyOutcome {
     /// The new recovery public key.
@@ -189,44 +204,13 @@ pub struct CeremonyOutcome {
     pub registration: RegistrationRequest,
     /// The files written.
     pub written: Vec<PathBuf>,
-    shares: Vec<Share>,
-    officers: Option<Vec<String>>,
 }
 
-impl CeremonyOutcome {
-    /// The share sheet for printing: per share a header line
-    /// (`share 2 of 5 (3 needed), split 1a2b3c4d, officer Grace`) then its 32 words on one line, shares separated
-    /// by a blank line.
-    pub fn share_sheet(&self) -> Zeroizing<String> {
-        let mut sheet = Zeroizing::new(String::new());
-        for (offset, share) in self.shares.iter().enumerate() {
-            if offset > 0 {
-                sheet.push('\n');
-            }
-            sheet.push_str(&format!(
-                "share {} of {} ({} needed), split {}",
-                share.index(),
-                self.shares.len(),
-                share.threshold(),
-                share.split_id()
-            ));
-            if let Some(officer) = self.officers.as_ref().and_then(|officers| officers.get(offset)) {
-                sheet.push_str(", officer ");
-                sheet.push_str(officer);
-            }
-            sheet.push('\n');
-            sheet.push_str(&share.to_words());
-            sheet.push('\n');
-        }
-        sheet
-    }
-}
-
-/// Runs the ceremony: (1) refuse existing outputs, (2) generate the key pair, (3) split it, (4) check that the
-/// printed words of every share parse back and that consecutive threshold-sized groups covering every share
-/// combine to the public key, (5) write the public key and the registration request. The secret is dropped
-/// (zeroized) on return; the shares live on in the outcome until it is dropped.
-pub fn run_ceremony(config: &CeremonyConfig, now: OffsetDateTime) -> Result<CeremonyOutcome, CeremonyError> {
+/// Prepares the ceremony: (1) refuse existing outputs, (2) generate the key pair, (3) split it, (4) check that the
+/// words of every share parse back and that consecutive threshold-sized groups covering every share combine to
+/// the public key, (5) build the registration request. The secret is dropped (zeroized) here; the shares live in
+/// the `Ceremony` until `write` consumes it.
+pub fn prepare_ceremony(config: &CeremonyConfig, now: OffsetDateTime) -> Result<Ceremony, CeremonyError> {
     // 1. Outputs.
     let public_key_path = config.output_dir.join(PUBLIC_KEY_FILE);
     let registration_path = config.output_dir.join(REGISTRATION_FILE);
@@ -255,7 +239,7 @@ pub fn run_ceremony(config: &CeremonyConfig, now: OffsetDateTime) -> Result<Cere
         }
     }
     drop(reparsed);
-    // 5. The public outputs.
+    // 5. The registration request.
     let registration = RegistrationRequest {
         public_key_pem: public_key.to_pem(),
         ceremony_reference: config.reference.clone(),
@@ -273,28 +257,75 @@ pub fn run_ceremony(config: &CeremonyConfig, now: OffsetDateTime) -> Result<Cere
     let mut registration_json =
         serde_json::to_string_pretty(&registration).map_err(|error| CeremonyError::Encode(error.to_string()))?;
     registration_json.push('\n');
-    std::fs::create_dir_all(&config.output_dir).map_err(|source| CeremonyError::Write {
-        path: config.output_dir.clone(),
-        source,
-    })?;
-    let write = |path: &PathBuf, contents: &[u8]| {
-        write_new(path, contents, 0o644).map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => CeremonyError::Exists(path.clone()),
-            _ => CeremonyError::Write {
-                path: path.clone(),
-                source,
-            },
-        })
-    };
-    write(&public_key_path, registration.public_key_pem.as_bytes())?;
-    write(&registration_path, registration_json.as_bytes())?;
-    Ok(CeremonyOutcome {
+    Ok(Ceremony {
         public_key,
         registration,
-        written: vec![public_key_path, registration_path],
+        registration_json,
+        public_key_path,
+        registration_path,
+        output_dir: config.output_dir.clone(),
         shares,
         officers: config.officers.clone(),
     })
+}
+
+impl Ceremony {
+    /// The share sheet for printing: per share a header line
+    /// (`share 2 of 5 (3 needed), split 1a2b3c4d, officer Grace`) then its 32 words on one line, shares separated
+    /// by a blank line.
+    pub fn share_sheet(&self) -> Zeroizing<String> {
+        let mut sheet = Zeroizing::new(String::new());
+        for (offset, share) in self.shares.iter().enumerate() {
+            if offset > 0 {
+                sheet.push('\n');
+            }
+            sheet.push_str(&format!(
+                "share {} of {} ({} needed), split {}",
+                share.index(),
+                self.shares.len(),
+                share.threshold(),
+                share.split_id()
+            ));
+            if let Some(officer) = self.officers.as_ref().and_then(|officers| officers.get(offset)) {
+                sheet.push_str(", officer ");
+                sheet.push_str(officer);
+            }
+            sheet.push('\n');
+            sheet.push_str(&share.to_words());
+            sheet.push('\n');
+        }
+        sheet
+    }
+
+    /// The registration request `write` will write.
+    pub fn registration(&self) -> &RegistrationRequest {
+        &self.registration
+    }
+
+    /// Writes the public key and the registration request (never replacing a file; the directory is created if
+    /// missing) and drops the shares.
+    pub fn write(self) -> Result<CeremonyOutcome, CeremonyError> {
+        std::fs::create_dir_all(&self.output_dir).map_err(|source| CeremonyError::Write {
+            path: self.output_dir.clone(),
+            source,
+        })?;
+        let write = |path: &PathBuf, contents: &[u8]| {
+            write_new(path, contents, 0o644).map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => CeremonyError::Exists(path.clone()),
+                _ => CeremonyError::Write {
+                    path: path.clone(),
+                    source,
+                },
+            })
+        };
+        write(&self.public_key_path, self.registration.public_key_pem.as_bytes())?;
+        write(&self.registration_path, self.registration_json.as_bytes())?;
+        Ok(CeremonyOutcome {
+            public_key: self.public_key,
+            registration: self.registration,
+            written: vec![self.public_key_path, self.registration_path],
+        })
+    }
 }
 
 /// The raw `open` config file, as written.
@@ -666,14 +697,14 @@ mod tests {
     /// A ceremony in `directory`, and the words of its shares (one line each).
     fn ceremony(directory: &Path) -> (CeremonyOutcome, Vec<String>) {
         let config = ceremony_config(directory, CEREMONY).expect("config");
-        let outcome = run_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect("ceremony");
-        let words = outcome
+        let ceremony = prepare_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect("ceremony");
+        let words = ceremony
             .share_sheet()
             .lines()
             .filter(|line| !line.is_empty() && !line.starts_with("share "))
             .map(str::to_owned)
             .collect();
-        (outcome, words)
+        (ceremony.write().expect("write"), words)
     }
 
     /// An open config for `user_id`'s blob sealed to the ceremony's key, writing `output`.
@@ -727,8 +758,11 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let text = format!("{CEREMONY}officers = [\"Ada\", \"Grace\", \"Katherine\", \"Margaret\", \"Radia\"]\n");
         let config = ceremony_config(directory.path(), &text).expect("config");
-        let outcome = run_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect("ceremony");
+        let ceremony = prepare_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect("ceremony");
         let out = directory.path().join("out");
+        assert!(!out.exists(), "nothing is written before the shares are printed");
+        let sheet = ceremony.share_sheet();
+        let outcome = ceremony.write().expect("write");
         let pem_text = std::fs::read_to_string(out.join(PUBLIC_KEY_FILE)).expect("public key");
         assert_eq!(
             RecoveryPublicKey::from_pem(&pem_text).expect("parse"),
@@ -748,7 +782,6 @@ mod tests {
             "nothing else is written"
         );
 
-        let sheet = outcome.share_sheet();
         let lines: Vec<&str> = sheet.lines().collect();
         assert_eq!(lines.len(), 5 * 3 - 1);
         let split_id = &registration.split_id;
@@ -768,19 +801,20 @@ mod tests {
         assert_eq!(shares.iter().map(Share::index).collect::<Vec<_>>(), [1, 3, 5]);
         shares::combine_for(&shares, &outcome.public_key).expect("the printed shares combine");
 
-        let again = run_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect_err("outputs exist");
+        let again = prepare_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect_err("outputs exist");
         assert!(matches!(again, CeremonyError::Exists(path) if path == out.join(PUBLIC_KEY_FILE)));
     }
 
     #[test]
     fn without_officers_the_header_names_none() {
         let directory = tempfile::tempdir().expect("tempdir");
-        let (outcome, _) = ceremony(directory.path());
-        let sheet = outcome.share_sheet();
+        let config = ceremony_config(directory.path(), CEREMONY).expect("config");
+        let ceremony = prepare_ceremony(&config, OffsetDateTime::UNIX_EPOCH).expect("ceremony");
+        let sheet = ceremony.share_sheet();
         let header = sheet.lines().next().expect("a line");
         assert_eq!(
             header,
-            format!("share 1 of 5 (3 needed), split {}", outcome.registration.split_id)
+            format!("share 1 of 5 (3 needed), split {}", ceremony.registration().split_id)
         );
     }
 

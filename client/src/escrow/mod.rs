@@ -10,10 +10,12 @@
 //! magic "e2ee-esc" (8) ‖ version 0x01 (1) ‖ SHA-256 of the recipient's SPKI DER (32)
 //!   ‖ HPKE encapsulated key (32) ‖ AES-256-GCM ciphertext ‖ tag (16)
 //! ```
-//! HPKE (RFC 9180) base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM. The `info` is
-//! `"e2ee-ca escrow v1" ‖ u16 len ‖ user id ‖ u16 len ‖ fingerprint`, the `aad` the 41 header bytes before the
-//! encapsulated key (which the KEM already binds). So a blob opens only for the user id and the recovery key it
-//! was sealed for, and a changed header byte fails like a changed ciphertext byte.
+//! HPKE (RFC 9180) base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, single shot. The `info` is
+//! `"e2ee-ca escrow v1" ‖ u16 len ‖ user id ‖ u16 len ‖ fingerprint` (lengths big-endian), so a blob opens only for
+//! the user id and the recovery key it was sealed for; the `aad` is empty. The header is not in the `aad` because
+//! everything in it is bound already: the version by the label, the fingerprint by `info`, the encapsulated key by
+//! the KEM. So everything after the header is exactly RFC 9180's single-shot `enc ‖ ct`, which any HPKE
+//! implementation without an `aad` parameter opens too (testdata/escrow was made with Python `cryptography`'s).
 
 pub mod ceremony;
 pub mod shares;
@@ -41,10 +43,10 @@ const X25519_LEN: usize = 32;
 const FINGERPRINT_LEN: usize = 32;
 /// Length of the AES-256-GCM tag.
 const TAG_LEN: usize = 16;
-/// The header bound as `aad`: magic, version, fingerprint.
-const AAD_LEN: usize = MAGIC.len() + 1 + FINGERPRINT_LEN;
+/// The header up to the encapsulated key: magic, version, fingerprint.
+const PREFIX_LEN: usize = MAGIC.len() + 1 + FINGERPRINT_LEN;
 /// Everything before the ciphertext.
-const HEADER_LEN: usize = AAD_LEN + X25519_LEN;
+const HEADER_LEN: usize = PREFIX_LEN + X25519_LEN;
 
 /// Largest blob accepted (the CA refuses deposits over 16 KiB).
 pub const MAX_BLOB_LEN: usize = 16 * 1024;
@@ -223,7 +225,7 @@ pub fn seal(
         &public_key,
         &info(user_id, &fingerprint),
         private_key_pkcs8_der,
-        &blob,
+        &[],
     )
     .map_err(|error| match error {
         // DH with a low-order point gives the all-zero secret, which RFC 9180 §7.1.4 refuses.
@@ -238,25 +240,24 @@ pub fn seal(
 /// Opens a blob sealed for `user_id` with the combined recovery secret; returns the PKCS#8 DER it holds.
 pub fn open(secret: &RecoverySecret, user_id: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, EscrowError> {
     check_user_id(user_id)?;
-    if blob.len() < MAGIC.len() || &blob[..MAGIC.len()] != MAGIC {
+    if !blob.starts_with(MAGIC) {
         return Err(EscrowError::MalformedBlob("it does not start with the escrow magic"));
     }
     if blob.len() > MAX_BLOB_LEN {
         return Err(EscrowError::MalformedBlob("it is longer than 16 KiB"));
     }
-    if blob.len() <= MAGIC.len() {
-        return Err(EscrowError::MalformedBlob("it ends after the magic"));
+    match blob.get(MAGIC.len()) {
+        Some(&VERSION) => {}
+        Some(&version) => return Err(EscrowError::UnsupportedVersion(version)),
+        None => return Err(EscrowError::MalformedBlob("it ends after the magic")),
     }
-    let version = blob[MAGIC.len()];
-    if version != VERSION {
-        return Err(EscrowError::UnsupportedVersion(version));
-    }
-    if blob.len() < HEADER_LEN + TAG_LEN + 1 {
+    // A private key is never empty, so neither is a ciphertext.
+    if blob.len() <= HEADER_LEN + TAG_LEN {
         return Err(EscrowError::MalformedBlob("it is truncated"));
     }
-    let (aad, rest) = blob.split_at(AAD_LEN);
+    let (prefix, rest) = blob.split_at(PREFIX_LEN);
     let (encapsulated, ciphertext) = rest.split_at(X25519_LEN);
-    let blob_fingerprint = &aad[MAGIC.len() + 1..];
+    let blob_fingerprint = &prefix[MAGIC.len() + 1..];
     let recovery_key = secret.public_key();
     let fingerprint = recovery_key.fingerprint_bytes();
     if blob_fingerprint != fingerprint {
@@ -273,7 +274,7 @@ pub fn open(secret: &RecoverySecret, user_id: &str, blob: &[u8]) -> Result<Zeroi
         &encapsulated,
         &info(user_id, &fingerprint),
         ciphertext,
-        aad,
+        &[],
     )
     .map_err(|_| EscrowError::DoesNotOpen)?;
     Ok(Zeroizing::new(plaintext))
@@ -291,7 +292,7 @@ fn info(user_id: &str, fingerprint: &[u8; FINGERPRINT_LEN]) -> Vec<u8> {
     let mut info = Vec::with_capacity(INFO_LABEL.len() + 4 + user_id.len() + FINGERPRINT_LEN);
     info.extend_from_slice(INFO_LABEL);
     for field in [user_id.as_bytes(), fingerprint.as_slice()] {
-        // Both fields are checked to be under 64 KiB (MAX_USER_ID_LEN, FINGERPRINT_LEN).
+        // Both fit: the user id is at most MAX_USER_ID_LEN bytes (`check_user_id`), the fingerprint 32.
         let length = u16::try_from(field.len()).unwrap_or(u16::MAX);
         info.extend_from_slice(&length.to_be_bytes());
         info.extend_from_slice(field);
@@ -299,7 +300,7 @@ fn info(user_id: &str, fingerprint: &[u8; FINGERPRINT_LEN]) -> Vec<u8> {
     info
 }
 
-/// Keeps `EscrowKem` honest: the secret's public key is the KEM's.
+/// The public key of a KEM private key (for `RecoverySecret::public_key`).
 pub(crate) fn public_key_of(private_key: &<EscrowKem as hpke::Kem>::PrivateKey) -> RecoveryPublicKey {
     let public_key = EscrowKem::sk_to_pk(private_key);
     let mut raw = [0u8; X25519_LEN];
@@ -426,7 +427,7 @@ mod tests {
             }
             other => panic!("expected WrongRecoveryKey, got {other:?}"),
         }
-        // A header rewritten to name the other key still does not open: the fingerprint is in `info` and `aad`.
+        // A header rewritten to name the other key still does not open: the fingerprint is in `info`.
         let mut rewritten = blob.clone();
         rewritten[9..41].copy_from_slice(&other_public_key.fingerprint_bytes());
         assert!(matches!(
@@ -511,6 +512,28 @@ mod tests {
         let error = open(&secret, "bob", &blob).expect_err("another user");
         assert!(!error.to_string().contains("secret payload"));
         assert_eq!(format!("{secret:?}"), "RecoverySecret(<secret>)");
+    }
+
+    #[test]
+    fn independent_blob_vectors() {
+        let cases = shares::tests::vector_cases(include_str!("../../testdata/escrow/blobs.txt"));
+        assert_eq!(cases.len(), 10);
+        for case in cases {
+            let name = &case["name"];
+            let secret = RecoverySecret::from_bytes(&hex::decode(&case["secret"]).expect("hex")).expect(name);
+            let public_key = RecoveryPublicKey::from_spki_der(&hex::decode(&case["spki"]).expect("hex")).expect(name);
+            assert_eq!(secret.public_key(), public_key, "{name}");
+            let blob = hex::decode(&case["blob"]).expect("hex");
+            let result = open(&secret, &case["user_id"], &blob);
+            match (case["expect"].as_str(), result) {
+                ("opens", Ok(payload)) => assert_eq!(hex::encode(&*payload), case["payload"], "{name}"),
+                ("does-not-open", Err(EscrowError::DoesNotOpen))
+                | ("wrong-recovery-key", Err(EscrowError::WrongRecoveryKey { .. }))
+                | ("unsupported-version", Err(EscrowError::UnsupportedVersion(2)))
+                | ("malformed", Err(EscrowError::MalformedBlob(_))) => {}
+                (expect, result) => panic!("{name}: expected {expect}, got {result:?}"),
+            }
+        }
     }
 
     proptest! {

@@ -169,7 +169,8 @@ impl RecoverySecret {
         bytes
     }
 
-    fn from_bytes(bytes: &[u8]) -> Result<RecoverySecret, ShareError> {
+    /// From the 32 raw bytes (clamped as X25519 stores them).
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<RecoverySecret, ShareError> {
         let key = EscrowPrivateKey::from_bytes(bytes)
             .map_err(|_| ShareError::Shamir(format!("the combined secret is {} bytes", bytes.len())))?;
         Ok(RecoverySecret { key })
@@ -412,7 +413,7 @@ fn write_bits11(bytes: &mut [u8; ENCODED_LEN], position: usize, value: u16) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -643,6 +644,54 @@ mod tests {
                     matches!(result, Err(ShareError::OutOfRange(name)) if name == field),
                     "{field}"
                 ),
+            }
+        }
+    }
+
+    /// The `key: value` blocks of a vector file, without comments.
+    pub(crate) fn vector_cases(text: &str) -> Vec<std::collections::HashMap<String, String>> {
+        text.split("\n\n")
+            .map(|block| {
+                block
+                    .lines()
+                    .filter(|line| !line.starts_with('#'))
+                    .filter_map(|line| line.split_once(": "))
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+            .filter(|case| !case.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn independent_share_vectors_combine() {
+        let cases = vector_cases(include_str!("../../testdata/escrow/shares.txt"));
+        assert_eq!(cases.len(), 4);
+        for case in cases {
+            let name = &case["name"];
+            let expected = RecoveryPublicKey::from_spki_der(&hex::decode(&case["spki"]).expect("hex")).expect("spki");
+            let chosen: Vec<Share> = case["combine"]
+                .split(' ')
+                .map(|index| {
+                    let share = Share::parse(&case[&format!("share {index}")]).expect(name);
+                    assert_eq!(share.index().to_string(), index, "{name}");
+                    assert_eq!(share.threshold().to_string(), case["threshold"], "{name}");
+                    assert_eq!(share.split_id(), case["split_id"], "{name}");
+                    share
+                })
+                .collect();
+            match case["expect"].as_str() {
+                "combines" => {
+                    let secret = combine_for(&chosen, &expected).expect(name);
+                    assert_eq!(hex::encode(secret.to_bytes().as_ref()), case["secret"], "{name}");
+                }
+                "wrong-key" => {
+                    assert!(
+                        matches!(combine_for(&chosen, &expected), Err(ShareError::WrongKey { .. })),
+                        "{name}"
+                    );
+                }
+                other => panic!("{name}: unknown expectation {other}"),
             }
         }
     }
