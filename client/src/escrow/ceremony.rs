@@ -948,4 +948,25 @@ mod tests {
             Err(OpenError::BlobTooLarge(_))
         ));
     }
+
+    #[test]
+    fn the_deploy_examples_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ceremony = dir.path().join("recovery-ceremony.toml");
+        std::fs::write(
+            &ceremony,
+            include_str!("../../../deploy/recovery-ceremony.example.toml"),
+        )
+        .expect("write");
+        let loaded = CeremonyConfig::load(&ceremony).expect("the ceremony example loads");
+        assert_eq!((loaded.threshold, loaded.shares), (3, 5));
+        assert_eq!(loaded.output_dir, dir.path().join("recovery-key"));
+        let open = dir.path().join("recovery-open.toml");
+        std::fs::write(&open, include_str!("../../../deploy/recovery-open.example.toml")).expect("write");
+        let loaded = OpenConfig::load(&open).expect("the open example loads");
+        assert_eq!(
+            loaded.output,
+            OpenOutput::PrivateKeyPem(dir.path().join("alice-key.pem"))
+        );
+    }
 }
