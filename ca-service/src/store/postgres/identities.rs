@@ -127,6 +127,17 @@ pub(super) const PIN_WITH_ENTRY: &str =
             ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
      WHERE identities.user_id = $1";
 
+/// `pin_state`'s statement, built once (it embeds `PIN_WITH_ENTRY`).
+static PIN_STATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT pin.key_sha256, pin.entry, pin.leaf_index, pin.hash,
+                (SELECT user_id FROM identities WHERE key_sha256 = $2),
+                (SELECT count(*) FROM certificates WHERE user_id = $1 AND issued_at >= $3)
+         FROM (SELECT 1) AS one
+         LEFT JOIN LATERAL ({PIN_WITH_ENTRY}) AS pin ON true"
+    )
+});
+
 async fn pin_state(
     client: &Object,
     user: &UserId,
@@ -137,13 +148,7 @@ async fn pin_state(
     // the tree, two more primary-key probes only when there is a pin), the key's UNIQUE index and
     // the (user_id, issued_at) index.
     let statement = client
-        .prepare_cached(&format!(
-            "SELECT pin.key_sha256, pin.entry, pin.leaf_index, pin.hash,
-                    (SELECT user_id FROM identities WHERE key_sha256 = $2),
-                    (SELECT count(*) FROM certificates WHERE user_id = $1 AND issued_at >= $3)
-             FROM (SELECT 1) AS one
-             LEFT JOIN LATERAL ({PIN_WITH_ENTRY}) AS pin ON true"
-        ))
+        .prepare_cached(&PIN_STATE)
         .await
         .map_err(store_error)?;
     let row = client
