@@ -10,7 +10,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::key_backup::{nonce, proof, put, recovery_key, wrapped_key};
+use common::key_backup::{nonce, proof, put, recovery_key, register, wrapped_key};
 use common::{DevServer, UserKey, UserKeyPair, ca_info, issue};
 use e2ee_ca_proto::v1::admin_client::AdminClient;
 use e2ee_ca_proto::v1::key_backup_client::KeyBackupClient;
@@ -21,45 +21,9 @@ use e2ee_ca_proto::v1::{
 };
 use sha2::{Digest, Sha256};
 use tonic::Code;
-use tonic::transport::Channel;
 
 fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
     result.expect_err("refused").code()
-}
-
-/// Registers the recovery key `seed` (requested by admin-alice, approved by admin-bob).
-async fn register(alice: &mut AdminClient<Channel>, bob: &mut AdminClient<Channel>, seed: u8) -> String {
-    let (public_key_pem, fingerprint) = recovery_key(seed);
-    let request = alice
-        .register_recovery_key(RegisterRecoveryKeyRequest {
-            public_key_pem,
-            ceremony_reference: format!("ceremony {seed}"),
-            reason: "enable recovery".to_owned(),
-        })
-        .await
-        .expect("registration opened")
-        .into_inner()
-        .request
-        .expect("request");
-    assert_eq!(request.kind, "recovery-key-registration");
-    assert_eq!(request.key_fingerprint, fingerprint);
-    assert_eq!(
-        code(
-            alice
-                .approve_request(ApproveRequestRequest {
-                    request_id: request.request_id.clone()
-                })
-                .await
-        ),
-        Code::PermissionDenied,
-        "self-approval"
-    );
-    bob.approve_request(ApproveRequestRequest {
-        request_id: request.request_id,
-    })
-    .await
-    .expect("approved");
-    fingerprint
 }
 
 /// The whole gRPC-level behaviour on one server.

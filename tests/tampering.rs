@@ -1,4 +1,4 @@
-//! A hostile database and a hostile caller against the real binary: pins, certificates and log rows changed behind the CA's back are caught before anything is signed or served, renewals racing the rate limit stay within it, refusals cannot flood the log, plaintext is never served off loopback, and the service's files are private.
+//! A hostile database and a hostile caller against the real binary: pins, certificates, wrapped keys, escrow deposits and log rows changed behind the CA's back are caught before anything is signed or served, renewals racing the rate limit stay within it, refusals cannot flood the log, plaintext is never served off loopback, and the service's files are private.
 //!
 //! Each store case runs on the embedded store (`serve --dev` over mTLS, its SQLite file edited with rusqlite
 //! while the service runs) and on PostgreSQL (`serve --config` on a fresh database, edited with
@@ -35,6 +35,7 @@ enum Store {
 /// A value bound to a statement's `$1` (or `$2`).
 enum Value<'a> {
     Bytes(&'a [u8]),
+    Text(&'a str),
 }
 
 impl Store {
@@ -103,6 +104,7 @@ impl Store {
                     .map(|value| -> Box<dyn rusqlite::ToSql> {
                         match value {
                             Value::Bytes(bytes) => Box::new(bytes.to_vec()),
+                            Value::Text(text) => Box::new((*text).to_owned()),
                         }
                     })
                     .collect();
@@ -118,6 +120,7 @@ impl Store {
                     .map(|value| -> Box<dyn tokio_postgres::types::ToSql + Sync> {
                         match value {
                             Value::Bytes(bytes) => Box::new(bytes.to_vec()),
+                            Value::Text(text) => Box::new((*text).to_owned()),
                         }
                     })
                     .collect();
@@ -286,6 +289,105 @@ async fn a_certificate_changed_in_the_database_is_not_served() {
             .await
             .expect_err("a tampered certificate");
         assert_eq!(status.code(), Code::Internal, "{}", status.message());
+        drop(server);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapped_key_or_an_escrow_deposit_changed_in_the_database_is_not_served() {
+    use common::key_backup::{nonce, proof, put, register, wrapped_key};
+    use e2ee_ca_proto::v1::key_backup_client::KeyBackupClient;
+    use e2ee_ca_proto::v1::{
+        ApproveRequestRequest, DepositEscrowRequest, GetEscrowRequest, GetWrappedPrivateKeyRequest,
+        RequestEscrowReleaseRequest,
+    };
+    on_both_stores(|store, server, _| async move {
+        let mut identity = server.client().await;
+        let mut backup = KeyBackupClient::new(server.connect_as("sync-server").await);
+        let mut alice = AdminClient::new(server.connect_as("admin-alice").await);
+        let mut bob = AdminClient::new(server.connect_as("admin-bob").await);
+        let carol = UserKeyPair::generate(UserKey::EcP256);
+        issue(&mut identity, "carol", &carol.csr("carol"))
+            .await
+            .expect("carol enrolls");
+        let blob = wrapped_key(1);
+        let challenge = nonce(&mut backup, "carol").await;
+        backup
+            .put_wrapped_private_key(put(
+                "carol",
+                &blob,
+                false,
+                Some(proof(&carol, "key-backup", "carol", &challenge, blob.as_bytes())),
+            ))
+            .await
+            .expect("stored");
+        let read = || GetWrappedPrivateKeyRequest {
+            user_id: "carol".to_owned(),
+        };
+        backup
+            .get_wrapped_private_key(read())
+            .await
+            .expect("served while intact");
+        // Another well-formed blob, written in the database alone.
+        let swapped = wrapped_key(2);
+        let changed = store
+            .execute(
+                "UPDATE key_backups SET wrapped_key = $1 WHERE user_id = 'carol'",
+                &[Value::Text(&swapped)],
+            )
+            .await;
+        assert_eq!(changed, 1);
+        let status = backup
+            .get_wrapped_private_key(read())
+            .await
+            .expect_err("a swapped blob");
+        assert_eq!(status.code(), Code::Internal, "{}", status.message());
+        assert!(status.message().contains("audit log"), "{}", status.message());
+
+        // A deposit, released once but altered in the database first: withheld.
+        let fingerprint = register(&mut alice, &mut bob, 7).await;
+        let sealed = vec![5u8; 150];
+        let challenge = nonce(&mut backup, "carol").await;
+        backup
+            .deposit_escrow(DepositEscrowRequest {
+                user_id: "carol".to_owned(),
+                recovery_key_fingerprint: fingerprint,
+                escrow_blob: sealed.clone(),
+                proof: Some(proof(&carol, "escrow", "carol", &challenge, &sealed)),
+            })
+            .await
+            .expect("deposited");
+        let release = alice
+            .request_escrow_release(RequestEscrowReleaseRequest {
+                user_id: "carol".to_owned(),
+                reason: "tampering test".to_owned(),
+            })
+            .await
+            .expect("requested")
+            .into_inner()
+            .request
+            .expect("request");
+        bob.approve_request(ApproveRequestRequest {
+            request_id: release.request_id.clone(),
+        })
+        .await
+        .expect("approved");
+        let forged = vec![6u8; 150];
+        store
+            .execute(
+                "UPDATE escrows SET blob = $1 WHERE user_id = 'carol'",
+                &[Value::Bytes(&forged)],
+            )
+            .await;
+        let status = alice
+            .get_escrow(GetEscrowRequest {
+                request_id: release.request_id,
+            })
+            .await
+            .expect_err("an altered deposit");
+        assert_eq!(status.code(), Code::Internal, "{}", status.message());
+        assert!(status.message().contains("audit log"), "{}", status.message());
         drop(server);
     })
     .await;

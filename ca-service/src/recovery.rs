@@ -16,7 +16,7 @@ use crate::approvals::{ApprovalRefused, ApprovalRequest, RequestId, RequestState
 use crate::audit::LogEntryRef;
 use crate::hsm::{HsmError, Signer};
 use crate::identity::{KeyFingerprint, UserId};
-use crate::issuer::{CaCertificate, IssueError};
+use crate::issuer::{CaCertificate, IssueError, PinEntry};
 use crate::storage::StoreError;
 
 /// id-X25519 (RFC 8410).
@@ -124,6 +124,10 @@ pub struct EscrowRecord {
     pub blob: Vec<u8>,
     /// When it was deposited.
     pub deposited_at: OffsetDateTime,
+    /// The `escrow-deposited` entry that recorded it (`escrows.entry_id`), read with it, with the
+    /// tree's leaf at its index: what the release checks the blob against
+    /// (`key_backup::check_recorded`).
+    pub recorded_by: Option<PinEntry>,
 }
 
 /// Why an escrow release was refused.

@@ -3,10 +3,15 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use e2ee_ca_proto::v1::admin_client::AdminClient;
 use e2ee_ca_proto::v1::key_backup_client::KeyBackupClient;
-use e2ee_ca_proto::v1::{CreateBackupChallengeRequest, ProofOfPossession, PutWrappedPrivateKeyRequest};
+use e2ee_ca_proto::v1::{
+    ApproveRequestRequest, CreateBackupChallengeRequest, ProofOfPossession, PutWrappedPrivateKeyRequest,
+    RegisterRecoveryKeyRequest,
+};
 use rcgen::SigningKey;
 use sha2::{Digest, Sha256};
+use tonic::Code;
 use tonic::transport::Channel;
 
 use super::UserKeyPair;
@@ -67,4 +72,39 @@ pub fn recovery_key(seed: u8) -> (String, String) {
     der.extend_from_slice(&[seed; 32]);
     let fingerprint = hex::encode(Sha256::digest(&der));
     (pem::encode(&pem::Pem::new("PUBLIC KEY", der)), fingerprint)
+}
+
+/// Registers the recovery key `seed` (requested by admin-alice, approved by admin-bob).
+pub async fn register(alice: &mut AdminClient<Channel>, bob: &mut AdminClient<Channel>, seed: u8) -> String {
+    let (public_key_pem, fingerprint) = recovery_key(seed);
+    let request = alice
+        .register_recovery_key(RegisterRecoveryKeyRequest {
+            public_key_pem,
+            ceremony_reference: format!("ceremony {seed}"),
+            reason: "enable recovery".to_owned(),
+        })
+        .await
+        .expect("registration opened")
+        .into_inner()
+        .request
+        .expect("request");
+    assert_eq!(request.kind, "recovery-key-registration");
+    assert_eq!(request.key_fingerprint, fingerprint);
+    assert_eq!(
+        alice
+            .approve_request(ApproveRequestRequest {
+                request_id: request.request_id.clone()
+            })
+            .await
+            .expect_err("self-approval")
+            .code(),
+        Code::PermissionDenied,
+        "self-approval"
+    );
+    bob.approve_request(ApproveRequestRequest {
+        request_id: request.request_id,
+    })
+    .await
+    .expect("approved");
+    fingerprint
 }

@@ -4,7 +4,8 @@
 //! A write is answered only after it and its audit entry are committed and the entry is indexed;
 //! so is a read, whose entry names the caller. Every write carries a proof of possession of the
 //! pinned key (`key_backup::possession`), checked here against the pin as the log recorded it
-//! (`issuer::pins::check_pin`) before the store consumes the proof's nonce.
+//! (`issuer::pins::check_pin`) before the store consumes the proof's nonce; a wrapped key is served
+//! only if it is the one its `key-backup-stored` entry recorded (`key_backup::check_recorded`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +16,14 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::principal::principal;
-use super::status::{log_entry_status, pin_mismatch_status, store_status};
-use crate::audit::{LogEntryRef, rfc3339};
+use super::status::{log_entry_status, pin_mismatch_status, record_mismatch_status, store_status};
+use crate::audit::{AuditKind, LogEntryRef, rfc3339};
 use crate::identity::{KeyFingerprint, UserId};
 use crate::issuer::{IssuanceStore, LogWait, wait_for_log_index};
 use crate::key_backup::possession::{proof_text, verifies};
 use crate::key_backup::{
     KeyBackupStore, MAX_ESCROW_BYTES, Nonce, NonceRefused, ProvenWrite, Purpose, WrappedKey, WriteRefused,
+    check_recorded, sha256_hex,
 };
 
 /// The `KeyBackup` service.
@@ -212,8 +214,18 @@ impl<S: KeyBackupStore + IssuanceStore> KeyBackup for KeyBackupService<S> {
         else {
             return Err(Status::not_found("no wrapped key is stored for this user"));
         };
-        // The read is in the log before the blob leaves.
+        // The read is in the log before the blob leaves, and the blob is the one the log recorded.
         let log_entry = self.indexed(&entry).await?;
+        check_recorded(
+            backup.recorded_by.as_ref(),
+            AuditKind::KeyBackupStored,
+            user.as_str(),
+            &[
+                ("key-sha256", backup.key_fingerprint.to_hex()),
+                ("wrapped-key-sha256", sha256_hex(backup.wrapped_key.as_str().as_bytes())),
+            ],
+        )
+        .map_err(|mismatch| record_mismatch_status("wrapped key", &user, &mismatch))?;
         tracing::info!(%user, caller = actor.name(), "wrapped key read");
         Ok(Response::new(pb::GetWrappedPrivateKeyResponse {
             wrapped_key: backup.wrapped_key.as_str().to_owned(),

@@ -156,8 +156,19 @@ where
                 return Err(Status::failed_precondition(refused.to_string()));
             }
         };
-        // The release is in the log before the blob leaves.
+        // The release is in the log before the blob leaves, and the blob is the one the log
+        // recorded (a deposit changed in the database alone is withheld; the release is spent).
         let log_entry = self.indexed(&entry).await?;
+        crate::key_backup::check_recorded(
+            escrow.recorded_by.as_ref(),
+            crate::audit::AuditKind::EscrowDeposited,
+            escrow.user.as_str(),
+            &[
+                ("recovery-key-sha256", escrow.recovery_fingerprint.to_hex()),
+                ("escrow-sha256", crate::key_backup::sha256_hex(&escrow.blob)),
+            ],
+        )
+        .map_err(|mismatch| super::status::record_mismatch_status("escrow deposit", &escrow.user, &mismatch))?;
         tracing::warn!(admin = actor.name(), user = %escrow.user, "escrow deposit released");
         Ok(Response::new(pb::GetEscrowResponse {
             user_id: escrow.user.to_string(),

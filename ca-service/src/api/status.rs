@@ -59,6 +59,24 @@ pub(super) fn pin_mismatch_status(user: &crate::identity::UserId, mismatch: &cra
     Status::internal("the CA's record of this user's key failed its check against the audit log; nothing was changed")
 }
 
+/// A stored blob (`what`: "wrapped key", "escrow deposit") that does not match the log entry that
+/// recorded it: ERROR here, INTERNAL for the caller (UNAVAILABLE while the entry is unsequenced).
+pub(super) fn record_mismatch_status(
+    what: &'static str,
+    user: &crate::identity::UserId,
+    mismatch: &crate::key_backup::RecordMismatch,
+) -> Status {
+    if mismatch.is_transient() {
+        return Status::unavailable(format!(
+            "the audit log has not yet sequenced the {what}'s entry; retry shortly"
+        ));
+    }
+    tracing::error!(%user, what, %mismatch, "a stored blob does not match the audit log: not served");
+    Status::internal(format!(
+        "the stored {what} failed its check against the audit log and is not served"
+    ))
+}
+
 /// A store error on a read or write: nothing was changed.
 pub(super) fn store_status(error: StoreError) -> Status {
     tracing::error!(%error, "store failure");

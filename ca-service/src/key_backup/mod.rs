@@ -144,6 +144,74 @@ pub struct StoredBackup {
     pub key_fingerprint: KeyFingerprint,
     /// When it was stored.
     pub stored_at: OffsetDateTime,
+    /// The `key-backup-stored` entry that recorded it (`key_backups.entry_id`), read with it, with
+    /// the tree's leaf at its index: what a read checks the blob against (`check_recorded`).
+    pub recorded_by: Option<PinEntry>,
+}
+
+/// Why a stored blob does not match the log entry that recorded it. The log, not the row, is the
+/// source of truth: a blob changed in the database alone is not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordMismatch {
+    /// The row references no stored entry.
+    #[error("the row references no audit entry")]
+    NoEntry,
+    /// The entry has no log index yet (transient).
+    #[error("the recording entry is not sequenced yet")]
+    Unsequenced,
+    /// The tree's leaf at the entry's index is not the entry's hash.
+    #[error("the recording entry at index {0} is not the tree's leaf there")]
+    NotInTree(u64),
+    /// The entry is not of the expected kind and subject, or records other values.
+    #[error("the entry at index {index} does not record this row ({detail} differs)")]
+    Differs {
+        /// The entry's index.
+        index: u64,
+        /// What differs.
+        detail: &'static str,
+    },
+}
+
+impl RecordMismatch {
+    /// True when a retry may succeed (the entry is not sequenced yet).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RecordMismatch::Unsequenced)
+    }
+}
+
+/// Checks that `entry` is in the tree at its index, is of `kind` about `subject`, and records each
+/// of `details` (name, expected value) exactly.
+pub fn check_recorded(
+    entry: Option<&PinEntry>,
+    kind: crate::audit::AuditKind,
+    subject: &str,
+    details: &[(&'static str, String)],
+) -> Result<(), RecordMismatch> {
+    let entry = entry.ok_or(RecordMismatch::NoEntry)?;
+    let index = entry.leaf_index.ok_or(RecordMismatch::Unsequenced)?;
+    if entry.tree_leaf_hash != Some(tlog::merkle::leaf_hash(&entry.bytes)) {
+        return Err(RecordMismatch::NotInTree(index));
+    }
+    let differs = |detail| RecordMismatch::Differs { index, detail };
+    let parsed = crate::audit::ParsedEntry::parse(&entry.bytes).map_err(|_| differs("format"))?;
+    if parsed.kind != kind.name() {
+        return Err(differs("kind"));
+    }
+    if parsed.subject != subject {
+        return Err(differs("subject"));
+    }
+    for (name, expected) in details {
+        if parsed.detail(name) != Some(expected.as_str()) {
+            return Err(differs(name));
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of `bytes`, lowercase hex (as entries record payloads).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// What a proof of possession was made for; each write checks its own.
@@ -286,6 +354,61 @@ mod tests {
                 &raw[..raw.len().min(40)]
             );
         }
+    }
+
+    #[test]
+    fn a_row_matches_only_the_sequenced_entry_that_recorded_it() {
+        use crate::audit::{AuditEvent, AuditKind};
+        let bytes = AuditEvent {
+            kind: AuditKind::KeyBackupStored,
+            actor: "sync-server".to_owned(),
+            subject: "carol".to_owned(),
+            details: vec![("wrapped-key-sha256", sha256_hex(b"blob"))],
+        }
+        .encode()
+        .bytes;
+        let logged = |index: Option<u64>, leaf: Option<[u8; 32]>| PinEntry {
+            bytes: bytes.clone(),
+            leaf_index: index,
+            tree_leaf_hash: leaf,
+        };
+        let in_tree = logged(Some(4), Some(tlog::merkle::leaf_hash(&bytes)));
+        let expect = |blob: &[u8]| vec![("wrapped-key-sha256", sha256_hex(blob))];
+        let check =
+            |entry: Option<&PinEntry>, kind, subject, blob: &[u8]| check_recorded(entry, kind, subject, &expect(blob));
+        assert_eq!(
+            check(Some(&in_tree), AuditKind::KeyBackupStored, "carol", b"blob"),
+            Ok(())
+        );
+        let differs = |detail| Err(RecordMismatch::Differs { index: 4, detail });
+        assert_eq!(
+            check(Some(&in_tree), AuditKind::KeyBackupStored, "carol", b"other"),
+            differs("wrapped-key-sha256")
+        );
+        assert_eq!(
+            check(Some(&in_tree), AuditKind::KeyBackupStored, "dave", b"blob"),
+            differs("subject")
+        );
+        assert_eq!(
+            check(Some(&in_tree), AuditKind::EscrowDeposited, "carol", b"blob"),
+            differs("kind")
+        );
+        assert_eq!(
+            check(None, AuditKind::KeyBackupStored, "carol", b"blob"),
+            Err(RecordMismatch::NoEntry)
+        );
+        let unsequenced = check(Some(&logged(None, None)), AuditKind::KeyBackupStored, "carol", b"blob");
+        assert_eq!(unsequenced, Err(RecordMismatch::Unsequenced));
+        assert!(unsequenced.expect_err("transient").is_transient());
+        assert_eq!(
+            check(
+                Some(&logged(Some(4), Some([0; 32]))),
+                AuditKind::KeyBackupStored,
+                "carol",
+                b"blob"
+            ),
+            Err(RecordMismatch::NotInTree(4))
+        );
     }
 
     #[test]

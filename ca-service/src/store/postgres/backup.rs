@@ -171,7 +171,13 @@ async fn read_wrapped_key(
 ) -> Result<Option<(StoredBackup, LogEntryRef)>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT wrapped_key, key_sha256, stored_at FROM key_backups WHERE user_id = $1",
+            "SELECT key_backups.wrapped_key, key_backups.key_sha256, key_backups.stored_at,
+                    audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
+             FROM key_backups
+             LEFT JOIN audit_entries ON audit_entries.id = key_backups.entry_id
+             LEFT JOIN audit_tree_nodes
+                    ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
+             WHERE key_backups.user_id = $1",
             &[&user.as_str()],
         )
         .await
@@ -183,6 +189,7 @@ async fn read_wrapped_key(
         wrapped_key: WrappedKey::from_stored(row.get(0)),
         key_fingerprint: fingerprint(row.get(1))?,
         stored_at: row.get(2),
+        recorded_by: codec::pin_entry(row.get(3), row.get(4), row.get(5))?,
     };
     let entry = append(client, &crate::audit::key_backup_read(actor, user, &backup)).await?;
     Ok(Some((backup, entry)))
@@ -366,7 +373,13 @@ async fn release_escrow(
     request.consumed_at = Some(now);
     let deposit = client
         .query_opt(
-            "SELECT recovery_key_sha256, blob, deposited_at FROM escrows WHERE user_id = $1",
+            "SELECT escrows.recovery_key_sha256, escrows.blob, escrows.deposited_at,
+                    audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
+             FROM escrows
+             LEFT JOIN audit_entries ON audit_entries.id = escrows.entry_id
+             LEFT JOIN audit_tree_nodes
+                    ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
+             WHERE escrows.user_id = $1",
             &[&user.as_str()],
         )
         .await
@@ -380,6 +393,7 @@ async fn release_escrow(
         recovery_fingerprint: fingerprint(deposit.get(0))?,
         blob: deposit.get(1),
         deposited_at: deposit.get(2),
+        recorded_by: codec::pin_entry(deposit.get(3), deposit.get(4), deposit.get(5))?,
     };
     let entry = append(client, &crate::audit::escrow_released(actor, &request, &record)).await?;
     Ok(Ok((record, entry)))

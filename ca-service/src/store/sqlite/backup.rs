@@ -19,7 +19,7 @@ use crate::key_backup::{
 };
 use crate::recovery::{EscrowRecord, RecoveryChange, RecoveryKeyRecord, RecoveryStore, ReleaseRefused};
 use crate::storage::StoreError;
-use crate::store::codec::{fingerprint, from_unix, to_i64};
+use crate::store::codec::{fingerprint, from_unix, pin_entry, to_i64};
 
 /// The enabled recovery key (at most one row has no `disabled_at`).
 pub(super) fn enabled_recovery_key(connection: &Connection) -> Result<Option<RecoveryKeyRecord>, StoreError> {
@@ -209,21 +209,38 @@ impl GroupWrite for ReadWrite {
     type Output = Option<(StoredBackup, LogEntryRef)>;
 
     fn write(self, connection: &Connection) -> Result<Self::Output, StoreError> {
-        let row: Option<(String, Vec<u8>, i64)> = cached_row(
+        type BackupRow = (String, Vec<u8>, i64, Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+        let row: Option<BackupRow> = cached_row(
             connection,
-            "SELECT wrapped_key, key_sha256, stored_at FROM key_backups WHERE user_id = ?1",
+            "SELECT key_backups.wrapped_key, key_backups.key_sha256, key_backups.stored_at,
+                    audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
+             FROM key_backups
+             LEFT JOIN audit_entries ON audit_entries.id = key_backups.entry_id
+             LEFT JOIN audit_tree_nodes
+                    ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
+             WHERE key_backups.user_id = ?1",
             params![self.user.as_str()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            },
         )
         .optional()
         .map_err(store_error)?;
-        let Some((wrapped_key, key, stored_at)) = row else {
+        let Some((wrapped_key, key, stored_at, entry, leaf_index, leaf_hash)) = row else {
             return Ok(None);
         };
         let backup = StoredBackup {
             wrapped_key: WrappedKey::from_stored(wrapped_key),
             key_fingerprint: fingerprint(&key)?,
             stored_at: from_unix(stored_at)?,
+            recorded_by: pin_entry(entry, leaf_index, leaf_hash)?,
         };
         let entry = append_entry(
             connection,
@@ -442,16 +459,32 @@ impl GroupWrite for ReleaseWrite {
             return Ok(Err(ReleaseRefused::NotApproved(request.state(self.now))));
         }
         request.consumed_at = Some(self.now);
-        let row: Option<(Vec<u8>, Vec<u8>, i64)> = cached_row(
+        type EscrowRow = (Vec<u8>, Vec<u8>, i64, Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+        let row: Option<EscrowRow> = cached_row(
             connection,
-            "SELECT recovery_key_sha256, blob, deposited_at FROM escrows WHERE user_id = ?1",
+            "SELECT escrows.recovery_key_sha256, escrows.blob, escrows.deposited_at,
+                    audit_entries.entry, audit_entries.leaf_index, audit_tree_nodes.hash
+             FROM escrows
+             LEFT JOIN audit_entries ON audit_entries.id = escrows.entry_id
+             LEFT JOIN audit_tree_nodes
+                    ON audit_tree_nodes.level = 0 AND audit_tree_nodes.node_index = audit_entries.leaf_index
+             WHERE escrows.user_id = ?1",
             params![user.as_str()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            },
         )
         .optional()
         .map_err(store_error)?;
         // No deposit any more: the savepoint, consumption included, is rolled back.
-        let Some((recovery_key, blob, deposited_at)) = row else {
+        let Some((recovery_key, blob, deposited_at, entry, leaf_index, leaf_hash)) = row else {
             return Ok(Err(ReleaseRefused::NoDeposit));
         };
         let record = EscrowRecord {
@@ -459,6 +492,7 @@ impl GroupWrite for ReleaseWrite {
             recovery_fingerprint: fingerprint(&recovery_key)?,
             blob,
             deposited_at: from_unix(deposited_at)?,
+            recorded_by: pin_entry(entry, leaf_index, leaf_hash)?,
         };
         let entry = append_entry(
             connection,
