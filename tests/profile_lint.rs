@@ -1,4 +1,4 @@
-//! The certificate profile read by strict parsers: every certificate the CA makes (its own, and a user's for each user key type) under a CA key of each algorithm, read by Python's `cryptography` and linted by pkilint; only the findings ARCHITECTURE.md lists are allowed.
+//! The certificate profile read by strict parsers: every certificate the CA makes (its own, a user's for each user key type, and a recovery key's) under a CA key of each algorithm, read by Python's `cryptography` and linted by pkilint; only the findings ARCHITECTURE.md lists are allowed.
 
 #![allow(clippy::expect_used, reason = "test code: a failed expectation is a test failure")]
 
@@ -10,6 +10,7 @@ use std::process::Command;
 
 use ca_service::hsm::KeyAlgorithm;
 use common::{DevServer, UserKey, UserKeyPair, ca_info, issue, pem_der};
+use e2ee_ca_proto::v1::admin_client::AdminClient;
 
 /// The Python that has pkilint and `cryptography` (`tests/testdata/lint-requirements.txt`):
 /// `E2EE_CA_TEST_PYTHON`, else the virtual environment `tests/run.sh` makes in the target directory.
@@ -25,13 +26,15 @@ fn python() -> PathBuf {
 enum Kind {
     Ca,
     User,
+    Recovery,
 }
 
 /// A pkilint finding: on which kind of certificate, its severity and its code.
 type Finding = (Kind, String, String);
 
 /// The findings ARCHITECTURE.md lists under the issuer, one per line:
-/// `` - pkilint `CODE` (SEVERITY, CA certificate | user certificates | CA and user certificates): why ``.
+/// `` - pkilint `CODE` (SEVERITY, CA certificate | user certificates | CA and user certificates |
+/// recovery certificate | user and recovery certificates | every certificate): why ``.
 fn allowed_findings() -> BTreeSet<Finding> {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md"))
         .expect("read ARCHITECTURE.md");
@@ -48,6 +51,9 @@ fn allowed_findings() -> BTreeSet<Finding> {
             Some("CA certificate") => &[Kind::Ca],
             Some("user certificates") => &[Kind::User],
             Some("CA and user certificates") => &[Kind::Ca, Kind::User],
+            Some("recovery certificate") => &[Kind::Recovery],
+            Some("user and recovery certificates") => &[Kind::User, Kind::Recovery],
+            Some("every certificate") => &[Kind::Ca, Kind::User, Kind::Recovery],
             _ => panic!("unknown certificate kind in {line:?}"),
         };
         for kind in kinds {
@@ -93,7 +99,7 @@ async fn every_certificate_reads_strictly_and_lints_with_only_the_documented_fin
     let mut seen = Vec::new();
     for algorithm in KeyAlgorithm::ALL {
         let data = directory.path().join(algorithm.name());
-        let server = DevServer::start_plaintext_in(&data.join("data"), algorithm.name());
+        let server = DevServer::start_in(&data.join("data"), algorithm.name());
         let mut client = server.client().await;
         let certificates = data.join("certificates");
         std::fs::create_dir_all(&certificates).expect("certificates directory");
@@ -107,10 +113,24 @@ async fn every_certificate_reads_strictly_and_lints_with_only_the_documented_fin
             std::fs::write(&path, pem_der(&issued.certificate_pem)).expect("write the user certificate");
             users.push(path);
         }
+        // The recovery key's certificate, registered under dual control.
+        let mut alice = AdminClient::new(server.connect_as("admin-alice").await);
+        let mut bob = AdminClient::new(server.connect_as("admin-bob").await);
+        common::key_backup::register(&mut alice, &mut bob, 3).await;
+        let recovery = certificates.join("recovery.der");
+        let status = ca_info(&mut client).await.recovery.expect("recovery status");
+        std::fs::write(&recovery, pem_der(&status.certificate_pem)).expect("write the recovery certificate");
+        users.push(recovery.clone());
         for line in lint(&ca, &users) {
             let mut fields = line.splitn(5, ' ');
             let (tag, file) = (fields.next(), fields.next().unwrap_or_default());
-            let kind = if Path::new(file) == ca { Kind::Ca } else { Kind::User };
+            let kind = if Path::new(file) == ca {
+                Kind::Ca
+            } else if Path::new(file) == recovery {
+                Kind::Recovery
+            } else {
+                Kind::User
+            };
             match tag {
                 Some("unreadable") => unreadable.push(format!("{}: {line}", algorithm.name())),
                 Some("finding") => {
