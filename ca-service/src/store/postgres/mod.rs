@@ -36,7 +36,7 @@ use self::group_commit::Committer;
 use self::identities::{AppendGroup, IssuanceGroup};
 pub use self::log::PostgresLeadership;
 pub use self::migrate::SCHEMA_VERSION;
-use crate::config::PostgresLocation;
+use crate::config::store::PostgresLocation;
 use crate::storage::StoreError;
 
 /// The PostgreSQL store. Cheap to clone (the pool is shared).
