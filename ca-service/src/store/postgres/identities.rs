@@ -147,10 +147,7 @@ async fn pin_state(
     // One round trip: the primary key (with the entry the pin references and that entry's leaf in
     // the tree, two more primary-key probes only when there is a pin), the key's UNIQUE index and
     // the (user_id, issued_at) index.
-    let statement = client
-        .prepare_cached(&PIN_STATE)
-        .await
-        .map_err(store_error)?;
+    let statement = client.prepare_cached(&PIN_STATE).await.map_err(store_error)?;
     let row = client
         .query_one(&statement, &[&user.as_str(), &key.as_bytes().as_slice(), &since])
         .await
