@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use ca_service::api::admin::IdentityDirectory;
-use ca_service::config::PostgresLocation;
+use ca_service::config::store::PostgresLocation;
 use ca_service::identity::UserId;
 use ca_service::store::postgres::PostgresStore;
 use ca_service::store::sqlite::SqliteStore;

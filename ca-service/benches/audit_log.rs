@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use ca_service::audit::LogEntryRef;
 use ca_service::audit::{AuditEvent, AuditKind};
-use ca_service::config::{AuditSection, PostgresLocation};
+use ca_service::config::sections::AuditSection;
+use ca_service::config::store::PostgresLocation;
 use ca_service::hsm::Signer;
 use ca_service::hsm::{Hsm, HsmConfig, KeyAlgorithm, Pin};
 use ca_service::issuer::IssuanceStore;

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use time::OffsetDateTime;
 
-use crate::config::{CeremonyConfig, CeremonyMode, SubjectSection};
+use crate::config::ceremony::{CeremonyConfig, CeremonyMode, SubjectSection};
 use crate::hsm::{Hsm, HsmKey, KeyAlgorithm, LeaseSigner, Signer};
 use crate::identity::{KeyFingerprint, SerialNumber};
 

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ca_service::config::{CeremonyConfig, LogFormat, ServeConfig, StoreLocation};
+use ca_service::config::store::StoreLocation;
+use ca_service::config::{CeremonyConfig, LogFormat, ServeConfig};
 use ca_service::hsm::{Hsm, HsmConfig, KeyAlgorithm};
 use ca_service::service::Service;
 use ca_service::store::{self, Store, StoreTask};

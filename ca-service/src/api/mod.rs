@@ -32,7 +32,7 @@ use self::key_backup::KeyBackupService;
 use self::principal::{AccessLayer, Authenticator};
 use self::transparency::TransparencyService;
 use crate::approvals::ApprovalStore;
-use crate::config::TlsSection;
+use crate::config::tls::TlsSection;
 use crate::issuer::IssuanceStore;
 use crate::key_backup::KeyBackupStore;
 use crate::recovery::RecoveryStore;

@@ -27,7 +27,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::config::{PrincipalSection, TlsSection};
+use crate::config::tls::{PrincipalSection, TlsSection};
 use crate::principal::{Principal, Role};
 
 /// What an RPC needs.

@@ -21,7 +21,7 @@ use anyhow::Context;
 use crate::api::admin::IdentityDirectory;
 use crate::api::identity::CertificateLookup;
 use crate::approvals::ApprovalStore;
-use crate::config::StoreLocation;
+use crate::config::store::StoreLocation;
 use crate::health::StoreHealth;
 use crate::issuer::{IssuanceStore, SigningQueue};
 use crate::key_backup::KeyBackupStore;

@@ -1,6 +1,6 @@
 //! `e2ee-recovery`: the recovery officers' tool for an air-gapped machine (the recovery-key ceremony, opening an escrow).
 //!
-//! Each subcommand's only input is one config file (see `e2ee_client::escrow::ceremony` for both formats):
+//! Each subcommand's only input is one config file (see `e2ee_client::escrow::ceremony` and `opening` for the formats):
 //! * `ceremony --config FILE` makes the recovery key, writes its public key and the CA registration request into
 //!   `output_dir`, and prints the shares (a header line and a line of 32 words each) on stdout, for printing;
 //! * `open --config FILE` reads the officers' shares from stdin (one share's words per line, until EOF),
@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use e2ee_client::escrow::ceremony::{self, CeremonyConfig, OpenConfig, OpenOutput};
+use e2ee_client::escrow::ceremony::{self, CeremonyConfig};
+use e2ee_client::escrow::opening::{self, OpenConfig, OpenOutput};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -91,7 +92,7 @@ fn run_ceremony(config_path: &std::path::Path) -> anyhow::Result<()> {
 fn run_open(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = OpenConfig::load(config_path)?;
     eprintln!("type or paste the shares' words, one share per line, then end the input (Ctrl-D)");
-    let outcome = ceremony::open_escrow(&config, std::io::stdin().lock())?;
+    let outcome = opening::open_escrow(&config, std::io::stdin().lock())?;
     eprintln!(
         "combined {} shares; wrote {}'s private key to {}",
         outcome.shares_used,

@@ -3,7 +3,7 @@
 //! The recovery key's private half never exists on a server: `e2ee-recovery ceremony` makes it on an air-gapped
 //! machine and splits it into Shamir shares (`shares`); the CA only registers the public key. A client `seal`s the
 //! user's PKCS#8 private key to it and deposits the blob; after a two-admin release, officers combine enough shares
-//! offline and `open` it (`ceremony` holds the tool's steps).
+//! offline and `open` it (`ceremony` and `opening` hold the tool's steps, `files` their files).
 //!
 //! Blob, version 1 (all lengths fixed except the ciphertext):
 //! ```text
@@ -18,6 +18,8 @@
 //! implementation without an `aad` parameter opens too (testdata/escrow was made with Python `cryptography`'s).
 
 pub mod ceremony;
+pub mod files;
+pub mod opening;
 pub mod shares;
 
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};

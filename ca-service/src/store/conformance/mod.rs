@@ -33,7 +33,7 @@ use super::Store;
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use crate::audit::{AuditEvent, AuditKind, LogEntryRef};
-use crate::config::PostgresLocation;
+use crate::config::store::PostgresLocation;
 use crate::identity::{KeyFingerprint, SerialNumber, UserId};
 use crate::issuer::{CommitOutcome, IssuanceStore, NewCertificate};
 use crate::storage::StoreError;

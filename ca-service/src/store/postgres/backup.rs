@@ -4,17 +4,18 @@
 //!
 //! Each write, and each read of a wrapped key, is a transaction of its own (`bounded`) with its
 //! audit entry; a refused one is rolled back whole (its nonce stays unused). Races between replicas
-//! are decided as in `admin`: a proven write locks the user's pin row (`FOR UPDATE`) first, so that
-//! it serializes with a reset and with the user's other writes, and consumes its nonce with a
-//! compare-and-set; a recovery-key change locks its request row and the enabled key's row, which a
-//! deposit share-locks while it checks that key.
+//! are decided as in `requests` and `admin`: a proven write locks the user's pin row (`FOR UPDATE`)
+//! first, so that it serializes with a reset and with the user's other writes, and consumes its
+//! nonce with a compare-and-set; a recovery-key change locks its request row and the enabled key's
+//! row, which a deposit share-locks while it checks that key.
 
 use deadpool_postgres::{GenericClient, Transaction};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::admin::{REQUEST_COLUMNS, append, consume, decode_request};
+use super::admin::append;
 use super::identities::PIN_WITH_ENTRY;
+use super::requests::{REQUEST_COLUMNS, consume, decode_request};
 use super::{PostgresStore, store_error};
 use crate::approvals::{ApprovalKind, ApprovalRefused, ApprovalRequest, RequestId, RequestState};
 use crate::audit::LogEntryRef;

@@ -14,9 +14,9 @@
 //! retry with the same key is a renewal.
 //!
 //! `group_commit` holds the group committers (issuances and refusals' entries share commits),
-//! `identities` the pins and certificates, `log` the transparency log, `admin` the Admin service's
-//! requests, revocations and lookups, `backup` the key backups, escrow deposits and the recovery
-//! key, `migrate` the schema.
+//! `identities` the pins and certificates, `log` the transparency log, `requests` the dual-control
+//! requests, `admin` the rest of the Admin service (the reset write, revocations and lookups),
+//! `backup` the key backups, escrow deposits and the recovery key, `migrate` the schema.
 
 mod admin;
 mod backup;
@@ -25,6 +25,7 @@ mod group_commit;
 mod identities;
 mod log;
 mod migrate;
+mod requests;
 
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ use self::group_commit::Committer;
 use self::identities::{AppendGroup, IssuanceGroup};
 pub use self::log::PostgresLeadership;
 pub use self::migrate::SCHEMA_VERSION;
-use crate::config::PostgresLocation;
+use crate::config::store::PostgresLocation;
 use crate::storage::StoreError;
 
 /// The PostgreSQL store. Cheap to clone (the pool is shared).

@@ -6,9 +6,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
-use super::admin::{consume, find_request};
 use super::group_commit::GroupWrite;
 use super::identities::{append_entry, read_pin};
+use super::requests::{consume, find_request};
 use super::{SqliteStore, cached_row, store_error, unix};
 use crate::approvals::{ApprovalKind, ApprovalRefused, ApprovalRequest, RequestId, RequestState};
 use crate::audit::LogEntryRef;

@@ -292,7 +292,7 @@ impl IssuanceStore for SqliteStore {
 
     async fn approved_reset(&self, user: &UserId, now: OffsetDateTime) -> Result<Option<ApprovalRequest>, StoreError> {
         let user = user.clone();
-        self.with_reader(move |connection| super::admin::approved_reset(connection, &user, now))
+        self.with_reader(move |connection| super::requests::approved_reset(connection, &user, now))
             .await
     }
 

@@ -9,8 +9,9 @@
 //!
 //! `identities` holds the pins and certificates (the issuer's, the lookups' and the CA record's
 //! traits), `log` the transparency log (the readers' and the sequencer's traits, and sequencing
-//! inside the groups), `admin` the Admin service's requests, revocations and lookups, `backup` the
-//! key backups, escrow deposits and the recovery key, `migrate` the schema.
+//! inside the groups), `requests` the dual-control requests, `admin` the rest of the Admin service
+//! (the reset write, revocations and lookups), `backup` the key backups, escrow deposits and the
+//! recovery key, `migrate` the schema.
 
 mod admin;
 mod backup;
@@ -19,6 +20,7 @@ mod group_commit;
 mod identities;
 mod log;
 mod migrate;
+mod requests;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
