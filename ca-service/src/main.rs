@@ -60,7 +60,7 @@ enum Command {
     },
     /// Generate the CA key on the token and write the CA certificate or CSR (or import a signed one).
     Ceremony {
-        /// The ceremony config (TOML; see deploy/ceremony.example.toml): the ceremony's only input.
+        /// The ceremony config (TOML; see deploy/ceremony-*.example.toml): the ceremony's only input.
         #[arg(long)]
         config: PathBuf,
     },

@@ -1,7 +1,7 @@
 //! Typed configuration for `serve` and `ceremony`, documented field by field and validated at load.
 //!
 //! Relative paths are resolved against the directory of the config file, so a config and the files
-//! it names can move together. `deploy/ca-service.example.toml` and `deploy/ceremony.example.toml`
+//! it names can move together. `deploy/ca-service.example.toml` and `deploy/ceremony-*.example.toml`
 //! show every field.
 //!
 //! This module holds `ServeConfig`, its loading and the checks across sections; the sections are
