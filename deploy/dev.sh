@@ -104,7 +104,7 @@ if [ -n "${PKI:-}" ]; then
   echo "admin-alice cannot approve her own request $REQUEST (PERMISSION_DENIED)"
   admin admin-bob request approve "$REQUEST"
   say "$USER_R's new device: the new key is pinned, the old certificate revoked (it is in the next CRL)"
-  "${CLIENT[@]}" enroll --user "$USER_R" --dir "$DEMO/$USER_R-new" | head -3
+  "${CLIENT[@]}" enroll --user "$USER_R" --dir "$DEMO/$USER_R-new" | sed -n '1,3p'
   admin admin-bob identity show "$USER_R"
 fi
 
