@@ -111,6 +111,7 @@ impl RecoveryKeyInfo {
 /// A recovery key this device has not acknowledged: show it to the user and ask. It is the only way to an
 /// `AcknowledgedRecoveryKey`; dropping it declines (nothing is recorded or deposited).
 #[derive(Debug)]
+#[must_use = "the user must be shown the recovery-key notice and asked; dropping it declines"]
 pub struct RecoveryKeyEnabled {
     key: RecoveryKeyInfo,
     replaces: Option<String>,
@@ -171,6 +172,7 @@ impl AcknowledgedRecoveryKey {
 /// Where escrow stands for this device, from a fresh `GetCaInfo` and the device's acknowledgements.
 #[derive(Debug)]
 #[non_exhaustive]
+#[must_use = "a recovery-key notice in it must be shown to the user"]
 pub enum EscrowStatus {
     /// The CA has no recovery key, and this device never acknowledged one.
     Disabled,
