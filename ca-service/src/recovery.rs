@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::approvals::{ApprovalRefused, ApprovalRequest, RequestId, RequestState};
+use crate::approvals::{ApprovalKind, ApprovalRefused, ApprovalRequest, ProposedRecoveryKey, RequestId, RequestState};
 use crate::audit::LogEntryRef;
 use crate::hsm::{HsmError, Signer};
 use crate::identity::{KeyFingerprint, UserId};
@@ -111,6 +111,30 @@ pub enum RecoveryChange {
     },
     /// Disable the enabled key.
     Disable,
+}
+
+/// A registration as its approval carries it out: the proposed key's fingerprint, the key, and
+/// the certificate the CA signed for it.
+pub type Registration<'a> = (KeyFingerprint, ProposedRecoveryKey, &'a Vec<u8>);
+
+impl RecoveryChange {
+    /// What this change does for `request`: the registration (the proposed key's fingerprint, the
+    /// key, and this change's certificate) or `None` for a disable; `ApprovalRefused::NotFound`
+    /// when the request is of another kind (no such recovery-key request). Both stores apply it
+    /// inside the approval's transaction.
+    pub fn for_request(&self, request: &ApprovalRequest) -> Result<Option<Registration<'_>>, ApprovalRefused> {
+        match (self, request.kind, &request.recovery_key) {
+            (RecoveryChange::Register { certificate_der }, ApprovalKind::RecoveryKeyRegistration, Some(proposed)) => {
+                Ok(Some((
+                    KeyFingerprint::of_spki(&proposed.spki_der),
+                    proposed.clone(),
+                    certificate_der,
+                )))
+            }
+            (RecoveryChange::Disable, ApprovalKind::RecoveryKeyDisable, _) => Ok(None),
+            _ => Err(ApprovalRefused::NotFound),
+        }
+    }
 }
 
 /// A user's escrow deposit, as released.

@@ -265,12 +265,9 @@ async fn approve_recovery_change(
         return Ok(Err(ApprovalRefused::NotFound));
     };
     // A registration: the proposed key, its fingerprint and its certificate.
-    let registration = match (change, request.kind, request.recovery_key.clone()) {
-        (RecoveryChange::Register { certificate_der }, ApprovalKind::RecoveryKeyRegistration, Some(proposed)) => {
-            Some((KeyFingerprint::of_spki(&proposed.spki_der), proposed, certificate_der))
-        }
-        (RecoveryChange::Disable, ApprovalKind::RecoveryKeyDisable, _) => None,
-        _ => return Ok(Err(ApprovalRefused::NotFound)),
+    let registration = match change.for_request(&request) {
+        Ok(registration) => registration,
+        Err(refused) => return Ok(Err(refused)),
     };
     if let Err(refused) = request.check_approval(&approver, now) {
         return Ok(Err(refused));
